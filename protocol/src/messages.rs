@@ -1,0 +1,200 @@
+//! Application messages that travel inside signed envelopes.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{CodecError, decode_message, encode_message};
+use crate::envelope::{Domain, Envelope, EnvelopeError};
+use crate::identity::{NodeId, NodeIdentity};
+use crate::limits::{MAX_ADDRESSES, MAX_CANDIDATES, MAX_MODELS, MAX_STRING_BYTES};
+
+/// Why a message could not be sealed or opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("message claims to be written by {claimed} but is signed by {signer}")]
+    AuthorMismatch { claimed: NodeId, signer: NodeId },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// A message type that travels signed. `author` is who the content says wrote
+/// it; opening checks it equals the envelope's signer, which is what stops a
+/// node from publishing an entry in another node's name.
+pub trait SignedMessage: Serialize + DeserializeOwned {
+    const DOMAIN: Domain;
+    fn author(&self) -> NodeId;
+    /// Bounds and consistency checks on the decoded content.
+    fn validate(&self) -> Result<(), MessageError>;
+}
+
+/// Encodes, validates and signs a message.
+pub fn seal<T: SignedMessage>(
+    identity: &NodeIdentity,
+    seq: u64,
+    timestamp_ms: u64,
+    message: &T,
+) -> Result<Envelope, MessageError> {
+    message.validate()?;
+    if message.author() != identity.node_id() {
+        return Err(MessageError::AuthorMismatch { claimed: message.author(), signer: identity.node_id() });
+    }
+    Ok(Envelope::seal(identity, T::DOMAIN, seq, timestamp_ms, encode_message(message)?)?)
+}
+
+/// Decodes a message from an envelope that already passed a
+/// [`crate::Verifier`], checking its domain, content bounds and author.
+pub fn open<T: SignedMessage>(envelope: &Envelope) -> Result<T, MessageError> {
+    if envelope.domain != T::DOMAIN {
+        return Err(EnvelopeError::WrongDomain { expected: T::DOMAIN, got: envelope.domain }.into());
+    }
+    let message: T = decode_message(&envelope.payload)?;
+    message.validate()?;
+    if message.author() != envelope.sender {
+        return Err(MessageError::AuthorMismatch { claimed: message.author(), signer: envelope.sender });
+    }
+    Ok(message)
+}
+
+/// What a node does in the swarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Takes jobs and answers questions.
+    Worker,
+    /// A well-known entry point; may also take jobs.
+    Bootstrap,
+    /// Follows the swarm but takes no jobs.
+    Observer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuInfo {
+    pub name: String,
+    pub memory_mb: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Model names this node can run, as its providers call them.
+    pub models: Vec<String>,
+    pub gpu: Option<GpuInfo>,
+}
+
+/// One node's entry in the swarm registry; only that node may sign it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerEntry {
+    pub node: NodeId,
+    /// Listen addresses as multiaddr strings.
+    pub addresses: Vec<String>,
+    pub role: Role,
+    pub capabilities: Capabilities,
+    /// Jobs running now.
+    pub load: u32,
+    pub last_updated_ms: u64,
+}
+
+impl SignedMessage for PeerEntry {
+    const DOMAIN: Domain = Domain::PEER_ENTRY;
+
+    fn author(&self) -> NodeId {
+        self.node
+    }
+
+    fn validate(&self) -> Result<(), MessageError> {
+        check_strings("addresses", &self.addresses, MAX_ADDRESSES)?;
+        check_strings("capabilities.models", &self.capabilities.models, MAX_MODELS)?;
+        if let Some(gpu) = &self.capabilities.gpu {
+            check_strings("capabilities.gpu.name", std::slice::from_ref(&gpu.name), 1)?;
+        }
+        Ok(())
+    }
+}
+
+/// A job's identifier: 16 random bytes chosen by the asker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JobId(pub [u8; 16]);
+
+/// How a job's ballots are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TallyRule {
+    Plurality,
+    WeightedPlurality,
+    Approval,
+    Borda,
+    Schulze,
+}
+
+/// What a voter chose, by candidate index within the job.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BallotChoice {
+    /// One candidate (plurality, weighted plurality).
+    Single(u32),
+    /// Every candidate the voter accepts (approval).
+    Approve(Vec<u32>),
+    /// Candidates best first (Borda, Schulze); unranked ones come last, tied.
+    Rank(Vec<u32>),
+}
+
+/// A voter's signed ballot for one job.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ballot {
+    pub job: JobId,
+    pub voter: NodeId,
+    pub rule: TallyRule,
+    pub choice: BallotChoice,
+    /// Used by weighted rules; must be 1 elsewhere so ballots stay canonical.
+    pub weight: u32,
+}
+
+impl SignedMessage for Ballot {
+    const DOMAIN: Domain = Domain::BALLOT;
+
+    fn author(&self) -> NodeId {
+        self.voter
+    }
+
+    fn validate(&self) -> Result<(), MessageError> {
+        let shape_ok = matches!(
+            (self.rule, &self.choice),
+            (TallyRule::Plurality | TallyRule::WeightedPlurality, BallotChoice::Single(_))
+                | (TallyRule::Approval, BallotChoice::Approve(_))
+                | (TallyRule::Borda | TallyRule::Schulze, BallotChoice::Rank(_))
+        );
+        if !shape_ok {
+            return Err(invalid("choice", format!("{:?} ballots cannot carry {:?}", self.rule, self.choice)));
+        }
+        match (self.rule, self.weight) {
+            (TallyRule::WeightedPlurality, 0) => return Err(invalid("weight", "must be at least 1".into())),
+            (TallyRule::WeightedPlurality, _) | (_, 1) => {}
+            (_, w) => return Err(invalid("weight", format!("must be 1 for unweighted rules, got {w}"))),
+        }
+        if let BallotChoice::Approve(list) | BallotChoice::Rank(list) = &self.choice {
+            if list.len() > MAX_CANDIDATES {
+                return Err(invalid("choice", format!("{} candidates, limit {MAX_CANDIDATES}", list.len())));
+            }
+            let mut sorted = list.clone();
+            sorted.sort_unstable();
+            if sorted.windows(2).any(|w| w[0] == w[1]) {
+                return Err(invalid("choice", "a candidate appears twice".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn invalid(field: &'static str, reason: String) -> MessageError {
+    MessageError::Invalid { field, reason }
+}
+
+fn check_strings(field: &'static str, values: &[String], max_count: usize) -> Result<(), MessageError> {
+    if values.len() > max_count {
+        return Err(invalid(field, format!("{} items, limit {max_count}", values.len())));
+    }
+    if let Some(long) = values.iter().find(|s| s.len() > MAX_STRING_BYTES) {
+        return Err(invalid(field, format!("an item of {} bytes, limit {MAX_STRING_BYTES}", long.len())));
+    }
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! hivemesh: a peer-to-peer gossip node that federates LLM consensus jobs.
+//!
+//! This crate is the `hivemesh` binary plus re-exports of the workspace
+//! crates, so examples and embedders need one dependency.
+
+pub use hivemesh_node as node;
+pub use hivemesh_protocol as protocol;
