@@ -21,4 +21,4 @@ pub use messages::{
     Ballot, BallotChoice, Capabilities, GpuInfo, JobId, MessageError, PeerEntry, Role, SignedMessage,
     TallyRule, open, seal,
 };
-pub use verifier::{Verifier, VerifyPolicy};
+pub use verifier::{Verifier, VerifyPolicy, verify_batch_stateless};

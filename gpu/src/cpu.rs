@@ -1,0 +1,174 @@
+//! CPU backend: streaming integer kernels, parallel over chunks with rayon.
+//! No allocation per ballot: each chunk owns one small accumulator.
+
+use hivemesh_protocol::TallyRule;
+use rayon::prelude::*;
+
+use crate::input::{TallyError, TallyInput, TallyResult};
+use crate::outcome;
+
+/// Votes per parallel task for single-choice rules; small enough that u32
+/// counters cannot overflow, large enough to amortise the merge.
+const VOTE_CHUNK: usize = 1 << 20;
+/// Ballots per parallel task for list rules.
+const BALLOT_CHUNK: usize = 1 << 14;
+
+/// Tallies one job.
+pub fn tally(input: &TallyInput) -> Result<TallyResult, TallyError> {
+    input.check_shape()?;
+    let n = input.candidates as usize;
+    let ballots = input.ballot_count() as u64;
+    let (counts, invalid) = match input.rule {
+        TallyRule::Plurality => plurality(&input.items, n),
+        TallyRule::WeightedPlurality => weighted(&input.items, &input.weights, n),
+        TallyRule::Approval | TallyRule::Borda => list_scores(input, n),
+        TallyRule::Schulze => pairwise(input, n),
+    };
+    if invalid > 0 {
+        return Err(TallyError::InvalidBallot { ballot: input.first_invalid_ballot().unwrap_or(0) });
+    }
+    Ok(match input.rule {
+        TallyRule::Schulze => outcome::from_pairwise(ballots, n, counts),
+        rule => outcome::from_scores(rule, ballots, counts),
+    })
+}
+
+/// Tallies many jobs; each job's result is independent of the others.
+pub fn tally_batch(jobs: &[TallyInput]) -> Vec<Result<TallyResult, TallyError>> {
+    jobs.par_iter().map(tally).collect()
+}
+
+fn add_into(mut total: Vec<u64>, part: Vec<u64>) -> Vec<u64> {
+    total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
+    total
+}
+
+/// Counts are returned with one extra slot at index `n` for out-of-range
+/// votes, so the hot loop has a clamp instead of a branch.
+fn plurality(votes: &[u32], n: usize) -> (Vec<u64>, u64) {
+    let slots = n + 1;
+    let mut totals = votes
+        .par_chunks(VOTE_CHUNK)
+        .map(|chunk| {
+            // Four sub-histograms break the store-to-load dependency when the
+            // same candidate repeats back to back.
+            let mut h = vec![0u32; 4 * slots];
+            let (h01, h23) = h.split_at_mut(2 * slots);
+            let (h0, h1) = h01.split_at_mut(slots);
+            let (h2, h3) = h23.split_at_mut(slots);
+            let mut quads = chunk.chunks_exact(4);
+            for q in &mut quads {
+                h0[(q[0] as usize).min(n)] += 1;
+                h1[(q[1] as usize).min(n)] += 1;
+                h2[(q[2] as usize).min(n)] += 1;
+                h3[(q[3] as usize).min(n)] += 1;
+            }
+            for &v in quads.remainder() {
+                h0[(v as usize).min(n)] += 1;
+            }
+            (0..slots)
+                .map(|c| u64::from(h0[c]) + u64::from(h1[c]) + u64::from(h2[c]) + u64::from(h3[c]))
+                .collect()
+        })
+        .reduce(|| vec![0; slots], add_into);
+    let invalid = totals.pop().unwrap_or(0);
+    (totals, invalid)
+}
+
+fn weighted(votes: &[u32], weights: &[u32], n: usize) -> (Vec<u64>, u64) {
+    let slots = n + 1;
+    let mut totals = votes
+        .par_chunks(VOTE_CHUNK)
+        .zip(weights.par_chunks(VOTE_CHUNK))
+        .map(|(vs, ws)| {
+            let mut h = vec![0u64; slots];
+            let mut bad = 0u64;
+            for (&v, &w) in vs.iter().zip(ws) {
+                h[(v as usize).min(n)] += u64::from(w);
+                bad += u64::from(v as usize >= n);
+            }
+            h[n] = bad;
+            h
+        })
+        .reduce(|| vec![0; slots], add_into);
+    let invalid = totals.pop().unwrap_or(0);
+    (totals, invalid)
+}
+
+/// Runs `per_ballot` over every ballot's list in parallel chunks, each chunk
+/// with its own accumulator of `width` u64s and a `seen` scratch array, and
+/// sums the accumulators. `per_ballot` returns false for an invalid ballot.
+fn over_lists<F>(input: &TallyInput, width: usize, per_ballot: F) -> (Vec<u64>, u64)
+where
+    F: Fn(&[u32], &mut [u64], &mut [bool]) -> bool + Sync,
+{
+    let n = input.candidates as usize;
+    let ballots = input.ballot_count();
+    let chunks = ballots.div_ceil(BALLOT_CHUNK);
+    let (totals, invalid) = (0..chunks)
+        .into_par_iter()
+        .map(|chunk| {
+            let mut acc = vec![0u64; width];
+            let mut seen = vec![false; n];
+            let mut invalid = 0u64;
+            let end = ((chunk + 1) * BALLOT_CHUNK).min(ballots);
+            for b in chunk * BALLOT_CHUNK..end {
+                let list = &input.items[input.offsets[b] as usize..input.offsets[b + 1] as usize];
+                if !per_ballot(list, &mut acc, &mut seen) {
+                    invalid += 1;
+                }
+                for &c in list {
+                    if let Some(s) = seen.get_mut(c as usize) {
+                        *s = false;
+                    }
+                }
+            }
+            (acc, invalid)
+        })
+        .reduce(|| (vec![0; width], 0), |(a, ia), (b, ib)| (add_into(a, b), ia + ib));
+    (totals, invalid)
+}
+
+/// Marks `c` seen; false if it is out of range or was already seen.
+fn mark(seen: &mut [bool], c: u32) -> bool {
+    match seen.get_mut(c as usize) {
+        Some(s) if !*s => {
+            *s = true;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Approval: one point per approved candidate. Borda: position i of n
+/// candidates earns n-1-i points; unranked candidates earn none.
+fn list_scores(input: &TallyInput, n: usize) -> (Vec<u64>, u64) {
+    let borda = input.rule == TallyRule::Borda;
+    over_lists(input, n, |list, scores, seen| {
+        for (i, &c) in list.iter().enumerate() {
+            if !mark(seen, c) {
+                return false;
+            }
+            scores[c as usize] += if borda { (n - 1 - i) as u64 } else { 1 };
+        }
+        true
+    })
+}
+
+/// Schulze's pairwise matrix: a ranked candidate beats every candidate ranked
+/// after it and every unranked one. Written as "add 1 to row c for every
+/// candidate not seen yet", a branch-free loop the compiler vectorises.
+fn pairwise(input: &TallyInput, n: usize) -> (Vec<u64>, u64) {
+    over_lists(input, n * n, |list, d, seen| {
+        for &c in list {
+            if !mark(seen, c) {
+                return false;
+            }
+            let row = &mut d[c as usize * n..(c as usize + 1) * n];
+            for (cell, &s) in row.iter_mut().zip(seen.iter()) {
+                *cell += u64::from(!s);
+            }
+        }
+        true
+    })
+}

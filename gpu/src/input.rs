@@ -1,0 +1,131 @@
+//! The tally input: one job's ballots, flattened into plain integer arrays so
+//! the CPU kernels stream them and the GPU can take them as buffers as-is.
+
+use hivemesh_protocol::TallyRule;
+use serde::Serialize;
+
+/// One job's ballots for one rule.
+///
+/// - `Plurality`, `WeightedPlurality`: `items[i]` is ballot i's candidate.
+/// - `Approval`, `Borda`, `Schulze`: ballot i is `items[offsets[i]..offsets[i+1]]`
+///   (approved candidates, or a ranking best first; unranked candidates tie last).
+/// - `WeightedPlurality` only: `weights[i]` is ballot i's weight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TallyInput {
+    pub rule: TallyRule,
+    pub candidates: u32,
+    pub items: Vec<u32>,
+    pub weights: Vec<u32>,
+    pub offsets: Vec<u32>,
+}
+
+impl TallyInput {
+    pub fn plurality(candidates: u32, choices: Vec<u32>) -> Self {
+        Self { rule: TallyRule::Plurality, candidates, items: choices, weights: vec![], offsets: vec![] }
+    }
+
+    pub fn weighted(candidates: u32, choices: Vec<u32>, weights: Vec<u32>) -> Self {
+        Self { rule: TallyRule::WeightedPlurality, candidates, items: choices, weights, offsets: vec![] }
+    }
+
+    /// Approval, Borda or Schulze input from one list per ballot.
+    pub fn lists(rule: TallyRule, candidates: u32, ballots: &[Vec<u32>]) -> Self {
+        let mut offsets = Vec::with_capacity(ballots.len() + 1);
+        let mut items = Vec::with_capacity(ballots.iter().map(Vec::len).sum());
+        offsets.push(0);
+        for ballot in ballots {
+            items.extend_from_slice(ballot);
+            offsets.push(items.len() as u32);
+        }
+        Self { rule, candidates, items, weights: vec![], offsets }
+    }
+
+    pub fn uses_lists(&self) -> bool {
+        matches!(self.rule, TallyRule::Approval | TallyRule::Borda | TallyRule::Schulze)
+    }
+
+    pub fn ballot_count(&self) -> usize {
+        if self.uses_lists() { self.offsets.len().saturating_sub(1) } else { self.items.len() }
+    }
+
+    /// Structural checks that cost O(ballots) for list rules and O(1)
+    /// otherwise; candidate ranges are checked by the kernels as they count.
+    pub fn check_shape(&self) -> Result<(), TallyError> {
+        if self.candidates == 0 || self.candidates as usize > hivemesh_protocol::limits::MAX_CANDIDATES {
+            return Err(TallyError::CandidateCount(self.candidates));
+        }
+        if self.rule == TallyRule::WeightedPlurality && self.weights.len() != self.items.len() {
+            return Err(TallyError::Shape(format!(
+                "{} weights for {} ballots",
+                self.weights.len(),
+                self.items.len()
+            )));
+        }
+        if self.uses_lists() {
+            if self.offsets.first() != Some(&0)
+                || self.offsets.last().map(|&e| e as usize) != Some(self.items.len())
+            {
+                return Err(TallyError::Shape("offsets must start at 0 and end at items.len()".into()));
+            }
+            if let Some(i) = self.offsets.windows(2).position(|w| w[0] > w[1]) {
+                return Err(TallyError::Shape(format!("offsets decrease at ballot {i}")));
+            }
+            if self.items.len() > u32::MAX as usize {
+                return Err(TallyError::Shape("more than 2^32 list items".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Index of the first ballot that names an unknown candidate or names one
+    /// twice; used to build a precise error once a kernel saw a bad ballot.
+    pub fn first_invalid_ballot(&self) -> Option<usize> {
+        let n = self.candidates as usize;
+        if !self.uses_lists() {
+            return self.items.iter().position(|&c| c as usize >= n);
+        }
+        let mut seen = vec![false; n];
+        (0..self.ballot_count()).find(|&b| {
+            let list = &self.items[self.offsets[b] as usize..self.offsets[b + 1] as usize];
+            seen.iter_mut().for_each(|s| *s = false);
+            list.iter().any(|&c| c as usize >= n || std::mem::replace(&mut seen[c as usize], true))
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TallyError {
+    #[error("candidate count {0} is outside 1..={max}", max = hivemesh_protocol::limits::MAX_CANDIDATES)]
+    CandidateCount(u32),
+    #[error("malformed tally input: {0}")]
+    Shape(String),
+    #[error("ballot {ballot} names an unknown candidate or names one twice")]
+    InvalidBallot { ballot: usize },
+    #[error("GPU backend failed: {0}")]
+    Gpu(String),
+}
+
+/// What was counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Counts {
+    /// Points per candidate (votes, weight, approvals or Borda points).
+    Scores(Vec<u64>),
+    /// Schulze: `pairwise[a*n+b]` ballots prefer a over b; `strongest[a*n+b]`
+    /// is the strength of the strongest path from a to b.
+    Pairwise { pairwise: Vec<u64>, strongest: Vec<u64> },
+}
+
+/// The result of one job's tally. Identical on every backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TallyResult {
+    pub rule: TallyRule,
+    pub ballots: u64,
+    /// Every candidate, best first. Ties: the lower candidate index first.
+    pub ranking: Vec<u32>,
+    /// `ranking[0]`, unless there were no ballots.
+    pub winner: Option<u32>,
+    /// Candidates sharing first place (the winner among them is the lowest index).
+    pub tied_for_first: Vec<u32>,
+    pub counts: Counts,
+}

@@ -1,0 +1,12 @@
+//! hivemesh-gpu: vote tallying. Plurality, weighted plurality, approval,
+//! Borda and Schulze, on the CPU (rayon) and on a GPU (wgpu compute shaders),
+//! with bit-identical results: every count is an integer.
+//!
+//! Sans-IO apart from the GPU device itself: inputs are plain arrays, outputs
+//! plain values.
+
+pub mod cpu;
+pub mod input;
+pub mod outcome;
+
+pub use input::{Counts, TallyError, TallyInput, TallyResult};
