@@ -5,8 +5,11 @@
 //! Sans-IO apart from the GPU device itself: inputs are plain arrays, outputs
 //! plain values.
 
+pub mod ballot_box;
 pub mod cpu;
+pub mod engine;
 pub mod input;
 pub mod outcome;
+pub mod wgpu_backend;
 
 pub use input::{Counts, TallyError, TallyInput, TallyResult};

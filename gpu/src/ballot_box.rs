@@ -1,0 +1,208 @@
+//! Ballot validation before counting: signatures (batch-verified),
+//! eligibility, known candidates, one ballot per voter, equivocation, quorum.
+//! Everything excluded is reported with its index and reason, so anyone
+//! holding the same signed ballots reaches the same outcome.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+
+use hivemesh_protocol::{
+    Ballot, BallotChoice, Domain, Envelope, JobId, NodeId, TallyRule, open, verify_batch_stateless,
+};
+use serde::Serialize;
+
+use crate::input::TallyInput;
+
+/// How many valid ballots make an outcome final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quorum {
+    /// More than two thirds of the eligible voters (the default).
+    #[default]
+    TwoThirds,
+    /// More than half of the eligible voters.
+    Majority,
+    /// At least this many.
+    AtLeast(u32),
+}
+
+impl Quorum {
+    pub fn required(self, eligible: usize) -> usize {
+        match self {
+            Quorum::TwoThirds => eligible * 2 / 3 + 1,
+            Quorum::Majority => eligible / 2 + 1,
+            Quorum::AtLeast(k) => k as usize,
+        }
+    }
+}
+
+impl FromStr for Quorum {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "two-thirds" => Ok(Quorum::TwoThirds),
+            "majority" => Ok(Quorum::Majority),
+            n => n.parse().map(Quorum::AtLeast).map_err(|_| {
+                format!("unknown quorum {n:?}: use two-thirds, majority, or a number of ballots")
+            }),
+        }
+    }
+}
+
+/// What a job's ballots are checked against.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub job: JobId,
+    pub rule: TallyRule,
+    pub candidates: u32,
+    pub eligible: Vec<NodeId>,
+    pub quorum: Quorum,
+}
+
+/// A ballot left out of the count, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exclusion {
+    /// Position in the input.
+    pub index: usize,
+    /// The signer, when the envelope named one.
+    pub voter: Option<String>,
+    pub reason: String,
+}
+
+/// Two different ballots signed by one voter for one job. The two envelopes
+/// at these input positions are the evidence: both signatures verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Equivocation {
+    pub voter: String,
+    pub ballots: [usize; 2],
+}
+
+/// The validated ballots, ready for a backend, and the bookkeeping.
+#[derive(Debug, Clone)]
+pub struct Counted {
+    pub input: TallyInput,
+    /// Voters whose ballot was counted, in input order.
+    pub voters: Vec<NodeId>,
+    pub excluded: Vec<Exclusion>,
+    pub equivocations: Vec<Equivocation>,
+    pub quorum_required: usize,
+}
+
+impl Counted {
+    pub fn quorum_reached(&self) -> bool {
+        self.voters.len() >= self.quorum_required
+    }
+}
+
+/// Validates signed ballot envelopes for one job.
+pub fn validate(spec: &JobSpec, envelopes: &[Envelope]) -> Counted {
+    let eligible: HashSet<NodeId> = spec.eligible.iter().copied().collect();
+    let mut excluded = Vec::new();
+    let mut by_voter: HashMap<NodeId, Vec<(usize, Ballot)>> = HashMap::new();
+    let mut voter_order = Vec::new();
+    for (index, (env, sig)) in
+        envelopes.iter().zip(verify_batch_stateless(envelopes, Domain::BALLOT)).enumerate()
+    {
+        let exclude = |reason: String| Exclusion { index, voter: Some(env.sender.to_string()), reason };
+        let checked = sig
+            .map_err(|e| e.to_string())
+            .and_then(|_| open::<Ballot>(env).map_err(|e| e.to_string()))
+            .and_then(|ballot| check_against_job(spec, &eligible, ballot));
+        match checked {
+            Ok(ballot) => {
+                let entry = by_voter.entry(ballot.voter).or_default();
+                if entry.is_empty() {
+                    voter_order.push(ballot.voter);
+                }
+                entry.push((index, ballot));
+            }
+            Err(reason) => excluded.push(exclude(reason)),
+        }
+    }
+
+    let mut equivocations = Vec::new();
+    let mut counted = Vec::new();
+    for voter in voter_order {
+        let ballots = &by_voter[&voter];
+        let (first_index, first) = &ballots[0];
+        if let Some((other_index, _)) = ballots.iter().find(|(_, b)| b != first) {
+            equivocations
+                .push(Equivocation { voter: voter.to_string(), ballots: [*first_index, *other_index] });
+            for (index, _) in ballots {
+                excluded.push(Exclusion {
+                    index: *index,
+                    voter: Some(voter.to_string()),
+                    reason: format!(
+                        "equivocation: the voter signed different ballots (inputs {first_index} and {other_index})"
+                    ),
+                });
+            }
+            continue;
+        }
+        for (index, _) in &ballots[1..] {
+            excluded.push(Exclusion {
+                index: *index,
+                voter: Some(voter.to_string()),
+                reason: format!("duplicate of ballot {first_index}"),
+            });
+        }
+        counted.push((*first_index, first.clone()));
+    }
+    counted.sort_by_key(|(index, _)| *index);
+    excluded.sort_by_key(|e| e.index);
+
+    Counted {
+        input: to_input(spec, counted.iter().map(|(_, b)| b)),
+        voters: counted.iter().map(|(_, b)| b.voter).collect(),
+        excluded,
+        equivocations,
+        quorum_required: spec.quorum.required(spec.eligible.len()),
+    }
+}
+
+fn check_against_job(spec: &JobSpec, eligible: &HashSet<NodeId>, ballot: Ballot) -> Result<Ballot, String> {
+    if ballot.job != spec.job {
+        return Err("ballot is for another job".into());
+    }
+    if ballot.rule != spec.rule {
+        return Err(format!("ballot is for rule {:?}, the job uses {:?}", ballot.rule, spec.rule));
+    }
+    if !eligible.contains(&ballot.voter) {
+        return Err("voter is not eligible for this job".into());
+    }
+    let named: &[u32] = match &ballot.choice {
+        BallotChoice::Single(c) => std::slice::from_ref(c),
+        BallotChoice::Approve(list) | BallotChoice::Rank(list) => list,
+    };
+    if let Some(unknown) = named.iter().find(|&&c| c >= spec.candidates) {
+        return Err(format!("unknown candidate {unknown} (the job has {})", spec.candidates));
+    }
+    Ok(ballot)
+}
+
+fn to_input<'a>(spec: &JobSpec, ballots: impl Iterator<Item = &'a Ballot>) -> TallyInput {
+    let mut input = TallyInput {
+        rule: spec.rule,
+        candidates: spec.candidates,
+        items: vec![],
+        weights: vec![],
+        offsets: vec![0],
+    };
+    for ballot in ballots {
+        match &ballot.choice {
+            BallotChoice::Single(c) => {
+                input.items.push(*c);
+                if spec.rule == TallyRule::WeightedPlurality {
+                    input.weights.push(ballot.weight);
+                }
+            }
+            BallotChoice::Approve(list) | BallotChoice::Rank(list) => {
+                input.items.extend_from_slice(list);
+                input.offsets.push(input.items.len() as u32);
+            }
+        }
+    }
+    if !input.uses_lists() {
+        input.offsets.clear();
+    }
+    input
+}

@@ -1,0 +1,61 @@
+// Schulze's pairwise matrix for up to 64 candidates: a ranked candidate beats
+// every candidate ranked after it and every unranked one. Each workgroup
+// counts into a private n*n matrix in workgroup memory (u32 is enough: one
+// increment per ballot per cell) and writes it to its slice of `partials`
+// after the leading invalid-ballot counter.
+
+struct Params {
+    mode: u32,
+    n: u32,
+    ballots: u32,
+    weighted: u32,
+}
+
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> items: array<u32>;
+@group(0) @binding(3) var<storage, read> offsets: array<u32>;
+@group(0) @binding(4) var<storage, read_write> partials: array<atomic<u32>>;
+
+var<workgroup> matrix: array<atomic<u32>, 4096>;
+
+fn count_ranking(b: u32) {
+    let n = params.n;
+    var seen: array<u32, 2>;
+    for (var i = offsets[b]; i < offsets[b + 1u]; i++) {
+        let c = items[i];
+        if (c >= n || (seen[c >> 5u] & (1u << (c & 31u))) != 0u) {
+            atomicAdd(&partials[0], 1u);
+            return;
+        }
+        seen[c >> 5u] |= 1u << (c & 31u);
+        for (var x = 0u; x < n; x++) {
+            if ((seen[x >> 5u] & (1u << (x & 31u))) == 0u) {
+                atomicAdd(&matrix[c * n + x], 1u);
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn main(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+) {
+    let cells = params.n * params.n;
+    for (var s = lid; s < cells; s += WG) {
+        atomicStore(&matrix[s], 0u);
+    }
+    workgroupBarrier();
+    let stride = groups.x * WG;
+    for (var b = wid.x * WG + lid; b < params.ballots; b += stride) {
+        count_ranking(b);
+    }
+    workgroupBarrier();
+    let base = 1u + wid.x * cells;
+    for (var s = lid; s < cells; s += WG) {
+        atomicStore(&partials[base + s], atomicLoad(&matrix[s]));
+    }
+}
