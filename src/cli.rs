@@ -30,4 +30,48 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-check a job's outcome from its signed ballots, or generate a ballot file.
+    ///
+    /// Verifies every signature, drops ballots from ineligible voters, for
+    /// unknown candidates or for another job, excludes both ballots of a voter
+    /// who signed two different ones (equivocation), checks quorum, and
+    /// tallies. Prints the outcome, the counts (or Schulze's pairwise and
+    /// strongest-path matrices) and every excluded ballot with its reason.
+    /// Exits 2 when quorum was not reached, 1 on malformed input.
+    ///
+    /// File format (JSON): {"job": HEX32, "rule": RULE, "candidates": N or
+    /// [labels], "eligible": [PEER_ID, ...], "ballots": [HEX, ...]}, each
+    /// ballot being a postcard-encoded signed envelope.
+    Tally {
+        /// Ballot file, or - for stdin. Not used with --generate.
+        #[arg(required_unless_present = "generate")]
+        file: Option<PathBuf>,
+        /// plurality, weighted, approval, borda or schulze. Defaults to the file's rule.
+        #[arg(long)]
+        rule: Option<String>,
+        /// cpu, gpu (software adapters allowed) or auto (a real GPU above the measured crossover).
+        #[arg(long, default_value = "auto")]
+        backend: String,
+        /// two-thirds (more than 2/3 of eligible voters), majority, or a number of ballots.
+        #[arg(long, default_value = "two-thirds")]
+        quorum: String,
+        /// Print the full report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write a random signed ballot file to stdout instead (for demos and benchmarks).
+        #[arg(long)]
+        generate: bool,
+        /// With --generate: number of voters.
+        #[arg(long, default_value_t = 100)]
+        voters: u32,
+        /// With --generate: number of candidates.
+        #[arg(long, default_value_t = 4)]
+        candidates: u32,
+        /// With --generate: how many voters also sign a second, different ballot.
+        #[arg(long, default_value_t = 0)]
+        equivocators: u32,
+        /// With --generate: random seed (same seed, same file).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }

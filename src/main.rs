@@ -7,6 +7,7 @@ use hivemesh::node::keystore;
 use hivemesh::protocol::identity::hex;
 
 mod cli;
+mod tally_cmd;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
@@ -18,7 +19,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("hivemesh: error: {e:#}");
             ExitCode::FAILURE
@@ -26,13 +27,40 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let data_dir = match cli.data_dir {
-        Some(dir) => dir,
-        None => keystore::default_data_dir()?,
+/// Exit status of `tally` when the outcome is valid but not final.
+const EXIT_NO_QUORUM: u8 = 2;
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let data_dir = || match &cli.data_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => keystore::default_data_dir(),
     };
-    match cli.command {
-        Command::Id { json } => print_id(data_dir, json),
+    match &cli.command {
+        Command::Id { json } => print_id(data_dir()?, *json).map(|_| ExitCode::SUCCESS),
+        Command::Tally {
+            file,
+            rule,
+            backend,
+            quorum,
+            json,
+            generate,
+            voters,
+            candidates,
+            equivocators,
+            seed,
+        } => {
+            let backend = backend.parse().map_err(anyhow::Error::msg)?;
+            let quorum = quorum.parse().map_err(anyhow::Error::msg)?;
+            if *generate {
+                let rule = tally_cmd::parse_rule(rule.as_deref().unwrap_or("schulze"))?;
+                let out = tally_cmd::generate(rule, *voters, *candidates, *equivocators, *seed)?;
+                println!("{}", serde_json::to_string(&out)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let path = file.as_deref().unwrap_or(std::path::Path::new("-"));
+            let reached = tally_cmd::recheck(path, rule.as_deref(), backend, quorum, *json)?;
+            Ok(if reached { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NO_QUORUM) })
+        }
     }
 }
 

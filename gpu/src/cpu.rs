@@ -9,7 +9,7 @@ use crate::outcome;
 
 /// Votes per parallel task for single-choice rules; small enough that u32
 /// counters cannot overflow, large enough to amortise the merge.
-const VOTE_CHUNK: usize = 1 << 20;
+const VOTE_CHUNK: usize = 1 << 18;
 /// Ballots per parallel task for list rules.
 const BALLOT_CHUNK: usize = 1 << 14;
 

@@ -1,0 +1,138 @@
+//! Tally hot paths: plurality and Schulze on the CPU, the same on the GPU
+//! backend (a software adapter on machines without a GPU: labelled), and
+//! signed-ballot ingest (verify + dedupe + count).
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hivemesh_gpu::ballot_box::{JobSpec, Quorum, validate};
+use hivemesh_gpu::wgpu_backend::GpuBackend;
+use hivemesh_gpu::{TallyInput, cpu};
+use hivemesh_protocol::{Ballot, BallotChoice, JobId, NodeIdentity, TallyRule, seal};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+fn votes(count: usize, candidates: u32) -> TallyInput {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    TallyInput::plurality(candidates, (0..count).map(|_| rng.random_range(0..candidates)).collect())
+}
+
+fn rankings(count: usize, candidates: u32) -> TallyInput {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let mut order: Vec<u32> = (0..candidates).collect();
+    let lists: Vec<Vec<u32>> = (0..count)
+        .map(|_| {
+            order.shuffle(&mut rng);
+            order.clone()
+        })
+        .collect();
+    TallyInput::lists(TallyRule::Schulze, candidates, &lists)
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cpu");
+    group.sample_size(10);
+    for count in [1_000_000usize, 100_000_000] {
+        let input = votes(count, 8);
+        group.throughput(Throughput::Elements(count as u64));
+        group.bench_function(format!("plurality_{count}"), |b| b.iter(|| cpu::tally(black_box(&input))));
+    }
+    for candidates in [8u32, 64] {
+        let input = rankings(1_000_000, candidates);
+        group.throughput(Throughput::Elements(1_000_000));
+        group
+            .bench_function(format!("schulze_{candidates}x1M"), |b| b.iter(|| cpu::tally(black_box(&input))));
+    }
+    group.finish();
+
+    if let Ok(gpu) = GpuBackend::new(true) {
+        let label = if gpu.is_software() { "gpu_software" } else { "gpu" };
+        let mut group = c.benchmark_group(label);
+        group.sample_size(10);
+        let input = votes(10_000_000, 8);
+        group.throughput(Throughput::Elements(10_000_000));
+        group.bench_function("plurality_10M_with_upload", |b| b.iter(|| gpu.tally(black_box(&input))));
+        for candidates in [8u32, 64] {
+            let input = rankings(100_000, candidates);
+            group.throughput(Throughput::Elements(100_000));
+            group.bench_function(format!("schulze_{candidates}x100k_with_upload"), |b| {
+                b.iter(|| gpu.tally(black_box(&input)))
+            });
+        }
+        group.finish();
+    } else {
+        eprintln!("no wgpu adapter: GPU benchmarks skipped");
+    }
+
+    // Ingest: 1,000 voters' signed ballots, verified in one batch, deduplicated, counted.
+    let voters: Vec<NodeIdentity> = (0..1000u32)
+        .map(|i| {
+            NodeIdentity::from_seed([
+                i as u8,
+                (i >> 8) as u8,
+                1,
+                2,
+                3,
+                4,
+                5,
+                6,
+                7,
+                8,
+                9,
+                10,
+                11,
+                12,
+                13,
+                14,
+                15,
+                16,
+                17,
+                18,
+                19,
+                20,
+                21,
+                22,
+                23,
+                24,
+                25,
+                26,
+                27,
+                28,
+                29,
+                30,
+            ])
+        })
+        .collect();
+    let job = JobId([9; 16]);
+    let envelopes: Vec<_> = voters
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let ballot = Ballot {
+                job,
+                voter: v.node_id(),
+                rule: TallyRule::Plurality,
+                choice: BallotChoice::Single(i as u32 % 4),
+                weight: 1,
+            };
+            seal(v, 1, 1_000, &ballot).expect("seal")
+        })
+        .collect();
+    let spec = JobSpec {
+        job,
+        rule: TallyRule::Plurality,
+        candidates: 4,
+        eligible: voters.iter().map(NodeIdentity::node_id).collect(),
+        quorum: Quorum::TwoThirds,
+    };
+    let mut group = c.benchmark_group("ingest");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function("signed_ballots_1000", |b| {
+        b.iter(|| cpu::tally(&validate(black_box(&spec), black_box(&envelopes)).input))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
