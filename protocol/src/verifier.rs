@@ -78,23 +78,10 @@ impl Verifier {
         expected: Domain,
         now_ms: u64,
     ) -> Vec<Result<(), EnvelopeError>> {
-        let mut results: Vec<Result<(), EnvelopeError>> = Vec::with_capacity(envelopes.len());
-        let mut candidates = Vec::with_capacity(envelopes.len());
-        for (i, env) in envelopes.iter().enumerate() {
-            match self.precheck(env, expected, now_ms) {
-                Ok(key) => {
-                    candidates.push((i, key));
-                    results.push(Ok(()));
-                }
-                Err(e) => results.push(Err(e)),
-            }
-        }
-        let signatures_ok = signatures_valid(envelopes, &candidates);
-        for ((i, key), ok) in candidates.into_iter().zip(signatures_ok) {
-            let env = &envelopes[i];
+        let (mut results, verified) = check_batch(envelopes, |env| self.precheck(env, expected, now_ms));
+        for (i, key) in verified {
             // A duplicate inside the same batch is caught here, by commit.
-            results[i] =
-                if ok { self.commit(env, key) } else { Err(EnvelopeError::BadSignature(env.sender)) };
+            results[i] = self.commit(&envelopes[i], key);
         }
         results
     }
@@ -155,40 +142,39 @@ fn replay_verdict(check: ReplayCheck, envelope: &Envelope) -> Result<(), Envelop
 /// age rules: for re-checking signed records after the fact, such as the
 /// ballots of a finished job.
 pub fn verify_batch_stateless(envelopes: &[Envelope], expected: Domain) -> Vec<Result<(), EnvelopeError>> {
+    check_batch(envelopes, |env| env.check_header(expected).and_then(|_| env.sender_key())).0
+}
+
+/// Each envelope's result, and the `(index, key)` of those whose signature verified.
+type BatchOutcome = (Vec<Result<(), EnvelopeError>>, Vec<(usize, VerifyingKey)>);
+
+/// Runs `precheck` on every envelope, then checks the signatures of those that
+/// passed with one ed25519 batch equation (about twice as fast as one by one).
+/// If the batch fails, each is re-checked alone so every bad signature gets its
+/// own error and every good one still passes.
+fn check_batch(
+    envelopes: &[Envelope],
+    mut precheck: impl FnMut(&Envelope) -> Result<VerifyingKey, EnvelopeError>,
+) -> BatchOutcome {
     let mut results = Vec::with_capacity(envelopes.len());
     let mut candidates = Vec::with_capacity(envelopes.len());
     for (i, env) in envelopes.iter().enumerate() {
-        match env.check_header(expected).and_then(|_| env.sender_key()) {
-            Ok(key) => {
-                candidates.push((i, key));
-                results.push(Ok(()));
-            }
-            Err(e) => results.push(Err(e)),
-        }
+        results.push(precheck(env).map(|key| candidates.push((i, key))));
     }
-    let signatures_ok = signatures_valid(envelopes, &candidates);
-    for ((i, _), ok) in candidates.into_iter().zip(signatures_ok) {
-        if !ok {
-            results[i] = Err(EnvelopeError::BadSignature(envelopes[i].sender));
-        }
-    }
-    results
-}
-
-/// One ed25519 batch equation for all `(index, key)` pairs (about twice as
-/// fast as checking one by one); if it fails, each is re-checked alone so
-/// every bad signature is found and every good one still passes.
-fn signatures_valid(envelopes: &[Envelope], candidates: &[(usize, VerifyingKey)]) -> Vec<bool> {
     let messages: Vec<Vec<u8>> = candidates.iter().map(|(i, _)| envelopes[*i].signed_bytes()).collect();
     let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
     let signatures: Vec<_> = candidates.iter().map(|(i, _)| envelopes[*i].signature).collect();
     let keys: Vec<VerifyingKey> = candidates.iter().map(|(_, k)| *k).collect();
     if ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok() {
-        return vec![true; candidates.len()];
+        return (results, candidates);
     }
-    candidates
-        .iter()
-        .zip(&messages)
-        .map(|((i, key), message)| key.verify(message, &envelopes[*i].signature).is_ok())
-        .collect()
+    let mut verified = Vec::with_capacity(candidates.len());
+    for ((i, key), message) in candidates.into_iter().zip(&messages) {
+        if key.verify(message, &envelopes[i].signature).is_ok() {
+            verified.push((i, key));
+        } else {
+            results[i] = Err(EnvelopeError::BadSignature(envelopes[i].sender));
+        }
+    }
+    (results, verified)
 }
