@@ -29,6 +29,13 @@ fn rankings(count: usize, candidates: u32) -> TallyInput {
     TallyInput::lists(TallyRule::Schulze, candidates, &lists)
 }
 
+/// A distinct, reproducible identity per voter index.
+fn voter(index: u32) -> NodeIdentity {
+    let mut seed = [7u8; 32];
+    seed[..4].copy_from_slice(&index.to_le_bytes());
+    NodeIdentity::from_seed(seed)
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("cpu");
     group.sample_size(10);
@@ -65,44 +72,7 @@ fn bench(c: &mut Criterion) {
     }
 
     // Ingest: 1,000 voters' signed ballots, verified in one batch, deduplicated, counted.
-    let voters: Vec<NodeIdentity> = (0..1000u32)
-        .map(|i| {
-            NodeIdentity::from_seed([
-                i as u8,
-                (i >> 8) as u8,
-                1,
-                2,
-                3,
-                4,
-                5,
-                6,
-                7,
-                8,
-                9,
-                10,
-                11,
-                12,
-                13,
-                14,
-                15,
-                16,
-                17,
-                18,
-                19,
-                20,
-                21,
-                22,
-                23,
-                24,
-                25,
-                26,
-                27,
-                28,
-                29,
-                30,
-            ])
-        })
-        .collect();
+    let voters: Vec<NodeIdentity> = (0..1000u32).map(voter).collect();
     let job = JobId([9; 16]);
     let envelopes: Vec<_> = voters
         .iter()

@@ -88,8 +88,14 @@ impl GpuBackend {
                 cache: None,
             })
         };
-        let scores = pipeline("scores", include_str!("shaders/scores.wgsl"));
-        let pairwise = pipeline("pairwise", include_str!("shaders/pairwise.wgsl"));
+        let scores = pipeline(
+            "scores",
+            concat!(include_str!("shaders/params.wgsl"), include_str!("shaders/scores.wgsl")),
+        );
+        let pairwise = pipeline(
+            "pairwise",
+            concat!(include_str!("shaders/params.wgsl"), include_str!("shaders/pairwise.wgsl")),
+        );
         Ok(Self {
             device,
             queue,
@@ -151,12 +157,8 @@ impl GpuBackend {
         let weighted = u32::from(input.rule == TallyRule::WeightedPlurality);
         // Single-choice inputs are split into dispatches that fit a buffer;
         // list inputs were checked to fit in one.
-        let chunk = if mode == 0 { self.max_elements.max(1) } else { input.items.len().max(1) };
-        let ranges: Vec<(usize, usize)> = if mode == 0 {
-            (0..input.items.len().max(1))
-                .step_by(chunk)
-                .map(|s| (s, (s + chunk).min(input.items.len())))
-                .collect()
+        let ranges = if mode == 0 {
+            chunk_ranges(input.items.len(), self.max_elements)
         } else {
             vec![(0, input.items.len())]
         };
@@ -168,7 +170,7 @@ impl GpuBackend {
             let partial_words = groups as usize * slots * 2;
             let words = self.dispatch(
                 buffers,
-                &self.scores,
+                Kernel::Scores,
                 params,
                 [&input.items[start..end], weights, &input.offsets],
                 partial_words,
@@ -191,7 +193,7 @@ impl GpuBackend {
         let groups = workgroups(ballots);
         let words = self.dispatch(
             buffers,
-            &self.pairwise,
+            Kernel::Pairwise,
             params,
             [&input.items, &[], &input.offsets],
             1 + groups as usize * n * n,
@@ -204,12 +206,12 @@ impl GpuBackend {
         Ok((matrix, u64::from(words[0])))
     }
 
-    /// Uploads the inputs, runs `pipeline` over `groups` workgroups and reads
+    /// Uploads the inputs, runs `kernel` over `groups` workgroups and reads
     /// back `partial_words` u32s of per-workgroup results.
     fn dispatch(
         &self,
         buffers: &mut Buffers,
-        pipeline: &wgpu::ComputePipeline,
+        kernel: Kernel,
         params: Params,
         inputs: [&[u32]; 3],
         partial_words: usize,
@@ -229,14 +231,15 @@ impl GpuBackend {
             }
         }
         let partial_bytes = (partial_words * 4) as u64;
-        let partials =
-            buffers.sized(device, Slot::Partials, partial_bytes, storage | wgpu::BufferUsages::COPY_SRC);
-        self.queue.write_buffer(partials, 0, &vec![0u8; partial_bytes as usize]);
+        buffers.sized(device, Slot::Partials, partial_bytes, storage | wgpu::BufferUsages::COPY_SRC);
+        let pipeline = match kernel {
+            Kernel::Scores => &self.scores,
+            Kernel::Pairwise => &self.pairwise,
+        };
         let layout = pipeline.get_bind_group_layout(0);
         let mut entries =
             vec![wgpu::BindGroupEntry { binding: 0, resource: params_buffer.as_entire_binding() }];
-        let used: &[u32] = if std::ptr::eq(pipeline, &self.scores) { &[1, 2, 3] } else { &[1, 3] };
-        for &binding in used {
+        for &binding in kernel.input_bindings() {
             let buffer = buffers.slot(Slot::Input(binding as usize - 1));
             entries.push(wgpu::BindGroupEntry { binding, resource: buffer.as_entire_binding() });
         }
@@ -257,6 +260,8 @@ impl GpuBackend {
         );
         let mut encoder =
             device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("tally") });
+        // Zeroed on the device: no host allocation or upload per call.
+        encoder.clear_buffer(buffers.slot(Slot::Partials), 0, Some(partial_bytes));
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("tally"),
@@ -291,6 +296,31 @@ impl GpuBackend {
         readback.unmap();
         Ok(words)
     }
+}
+
+/// The two compute kernels, and which input buffers each one binds.
+#[derive(Clone, Copy)]
+enum Kernel {
+    /// `shaders/scores.wgsl`: items (1), weights (2), offsets (3).
+    Scores,
+    /// `shaders/pairwise.wgsl`: items (1), offsets (3).
+    Pairwise,
+}
+
+impl Kernel {
+    fn input_bindings(self) -> &'static [u32] {
+        match self {
+            Kernel::Scores => &[1, 2, 3],
+            Kernel::Pairwise => &[1, 3],
+        }
+    }
+}
+
+/// `[start, end)` ranges of at most `chunk` elements covering `len`; one empty
+/// range when `len` is 0, so an empty job still dispatches (and reads back zeros).
+fn chunk_ranges(len: usize, chunk: usize) -> Vec<(usize, usize)> {
+    let chunk = chunk.max(1);
+    (0..len.max(1)).step_by(chunk).map(|start| (start, (start + chunk).min(len))).collect()
 }
 
 fn workgroups(ballots: usize) -> u32 {

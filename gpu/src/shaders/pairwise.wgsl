@@ -4,14 +4,7 @@
 // increment per ballot per cell) and writes it to its slice of `partials`
 // after the leading invalid-ballot counter.
 
-struct Params {
-    mode: u32,
-    n: u32,
-    ballots: u32,
-    weighted: u32,
-}
-
-const WG: u32 = 256u;
+// Params and WG come from params.wgsl, prepended by the host.
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> items: array<u32>;

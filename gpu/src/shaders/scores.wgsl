@@ -4,14 +4,7 @@
 // into hi, so the sum is exact) and writes it to its slice of `partials`; the
 // host adds the slices. Slot n counts invalid ballots.
 
-struct Params {
-    mode: u32,
-    n: u32,
-    ballots: u32,
-    weighted: u32,
-}
-
-const WG: u32 = 256u;
+// Params and WG come from params.wgsl, prepended by the host.
 const MAX_SLOTS: u32 = 1025u;
 
 @group(0) @binding(0) var<uniform> params: Params;
