@@ -1,6 +1,9 @@
 //! Command-line interface definitions.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use hivemesh::node::Multiaddr;
 
 use clap::{Parser, Subcommand};
 
@@ -74,4 +77,100 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Run one node in the foreground until Ctrl-C (then leave gracefully).
+    ///
+    /// Logs its PeerId and listen addresses (RUST_LOG=info for more), keeps
+    /// retrying bootstrap peers with backoff, and serves a control API on
+    /// 127.0.0.1 for `hivemesh members` and `hivemesh leave`.
+    ///
+    /// Example: hivemesh run --bootstrap /ip4/192.0.2.7/udp/4001/quic-v1/p2p/12D3KooW...
+    Run {
+        /// Address to listen on (repeatable). Default: QUIC and TCP on port 4001, all interfaces.
+        #[arg(long, value_name = "MULTIADDR", value_parser = parse_multiaddr)]
+        listen: Vec<Multiaddr>,
+        /// A peer to join through (repeatable); /p2p/<PeerId> may be omitted.
+        #[arg(long, value_name = "MULTIADDR", value_parser = parse_multiaddr)]
+        bootstrap: Vec<Multiaddr>,
+        /// Discover peers on the local network with mDNS.
+        #[arg(long)]
+        mdns: bool,
+        /// Control API address (keep it on loopback: it is unauthenticated).
+        #[arg(long, default_value = "127.0.0.1:7480")]
+        api: SocketAddr,
+        /// Expected swarm size; tunes how long updates are gossiped and how
+        /// long a suspect has to refute.
+        #[arg(long, default_value_t = 50)]
+        expected_size: u32,
+    },
+    /// Start N nodes on loopback in this process, wired in a chain, and print
+    /// the membership as it converges. Ctrl-C makes them all leave.
+    Mesh {
+        /// How many nodes.
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
+        /// Do not use mDNS (it is on by default here).
+        #[arg(long)]
+        no_mdns: bool,
+        /// Measure and exit: time to converge, time for every node to mark a
+        /// killed node down, membership traffic per node.
+        #[arg(long)]
+        measure: bool,
+        /// Divide every membership period by this (1 = the real LAN timings).
+        #[arg(long, default_value_t = 1)]
+        speedup: u32,
+    },
+    /// List the members a running node knows: PeerId, state, addresses,
+    /// incarnation and last change.
+    Members {
+        #[arg(long)]
+        json: bool,
+        /// The node's control API (default: the one recorded in DATA_DIR/api.addr).
+        #[arg(long, value_name = "URL")]
+        node: Option<String>,
+    },
+    /// Ask a running node to leave the swarm gracefully and stop.
+    Leave {
+        #[arg(long, value_name = "URL")]
+        node: Option<String>,
+    },
+    /// Simulate N membership state machines (the real code) on a virtual
+    /// clock and print convergence figures. Same seed, same output.
+    Sim {
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Probability that a frame is lost, 0 to 1.
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// One-way latency range in milliseconds, as A..B.
+        #[arg(long, default_value = "1..5", value_parser = parse_range)]
+        latency_ms: std::ops::Range<u64>,
+        /// Split the cluster in two halves from START to END seconds after the
+        /// kill phase, as START..END.
+        #[arg(long, value_parser = parse_range)]
+        partition: Option<std::ops::Range<u64>>,
+        /// How many nodes to kill after convergence.
+        #[arg(long, default_value_t = 1)]
+        kill: usize,
+        /// Virtual seconds to keep running at the end, counting false downs.
+        #[arg(long, default_value_t = 60)]
+        soak: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
+    text.parse().map_err(|e| format!("not a multiaddr ({e}); expected e.g. /ip4/127.0.0.1/udp/4001/quic-v1"))
+}
+
+fn parse_range(text: &str) -> Result<std::ops::Range<u64>, String> {
+    let (a, b) = text.split_once("..").ok_or("expected A..B, e.g. 1..5")?;
+    let a: u64 = a.trim().parse().map_err(|e| format!("bad start {a:?}: {e}"))?;
+    let b: u64 = b.trim().parse().map_err(|e| format!("bad end {b:?}: {e}"))?;
+    if b < a {
+        return Err(format!("empty range {a}..{b}"));
+    }
+    Ok(a..b)
 }

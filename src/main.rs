@@ -7,6 +7,9 @@ use hivemesh::node::keystore;
 use hivemesh::protocol::identity::hex;
 
 mod cli;
+mod mesh_cmd;
+mod node_cmd;
+mod sim_cmd;
 mod tally_cmd;
 use cli::{Cli, Command};
 
@@ -35,7 +38,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(dir) => Ok(dir.clone()),
         None => keystore::default_data_dir(),
     };
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")
+    };
     match &cli.command {
+        Command::Run { listen, bootstrap, mdns, api, expected_size } => {
+            let args = node_cmd::RunArgs {
+                listen: listen.clone(),
+                bootstrap: bootstrap.clone(),
+                mdns: *mdns,
+                api: *api,
+                expected_size: *expected_size,
+            };
+            let dir = data_dir()?;
+            runtime()?.block_on(node_cmd::run(&dir, args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mesh { nodes, no_mdns, measure, speedup } => {
+            let args =
+                mesh_cmd::MeshArgs { nodes: *nodes, mdns: !no_mdns, measure: *measure, speedup: *speedup };
+            let dir = data_dir()?;
+            runtime()?.block_on(mesh_cmd::run(&dir, args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Members { json, node } => {
+            let dir = data_dir()?;
+            runtime()?.block_on(node_cmd::members(&dir, node.as_deref(), *json))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Leave { node } => {
+            let dir = data_dir()?;
+            runtime()?.block_on(node_cmd::leave(&dir, node.as_deref()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sim { nodes, loss, latency_ms, partition, kill, soak, seed, json } => {
+            anyhow::ensure!((0.0..=1.0).contains(loss), "--loss must be between 0 and 1, got {loss}");
+            anyhow::ensure!(*nodes >= 2, "--nodes must be at least 2");
+            let mut config = hivemesh::node::sim::SimConfig::new(*nodes, *seed);
+            config.loss = *loss;
+            config.latency_ms = latency_ms.clone();
+            config.partition = partition.clone();
+            config.kill = *kill;
+            config.soak_secs = *soak;
+            sim_cmd::run(config, *json)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Id { json } => print_id(data_dir()?, *json).map(|_| ExitCode::SUCCESS),
         Command::Tally {
             file,

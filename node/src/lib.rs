@@ -1,6 +1,15 @@
-//! hivemesh-node: the one crate that does I/O. Today it holds the on-disk
-//! identity; the swarm, storage and HTTP API join it as their issues land.
+//! hivemesh-node: the one crate that does I/O. It holds the on-disk
+//! identity, the libp2p swarm that drives membership, and the control API.
+//! `membership` and `sim` are sans-IO and run the same code on a virtual
+//! clock.
 
+pub mod api;
 pub mod keystore;
+pub mod membership;
+pub mod net;
+pub mod sim;
 
 pub use keystore::{KeystoreError, StoredIdentity, default_data_dir, load_or_create};
+pub use net::{MemberInfo, MembersReport, NodeClient, NodeConfig, NodeError, NodeHandle, spawn_node};
+
+pub use libp2p::Multiaddr;

@@ -1,0 +1,121 @@
+//! The local control API (HTTP on 127.0.0.1 by default): what `hivemesh
+//! members` and `hivemesh leave` talk to.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use tokio::task::JoinHandle;
+
+pub use reqwest::Method;
+
+use crate::net::{NodeClient, NodeError};
+
+/// The default control port; when it is taken, the node falls back to an
+/// ephemeral one and says so (its address is in DATA_DIR/api.addr).
+pub const DEFAULT_API_PORT: u16 = 7480;
+
+/// File in the data dir holding the API's `host:port`, so local commands find
+/// the running node without flags.
+pub fn api_addr_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("api.addr")
+}
+
+pub async fn serve(
+    address: SocketAddr,
+    client: NodeClient,
+    data_dir: &Path,
+) -> Result<(SocketAddr, JoinHandle<()>), NodeError> {
+    let listener = match tokio::net::TcpListener::bind(address).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && address.port() == DEFAULT_API_PORT => {
+            let fallback = SocketAddr::new(address.ip(), 0);
+            tracing::warn!(%address, "control API port in use; using an ephemeral port instead");
+            tokio::net::TcpListener::bind(fallback)
+                .await
+                .map_err(|source| NodeError::Api { address: fallback, source })?
+        }
+        Err(source) => return Err(NodeError::Api { address, source }),
+    };
+    let bound = listener.local_addr().map_err(|source| NodeError::Api { address, source })?;
+    if let Err(e) = std::fs::write(api_addr_file(data_dir), bound.to_string()) {
+        tracing::warn!(error = %e, "could not record the API address in the data directory");
+    }
+    let app = axum::Router::new()
+        .route("/v1/members", get(members))
+        .route("/v1/status", get(status))
+        .route("/v1/leave", post(leave))
+        .with_state(client);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "control API stopped");
+        }
+    });
+    Ok((bound, task))
+}
+
+fn stopped(e: NodeError) -> Response {
+    let body = serde_json::json!({ "error": e.to_string() });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+async fn members(State(client): State<NodeClient>) -> Response {
+    match client.members().await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => stopped(e),
+    }
+}
+
+async fn status(State(client): State<NodeClient>) -> Response {
+    match client.status().await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => stopped(e),
+    }
+}
+
+/// Answers at once; the node leaves in the background and then stops.
+async fn leave(State(client): State<NodeClient>) -> Response {
+    tokio::spawn(async move {
+        let _ = client.leave(Duration::from_secs(3)).await;
+    });
+    (StatusCode::ACCEPTED, Json(serde_json::json!({ "status": "leaving" }))).into_response()
+}
+
+/// The control API's base URL: `explicit`, or the address the node running
+/// on `data_dir` recorded when it started.
+pub fn resolve_api_url(explicit: Option<&str>, data_dir: &Path) -> Result<String, String> {
+    if let Some(url) = explicit {
+        return Ok(url.trim_end_matches('/').to_string());
+    }
+    let file = api_addr_file(data_dir);
+    match std::fs::read_to_string(&file) {
+        Ok(addr) => Ok(format!("http://{}", addr.trim())),
+        Err(e) => Err(format!(
+            "no running node found: cannot read {} ({e}); start one with `hivemesh run` or pass --node URL",
+            file.display()
+        )),
+    }
+}
+
+/// Calls the control API of a running node.
+pub async fn call(method: Method, url: &str) -> Result<serde_json::Value, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let response = client
+        .request(method, url)
+        .send()
+        .await
+        .map_err(|e| format!("no node answering at {url}: {e} (is `hivemesh run` running?)"))?;
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| format!("{url} answered {status} with a body that is not JSON: {e}"))?;
+    if status.is_success() { Ok(body) } else { Err(format!("{url} answered {status}: {body}")) }
+}

@@ -1,0 +1,133 @@
+//! The libp2p behaviours a node runs, and the stream codec that carries SWIM
+//! frames between authenticated peers.
+
+use std::io;
+use std::time::Duration;
+
+use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{StreamProtocol, identify, identity, kad, mdns, ping, request_response};
+
+pub const IDENTIFY_PROTOCOL: &str = "/hivemesh/1.0.0";
+pub const SWIM_PROTOCOL: StreamProtocol = StreamProtocol::new("/hivemesh/swim/1.0.0");
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/hivemesh/kad/1.0.0");
+
+/// A membership frame larger than this is refused before it is read.
+pub const MAX_SWIM_FRAME: usize = 64 * 1024 + 64;
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub swim: request_response::Behaviour<SwimCodec>,
+}
+
+impl Behaviour {
+    /// `mdns` failing to start (no multicast, as in many containers) is a
+    /// warning, not an error: bootstrap addresses still work.
+    pub fn new(key: &identity::Keypair, mdns: bool) -> Self {
+        let peer_id = key.public().to_peer_id();
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        // Membership finds peers; kademlia's own periodic bootstrap only
+        // warns on a lone node.
+        kad_config.set_periodic_bootstrap_interval(None);
+        let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+        // Server mode without waiting for a confirmed external address, so
+        // private and loopback meshes answer Kademlia queries.
+        kad.set_mode(Some(kad::Mode::Server));
+        let mdns = if mdns {
+            match mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!(error = %e, "mDNS could not start; continuing without LAN discovery");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let swim = request_response::Behaviour::with_codec(
+            SwimCodec,
+            [(SWIM_PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
+        );
+        Self {
+            identify: identify::Behaviour::new(identify::Config::new(
+                IDENTIFY_PROTOCOL.to_string(),
+                key.public(),
+            )),
+            ping: ping::Behaviour::default(),
+            kad,
+            mdns: Toggle::from(mdns),
+            swim,
+        }
+    }
+}
+
+/// One SWIM frame per stream: a 4-byte big-endian length and the frame; the
+/// receiver answers with one byte once it has handled it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SwimCodec;
+
+const ACK: u8 = 1;
+
+impl request_response::Codec for SwimCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = ();
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_SWIM_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("membership frame of {len} bytes exceeds the {MAX_SWIM_FRAME}-byte limit"),
+            ));
+        }
+        let mut frame = vec![0u8; len];
+        io.read_exact(&mut frame).await?;
+        Ok(frame)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<()>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut ack = [0u8; 1];
+        io.read_exact(&mut ack).await?;
+        if ack[0] == ACK {
+            Ok(())
+        } else {
+            Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected membership acknowledgement byte"))
+        }
+    }
+
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, frame: Vec<u8>) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let len = u32::try_from(frame.len())
+            .ok()
+            .filter(|l| *l as usize <= MAX_SWIM_FRAME)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "membership frame too large"))?;
+        io.write_all(&len.to_be_bytes()).await?;
+        io.write_all(&frame).await?;
+        io.flush().await
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, (): ()) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&[ACK]).await?;
+        io.flush().await
+    }
+}

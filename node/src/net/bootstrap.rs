@@ -1,0 +1,67 @@
+//! Bootstrap addresses given without a PeerId: dialled with backoff until a
+//! connection reveals who is there; then membership takes over.
+
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use libp2p::Multiaddr;
+use libp2p::multiaddr::Protocol;
+
+use hivemesh_protocol::identity::NodeId;
+
+/// Splits `/…/p2p/<peer>` into the transport address and the node.
+pub fn split_peer(addr: &Multiaddr) -> (Multiaddr, Option<NodeId>) {
+    let mut transport = addr.clone();
+    match transport.pop() {
+        Some(Protocol::P2p(peer)) => (transport, NodeId::from_peer_id(&peer).ok()),
+        _ => (addr.clone(), None),
+    }
+}
+
+struct Pending {
+    address: Multiaddr,
+    backoff: ExponentialBackoff,
+    next_attempt: Instant,
+}
+
+/// Addresses whose node is not known yet.
+#[derive(Default)]
+pub struct UnresolvedBootstrap {
+    pending: Vec<Pending>,
+}
+
+impl UnresolvedBootstrap {
+    pub fn add(&mut self, address: Multiaddr, now: Instant) {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(30))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        self.pending.push(Pending { address, backoff, next_attempt: now });
+    }
+
+    /// Addresses to dial now; each is rescheduled with its backoff.
+    pub fn due(&mut self, now: Instant) -> Vec<(Multiaddr, Duration)> {
+        let mut due = Vec::new();
+        for p in &mut self.pending {
+            if p.next_attempt <= now {
+                let wait = p.backoff.next().unwrap_or(Duration::from_secs(30));
+                p.next_attempt = now + wait;
+                due.push((p.address.clone(), wait));
+            }
+        }
+        due
+    }
+
+    /// A connection was made by dialling `address`: it is resolved.
+    pub fn resolve(&mut self, address: &Multiaddr) -> bool {
+        let before = self.pending.len();
+        self.pending.retain(|p| &p.address != address);
+        before != self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}

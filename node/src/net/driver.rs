@@ -1,0 +1,282 @@
+//! The node's event loop: one task owns the swarm and the membership machine
+//! and feeds one to the other. Timers are tokio sleeps that post back.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use libp2p::futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, request_response};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use hivemesh_protocol::identity::NodeId;
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::bootstrap::UnresolvedBootstrap;
+use super::handle::{MemberInfo, MembersReport, StatusReport};
+use crate::membership::{MemberEvent, MemberId, Membership, Output, Timer};
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+pub enum Command {
+    Members(oneshot::Sender<MembersReport>),
+    Status(oneshot::Sender<StatusReport>),
+    /// Leave gracefully, waiting at most `deadline` for the goodbyes to be
+    /// delivered, then stop.
+    Leave {
+        deadline: Duration,
+        done: oneshot::Sender<()>,
+    },
+}
+
+pub struct Driver {
+    pub swarm: Swarm<Behaviour>,
+    pub membership: Membership,
+    pub listen: Vec<Multiaddr>,
+    pub unresolved: UnresolvedBootstrap,
+    pub commands: mpsc::Receiver<Command>,
+    pub events: broadcast::Sender<MemberEvent>,
+    pub started: Instant,
+    pub api: Option<std::net::SocketAddr>,
+    timers: mpsc::UnboundedSender<Timer>,
+    timer_rx: mpsc::UnboundedReceiver<Timer>,
+    mdns_announced: HashSet<PeerId>,
+    in_flight: usize,
+    leaving: Option<(Instant, Vec<oneshot::Sender<()>>)>,
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        swarm: Swarm<Behaviour>,
+        membership: Membership,
+        listen: Vec<Multiaddr>,
+        unresolved: UnresolvedBootstrap,
+        commands: mpsc::Receiver<Command>,
+        events: broadcast::Sender<MemberEvent>,
+        started: Instant,
+        api: Option<std::net::SocketAddr>,
+    ) -> Self {
+        let (timers, timer_rx) = mpsc::unbounded_channel();
+        Self {
+            swarm,
+            membership,
+            listen,
+            unresolved,
+            commands,
+            events,
+            started,
+            api,
+            timers,
+            timer_rx,
+            mdns_announced: HashSet::new(),
+            in_flight: 0,
+            leaving: None,
+        }
+    }
+
+    pub async fn run(mut self) {
+        self.apply_outputs();
+        let mut bootstrap_tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(timer) = self.timer_rx.recv() => self.membership.handle_timer(timer, unix_ms()),
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    // Every handle is gone: stop without a goodbye, as a
+                    // crash would (`NodeHandle::leave` is the graceful way).
+                    None => return,
+                },
+                _ = bootstrap_tick.tick() => self.dial_due_bootstrap(),
+            }
+            self.apply_outputs();
+            if let Some((deadline, _)) = &self.leaving
+                && (self.in_flight == 0 || Instant::now() >= *deadline)
+            {
+                break;
+            }
+        }
+        if let Some((_, waiters)) = self.leaving.take() {
+            tracing::info!(undelivered = self.in_flight, "left the swarm");
+            for w in waiters {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Members(reply) => {
+                let _ = reply.send(self.members_report());
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(StatusReport {
+                    peer_id: self.swarm.local_peer_id().to_string(),
+                    listen: self.listen.iter().map(|a| a.to_string()).collect(),
+                    api: self.api.map(|a| a.to_string()),
+                    uptime_ms: self.started.elapsed().as_millis() as u64,
+                    active_members: self.membership.active_count(),
+                    membership: self.membership.stats().clone(),
+                });
+            }
+            Command::Leave { deadline, done } => self.start_leaving(deadline, done),
+        }
+    }
+
+    fn start_leaving(&mut self, deadline: Duration, done: oneshot::Sender<()>) {
+        match &mut self.leaving {
+            Some((_, waiters)) => waiters.push(done),
+            None => {
+                tracing::info!("leaving the swarm");
+                self.membership.leave(unix_ms());
+                self.leaving = Some((Instant::now() + deadline, vec![done]));
+            }
+        }
+    }
+
+    fn members_report(&self) -> MembersReport {
+        let me = self.membership.me();
+        MembersReport {
+            me: MemberInfo::from_self(me, self.membership.stats().frames_in > 0),
+            members: self.membership.members().iter().map(MemberInfo::from_view).collect(),
+        }
+    }
+
+    fn apply_outputs(&mut self) {
+        for output in self.membership.drain() {
+            match output {
+                Output::Send { to, frame } => self.send_frame(&to, frame),
+                Output::Schedule { after, timer } => {
+                    let tx = self.timers.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        let _ = tx.send(timer);
+                    });
+                }
+                Output::Event(event) => {
+                    log_event(&event);
+                    let _ = self.events.send(event);
+                }
+            }
+        }
+    }
+
+    fn send_frame(&mut self, to: &MemberId, frame: Vec<u8>) {
+        let Ok(peer) = to.node.to_peer_id() else {
+            tracing::debug!(node = %to.node, "not sending to a member whose id is not an ed25519 key");
+            return;
+        };
+        for bytes in &to.addresses {
+            if let Ok(addr) = Multiaddr::try_from(bytes.clone()) {
+                self.swarm.add_peer_address(peer, addr);
+            }
+        }
+        self.swarm.behaviour_mut().swim.send_request(&peer, frame);
+        self.in_flight += 1;
+    }
+
+    fn dial_due_bootstrap(&mut self) {
+        if self.leaving.is_some() || self.unresolved.is_empty() {
+            return;
+        }
+        for (addr, retry_in) in self.unresolved.due(Instant::now()) {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "cannot dial bootstrap address; retrying in {retry_in:?}");
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Swim(e)) => self.on_swim(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    self.swarm.add_peer_address(peer, addr.clone());
+                    if self.mdns_announced.insert(peer)
+                        && let Ok(node) = NodeId::from_peer_id(&peer)
+                    {
+                        tracing::info!(%peer, %addr, "found a peer on the LAN (mDNS)");
+                        let target = MemberId::placeholder(node, vec![addr.to_vec()]);
+                        self.membership.announce(target, unix_ms());
+                    }
+                }
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                let remote = endpoint.get_remote_address();
+                if endpoint.is_dialer()
+                    && self.unresolved.resolve(remote)
+                    && let Ok(node) = NodeId::from_peer_id(&peer_id)
+                {
+                    tracing::info!(%peer_id, %remote, "reached bootstrap peer");
+                    let target = MemberId::placeholder(node, vec![remote.to_vec()]);
+                    self.membership.add_bootstrap(target, unix_ms());
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(?peer_id, %error, "outgoing connection failed");
+            }
+            SwarmEvent::NewListenAddr { address, .. } if !self.listen.contains(&address) => {
+                tracing::info!(%address, "listening");
+                self.listen.push(address);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_swim(&mut self, event: request_response::Event<Vec<u8>, ()>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    match NodeId::from_peer_id(&peer) {
+                        Ok(from) => {
+                            if let Err(reason) = self.membership.handle_frame(from, &request, unix_ms()) {
+                                tracing::debug!(%peer, %reason, "dropped membership frame");
+                            }
+                        }
+                        Err(_) => tracing::debug!(%peer, "membership frame from a non-ed25519 peer dropped"),
+                    }
+                    let _ = self.swarm.behaviour_mut().swim.send_response(channel, ());
+                }
+                request_response::Message::Response { .. } => {
+                    self.in_flight = self.in_flight.saturating_sub(1)
+                }
+            },
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                if self.leaving.is_none()
+                    && NodeId::from_peer_id(&peer).is_ok_and(|n| self.membership.is_bootstrap(&n))
+                {
+                    tracing::warn!(%peer, %error, "bootstrap peer unreachable; will keep retrying with backoff");
+                } else {
+                    tracing::debug!(%peer, %error, "membership frame not delivered");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn log_event(event: &MemberEvent) {
+    match event {
+        MemberEvent::Up(id) => tracing::info!(member = %id.node, "member up"),
+        MemberEvent::Down(id) => tracing::info!(member = %id.node, "member down"),
+        MemberEvent::Left(id) => tracing::info!(member = %id.node, "member left"),
+        MemberEvent::Renamed { new, .. } => tracing::info!(member = %new.node, "member restarted"),
+        MemberEvent::Joined => tracing::info!("joined the swarm"),
+        MemberEvent::Alone => tracing::warn!("no live members left"),
+        MemberEvent::Rejoined(_) => tracing::info!("declared down by peers; rejoined"),
+        MemberEvent::Defunct => tracing::warn!("declared down by peers and cannot rejoin"),
+    }
+}

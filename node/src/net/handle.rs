@@ -1,0 +1,308 @@
+//! Starting a node, and the handle that talks to it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use libp2p::futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, noise, tcp, yamux};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::behaviour::Behaviour;
+use super::bootstrap::{UnresolvedBootstrap, split_peer};
+use super::driver::{Command, Driver, unix_ms};
+use crate::keystore::{KeystoreError, load_or_create};
+use crate::membership::{MemberEvent, MemberId, MemberView, Membership, MembershipConfig, MembershipStats};
+
+/// How to run one node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub mdns: bool,
+    /// Where the HTTP control API listens; `None` for no API.
+    pub api: Option<SocketAddr>,
+    pub membership: MembershipConfig,
+}
+
+impl NodeConfig {
+    /// Loopback-only defaults with ephemeral ports: what tests and local
+    /// meshes want.
+    pub fn loopback(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            listen: vec![
+                "/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("static multiaddr"),
+                "/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr"),
+            ],
+            bootstrap: Vec::new(),
+            mdns: false,
+            api: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            membership: MembershipConfig::lan(16),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Keystore(#[from] KeystoreError),
+    #[error("could not set up the libp2p transport: {0}")]
+    Transport(String),
+    #[error("cannot listen on {address}: {reason}")]
+    Listen { address: Multiaddr, reason: String },
+    #[error("cannot bind the control API on {address}: {source}")]
+    Api { address: SocketAddr, source: std::io::Error },
+    #[error("the node has stopped")]
+    Stopped,
+}
+
+/// One member as the control API reports it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MemberInfo {
+    pub peer_id: String,
+    pub state: String,
+    pub addresses: Vec<String>,
+    pub incarnation: u16,
+    /// Restart counter: the member's start time in ms, bumped on rejoin.
+    pub generation: u64,
+    /// Unix ms of the last up/down/left this node saw; 0 if none.
+    pub last_change_ms: u64,
+}
+
+impl MemberInfo {
+    pub(crate) fn from_view(view: &MemberView) -> Self {
+        Self {
+            peer_id: view.id.node.to_string(),
+            state: view.state.label().to_string(),
+            addresses: addresses_of(&view.id),
+            incarnation: view.incarnation,
+            generation: view.id.generation,
+            last_change_ms: view.changed_at_ms,
+        }
+    }
+
+    pub(crate) fn from_self(me: &MemberId, _heard_from_peers: bool) -> Self {
+        Self {
+            peer_id: me.node.to_string(),
+            state: "alive".into(),
+            addresses: addresses_of(me),
+            incarnation: 0,
+            generation: me.generation,
+            last_change_ms: me.generation,
+        }
+    }
+}
+
+fn addresses_of(id: &MemberId) -> Vec<String> {
+    id.addresses.iter().filter_map(|b| Multiaddr::try_from(b.clone()).ok()).map(|a| a.to_string()).collect()
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MembersReport {
+    pub me: MemberInfo,
+    pub members: Vec<MemberInfo>,
+}
+
+impl MembersReport {
+    pub fn count(&self, state: &str) -> usize {
+        self.members.iter().filter(|m| m.state == state).count()
+    }
+
+    pub fn state_of(&self, peer: &PeerId) -> Option<&str> {
+        let peer = peer.to_string();
+        self.members.iter().find(|m| m.peer_id == peer).map(|m| m.state.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusReport {
+    pub peer_id: String,
+    pub listen: Vec<String>,
+    pub api: Option<String>,
+    pub uptime_ms: u64,
+    pub active_members: usize,
+    pub membership: MembershipStats,
+}
+
+/// A running node. Dropping every handle (and API client) stops it without a
+/// goodbye; `leave` is the graceful way out.
+pub struct NodeHandle {
+    pub peer_id: PeerId,
+    pub listen: Vec<Multiaddr>,
+    pub api: Option<SocketAddr>,
+    /// Time from `spawn_node` to listening with the API up.
+    pub ready_in: Duration,
+    client: NodeClient,
+    events: broadcast::Sender<MemberEvent>,
+    task: JoinHandle<()>,
+    api_task: Option<JoinHandle<()>>,
+}
+
+/// A cheap, cloneable way to ask a node things (the HTTP API uses one).
+#[derive(Clone)]
+pub struct NodeClient {
+    commands: mpsc::Sender<Command>,
+}
+
+impl NodeClient {
+    pub async fn members(&self) -> Result<MembersReport, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Members(tx)).await.map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    pub async fn status(&self) -> Result<StatusReport, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Status(tx)).await.map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Asks the node to leave; resolves once it has stopped.
+    pub async fn leave(&self, deadline: Duration) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Leave { deadline, done: tx }).await.map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+}
+
+impl NodeHandle {
+    pub fn client(&self) -> NodeClient {
+        self.client.clone()
+    }
+
+    pub async fn members(&self) -> Result<MembersReport, NodeError> {
+        self.client.members().await
+    }
+
+    pub async fn status(&self) -> Result<StatusReport, NodeError> {
+        self.client.status().await
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<MemberEvent> {
+        self.events.subscribe()
+    }
+
+    /// A dialable address with `/p2p/<peer>`, preferring `transport`
+    /// ("quic-v1" or "tcp").
+    pub fn address(&self, transport: &str) -> Option<Multiaddr> {
+        let addr = self.listen.iter().find(|a| a.to_string().contains(transport))?;
+        Some(addr.clone().with(libp2p::multiaddr::Protocol::P2p(self.peer_id)))
+    }
+
+    /// Graceful leave: peers mark this node "left" at once.
+    pub async fn leave(self, deadline: Duration) {
+        let _ = self.client.leave(deadline).await;
+        let _ = self.task.await;
+        if let Some(api) = self.api_task {
+            api.abort();
+        }
+    }
+
+    /// Stops the node without a goodbye, as a crash would.
+    pub fn kill(self) {
+        self.task.abort();
+        if let Some(api) = self.api_task {
+            api.abort();
+        }
+    }
+
+    /// Resolves when the node stops (after a leave requested over the API).
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.task).await;
+        if let Some(api) = self.api_task.take() {
+            api.abort();
+        }
+    }
+}
+
+/// Starts a node: loads (or creates) its identity, listens, starts the
+/// control API, and begins joining through the bootstrap peers.
+pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
+    let started = Instant::now();
+    let stored = load_or_create(&config.data_dir)?;
+    let identity = stored.identity;
+    let keypair = identity.to_libp2p_keypair();
+    let mdns = config.mdns;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .with_quic()
+        .with_behaviour(|key| Behaviour::new(key, mdns))
+        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+
+    for address in &config.listen {
+        swarm
+            .listen_on(address.clone())
+            .map_err(|e| NodeError::Listen { address: address.clone(), reason: e.to_string() })?;
+    }
+    let listen = wait_for_listeners(&mut swarm, &config.listen).await?;
+
+    let me = MemberId::new(identity.node_id(), unix_ms(), listen.iter().map(|a| a.to_vec()).collect());
+    let seed = getrandom::u64().unwrap_or_else(|_| unix_ms());
+    let mut membership = Membership::new(me, config.membership.clone(), seed, unix_ms());
+    let mut unresolved = UnresolvedBootstrap::default();
+    for addr in &config.bootstrap {
+        match split_peer(addr) {
+            (transport, Some(node)) => {
+                membership.add_bootstrap(MemberId::placeholder(node, vec![transport.to_vec()]), unix_ms())
+            }
+            (transport, None) => unresolved.add(transport, Instant::now()),
+        }
+    }
+
+    let (commands_tx, commands_rx) = mpsc::channel(64);
+    let (events, _) = broadcast::channel(1024);
+    let client = NodeClient { commands: commands_tx };
+    let (api, api_task) = match config.api {
+        Some(address) => {
+            let (bound, task) = crate::api::serve(address, client.clone(), &config.data_dir).await?;
+            (Some(bound), Some(task))
+        }
+        None => (None, None),
+    };
+    let peer_id = *swarm.local_peer_id();
+    let driver =
+        Driver::new(swarm, membership, listen.clone(), unresolved, commands_rx, events.clone(), started, api);
+    let task = tokio::spawn(driver.run());
+    let ready_in = started.elapsed();
+    tracing::info!(%peer_id, ?listen, ?api, ?ready_in, "node ready");
+    Ok(NodeHandle { peer_id, listen, api, ready_in, client, events, task, api_task })
+}
+
+/// Waits until every listener has reported an address (or 5 s passed).
+async fn wait_for_listeners(
+    swarm: &mut libp2p::Swarm<Behaviour>,
+    wanted: &[Multiaddr],
+) -> Result<Vec<Multiaddr>, NodeError> {
+    let mut listen = Vec::new();
+    let mut reported = 0;
+    let deadline = tokio::time::sleep(Duration::from_secs(5));
+    tokio::pin!(deadline);
+    while reported < wanted.len() {
+        tokio::select! {
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    listen.push(address);
+                    reported += 1;
+                }
+                SwarmEvent::ListenerError { error, .. } => {
+                    return Err(NodeError::Listen { address: wanted[reported].clone(), reason: error.to_string() });
+                }
+                SwarmEvent::ListenerClosed { reason: Err(e), .. } => {
+                    return Err(NodeError::Listen { address: wanted[reported].clone(), reason: e.to_string() });
+                }
+                _ => {}
+            },
+            _ = &mut deadline => break,
+        }
+    }
+    Ok(listen)
+}

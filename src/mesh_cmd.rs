@@ -1,0 +1,232 @@
+//! `hivemesh mesh`: N real nodes on loopback in one process.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hivemesh::node::membership::{MemberEvent, MembershipConfig};
+use hivemesh::node::{NodeConfig, NodeHandle, spawn_node};
+use tokio::sync::mpsc;
+
+use crate::node_cmd::shutdown_signal;
+
+pub struct MeshArgs {
+    pub nodes: usize,
+    pub mdns: bool,
+    pub measure: bool,
+    pub speedup: u32,
+}
+
+pub async fn run(data_dir: &Path, args: MeshArgs) -> anyhow::Result<()> {
+    let n = args.nodes.max(1);
+    let started = Instant::now();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut nodes: Vec<NodeHandle> = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut config = NodeConfig::loopback(data_dir.join("mesh").join(format!("node-{i}")));
+        config.mdns = args.mdns;
+        config.membership = MembershipConfig::lan(n as u32).faster(args.speedup);
+        // A chain: each node knows only the previous one, alternating QUIC
+        // and TCP, so convergence is the protocol's doing.
+        if let Some(prev) = nodes.last() {
+            let transport = if i % 2 == 0 { "tcp" } else { "quic-v1" };
+            config.bootstrap = prev.address(transport).into_iter().collect();
+        }
+        let node = spawn_node(config).await.with_context(|| format!("could not start node-{i}"))?;
+        let mut sub = node.subscribe();
+        let tx = events_tx.clone();
+        tokio::spawn(async move {
+            while let Ok(event) = sub.recv().await {
+                if tx.send((i, event)).is_err() {
+                    break;
+                }
+            }
+        });
+        nodes.push(node);
+    }
+    let ready: Duration = nodes.iter().map(|n| n.ready_in).sum::<Duration>() / n as u32;
+    println!(
+        "started {n} nodes in {:.2} s (mean start-to-ready {} ms)",
+        started.elapsed().as_secs_f64(),
+        ready.as_millis()
+    );
+    for (i, node) in nodes.iter().enumerate().take(10) {
+        println!(
+            "  node-{i} {} api http://{}",
+            node.peer_id,
+            node.api.map(|a| a.to_string()).unwrap_or_default()
+        );
+    }
+
+    let converged = wait_converged(&nodes, &mut events, started, n <= 10, Duration::from_secs(120)).await?;
+    println!(
+        "converged: every node sees {} others alive, {:.2} s after the first start",
+        n - 1,
+        converged.as_secs_f64()
+    );
+
+    if args.measure {
+        let joiner = join_one(&nodes, data_dir, n, args.speedup).await?;
+        nodes.push(joiner);
+        return measure(nodes, &mut events).await;
+    }
+    if let Some(api) = nodes[0].api {
+        println!(
+            "\nthe mesh is up. try:  curl -s http://{api}/v1/members   or   hivemesh members --node http://{api}"
+        );
+    }
+    println!("Ctrl-C makes every node leave gracefully.");
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => break,
+            Some((i, event)) = events.recv() => print_event(started, i, &event),
+        }
+    }
+    eprintln!("leaving…");
+    leave_all(nodes).await;
+    Ok(())
+}
+
+/// Starts one more node bootstrapped to node-0 and times how long until
+/// every node sees it alive.
+async fn join_one(
+    nodes: &[NodeHandle],
+    data_dir: &Path,
+    n: usize,
+    speedup: u32,
+) -> anyhow::Result<NodeHandle> {
+    let mut config = NodeConfig::loopback(data_dir.join("mesh").join(format!("node-{n}")));
+    config.mdns = false;
+    config.membership = MembershipConfig::lan(n as u32 + 1).faster(speedup);
+    config.bootstrap = nodes[0].address("quic-v1").into_iter().collect();
+    let started = Instant::now();
+    let joiner = spawn_node(config).await.context("could not start the joining node")?;
+    let deadline = started + Duration::from_secs(120);
+    loop {
+        let mut seen = 0;
+        for node in nodes {
+            if node.members().await?.state_of(&joiner.peer_id) == Some("alive") {
+                seen += 1;
+            }
+        }
+        if seen == nodes.len() {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the new node was not seen by all within 120 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "a new node's join was visible to all {} nodes {:.2} s after it started",
+        nodes.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(joiner)
+}
+
+/// Every node leaves gracefully, in parallel.
+async fn leave_all(nodes: Vec<NodeHandle>) {
+    let mut set = tokio::task::JoinSet::new();
+    for node in nodes {
+        set.spawn(node.leave(Duration::from_secs(2)));
+    }
+    while set.join_next().await.is_some() {}
+}
+
+fn print_event(started: Instant, node: usize, event: &MemberEvent) {
+    let t = started.elapsed().as_secs_f64();
+    match event {
+        MemberEvent::Up(id) => println!("[{t:7.2}s] node-{node}: {} up", short(&id.node.to_string())),
+        MemberEvent::Down(id) => println!("[{t:7.2}s] node-{node}: {} down", short(&id.node.to_string())),
+        MemberEvent::Left(id) => println!("[{t:7.2}s] node-{node}: {} left", short(&id.node.to_string())),
+        other => println!("[{t:7.2}s] node-{node}: {other:?}"),
+    }
+}
+
+fn short(peer: &str) -> &str {
+    &peer[peer.len().saturating_sub(8)..]
+}
+
+/// Waits until every node sees every other one alive.
+async fn wait_converged(
+    nodes: &[NodeHandle],
+    events: &mut mpsc::UnboundedReceiver<(usize, MemberEvent)>,
+    started: Instant,
+    verbose: bool,
+    limit: Duration,
+) -> anyhow::Result<Duration> {
+    let n = nodes.len();
+    let deadline = Instant::now() + limit;
+    let mut last_full = 0;
+    loop {
+        let mut full = 0;
+        for node in nodes {
+            let report = node.members().await?;
+            if report.count("alive") + report.count("suspect") == n - 1 {
+                full += 1;
+            }
+        }
+        if full != last_full {
+            println!("[{:7.2}s] {full}/{n} nodes see every other node", started.elapsed().as_secs_f64());
+            last_full = full;
+        }
+        if full == n {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the mesh did not converge within {limit:?}");
+        let tick = tokio::time::sleep(Duration::from_millis(50));
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                _ = &mut tick => break,
+                Some((i, event)) = events.recv() => if verbose { print_event(started, i, &event) },
+            }
+        }
+    }
+}
+
+/// Kills the last node, times how long until every other node marks it
+/// down, and reports membership traffic.
+async fn measure(
+    mut nodes: Vec<NodeHandle>,
+    events: &mut mpsc::UnboundedReceiver<(usize, MemberEvent)>,
+) -> anyhow::Result<()> {
+    let mut bytes_before = 0u64;
+    for node in &nodes {
+        bytes_before += node.status().await?.membership.bytes_out;
+    }
+    let idle_from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut bytes_after = 0u64;
+    for node in &nodes {
+        bytes_after += node.status().await?.membership.bytes_out;
+    }
+    let per_node =
+        (bytes_after - bytes_before) as f64 / nodes.len() as f64 / idle_from.elapsed().as_secs_f64();
+    println!("membership traffic while converged: {per_node:.0} bytes/s per node (frames only)");
+
+    let victim = nodes.pop().context("no node to kill")?;
+    let victim_node = hivemesh::protocol::identity::NodeId::from_peer_id(&victim.peer_id)
+        .map_err(|_| anyhow::anyhow!("victim has no ed25519 id"))?;
+    while events.try_recv().is_ok() {}
+    let killed_at = Instant::now();
+    victim.kill();
+    let mut marked = vec![false; nodes.len()];
+    let deadline = killed_at + Duration::from_secs(120);
+    while marked.iter().any(|m| !m) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        anyhow::ensure!(!left.is_zero(), "not every node marked the killed node down within 120 s");
+        if let Ok(Some((i, MemberEvent::Down(id)))) = tokio::time::timeout(left, events.recv()).await
+            && id.node == victim_node
+            && i < marked.len()
+        {
+            marked[i] = true;
+        }
+    }
+    println!(
+        "killed node marked down by all {} others {:.2} s after the kill",
+        nodes.len(),
+        killed_at.elapsed().as_secs_f64()
+    );
+    leave_all(nodes).await;
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! `hivemesh run`, `members`, `leave` and `sim` as a user runs them.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn hivemesh(args: &[&str], data_dir: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hivemesh"))
+        .args(args)
+        .env("HIVEMESH_DATA_DIR", data_dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run hivemesh")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).to_string()
+}
+
+#[test]
+fn members_without_a_running_node_says_how_to_start_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = hivemesh(&["members"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(err.contains("no running node found") && err.contains("api.addr"), "{err}");
+}
+
+#[test]
+fn a_malformed_bootstrap_address_is_a_clear_usage_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = hivemesh(&["run", "--bootstrap", "192.0.2.1:4001"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("not a multiaddr"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn sim_is_reproducible_and_reports_convergence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = ["sim", "--nodes", "20", "--loss", "0.05", "--soak", "10", "--seed", "3", "--json"];
+    let first = hivemesh(&args, dir.path());
+    assert!(first.status.success(), "{first:?}");
+    let second = hivemesh(&args, dir.path());
+    assert_eq!(first.stdout, second.stdout, "same seed, same report");
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout).expect("JSON report");
+    assert_eq!(report["converged_at_end"], true, "{report}");
+    assert_eq!(report["false_downs"], 0, "{report}");
+    assert!(report["kill_detected_ms"].is_u64(), "{report}");
+    let bad = hivemesh(&["sim", "--loss", "1.5"], dir.path());
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad.stderr).contains("--loss"));
+}
+
+#[test]
+fn run_then_members_then_leave() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = Command::new(env!("CARGO_BIN_EXE_hivemesh"))
+        .args(["run", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["--api", "127.0.0.1:0"])
+        .env("HIVEMESH_DATA_DIR", dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hivemesh run");
+    let addr_file = dir.path().join("api.addr");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !addr_file.exists() {
+        assert!(Instant::now() < deadline, "the node never recorded its API address");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let members = hivemesh(&["members", "--json"], dir.path());
+    assert!(members.status.success(), "{members:?}");
+    let report: serde_json::Value = serde_json::from_slice(&members.stdout).expect("JSON");
+    let id = hivemesh(&["id"], dir.path());
+    assert_eq!(report["me"]["peer_id"], text(&id.stdout).trim());
+
+    let leave = hivemesh(&["leave"], dir.path());
+    assert!(leave.status.success(), "{leave:?}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = node.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the node did not stop after leave");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(!addr_file.exists(), "api.addr is removed on exit");
+}
