@@ -140,7 +140,7 @@ impl Driver {
     fn members_report(&self) -> MembersReport {
         let me = self.membership.me();
         MembersReport {
-            me: MemberInfo::from_self(me, self.membership.stats().frames_in > 0),
+            me: MemberInfo::from_self(me),
             members: self.membership.members().iter().map(MemberInfo::from_view).collect(),
         }
     }

@@ -86,7 +86,7 @@ impl MemberInfo {
         }
     }
 
-    pub(crate) fn from_self(me: &MemberId, _heard_from_peers: bool) -> Self {
+    pub(crate) fn from_self(me: &MemberId) -> Self {
         Self {
             peer_id: me.node.to_string(),
             state: "alive".into(),
