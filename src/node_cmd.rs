@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use hivemesh::node::api::{api_addr_file, call, resolve_api_url};
+use hivemesh::node::api::{Method, api_addr_file, call, resolve_api_url};
 use hivemesh::node::membership::MembershipConfig;
 use hivemesh::node::{Multiaddr, NodeConfig, spawn_node};
 
@@ -76,7 +76,7 @@ pub async fn shutdown_signal() {
 
 pub async fn members(data_dir: &Path, node: Option<&str>, json: bool) -> anyhow::Result<()> {
     let base = resolve_api_url(node, data_dir).map_err(|e| anyhow!(e))?;
-    let report = call(reqwest_get(), &format!("{base}/v1/members")).await.map_err(|e| anyhow!(e))?;
+    let report = call(Method::GET, &format!("{base}/v1/members")).await.map_err(|e| anyhow!(e))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -109,15 +109,7 @@ fn format_age(unix_ms: u64) -> String {
 
 pub async fn leave(data_dir: &Path, node: Option<&str>) -> anyhow::Result<()> {
     let base = resolve_api_url(node, data_dir).map_err(|e| anyhow!(e))?;
-    call(reqwest_post(), &format!("{base}/v1/leave")).await.map_err(|e| anyhow!(e))?;
+    call(Method::POST, &format!("{base}/v1/leave")).await.map_err(|e| anyhow!(e))?;
     println!("the node at {base} is leaving the swarm");
     Ok(())
-}
-
-fn reqwest_get() -> hivemesh::node::api::Method {
-    hivemesh::node::api::Method::GET
-}
-
-fn reqwest_post() -> hivemesh::node::api::Method {
-    hivemesh::node::api::Method::POST
 }

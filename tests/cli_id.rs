@@ -2,16 +2,10 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn hivemesh(args: &[&str], data_dir: &std::path::Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hivemesh"))
-        .args(args)
-        .env("HIVEMESH_DATA_DIR", data_dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run hivemesh")
-}
+mod common;
+use common::hivemesh;
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()

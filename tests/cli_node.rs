@@ -1,16 +1,10 @@
 //! `hivemesh run`, `members`, `leave` and `sim` as a user runs them.
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-fn hivemesh(args: &[&str], data_dir: &std::path::Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hivemesh"))
-        .args(args)
-        .env("HIVEMESH_DATA_DIR", data_dir)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run hivemesh")
-}
+mod common;
+use common::hivemesh;
+use std::time::{Duration, Instant};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).to_string()

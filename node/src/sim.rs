@@ -177,7 +177,7 @@ impl Simulation {
         self.report
     }
 
-    pub fn start_node(&mut self, index: usize) {
+    fn start_node(&mut self, index: usize) {
         let me = MemberId::new(node_id(index), self.now_ms(), Vec::new());
         let seed = self.config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut machine = Membership::new(me, self.config.membership.clone(), seed, self.now_ms());
@@ -186,12 +186,6 @@ impl Simulation {
         }
         self.nodes.push(SimNode { machine, alive: true, epoch: 0 });
         self.flush(index);
-    }
-
-    /// (min, max) of the active member counts over live nodes; for debugging.
-    pub fn spread(&self) -> (usize, usize) {
-        let counts = self.nodes.iter().filter(|n| n.alive).map(|n| n.machine.active_count());
-        (counts.clone().min().unwrap_or(0), counts.max().unwrap_or(0))
     }
 
     fn all_see_all_live(&self) -> bool {
@@ -216,7 +210,7 @@ impl Simulation {
         None
     }
 
-    pub fn run_for(&mut self, ms: u64) {
+    fn run_for(&mut self, ms: u64) {
         let until = self.now_us + ms * 1000;
         while let Some(Reverse((at, _, slot))) = self.queue.peek().copied() {
             if at > until {

@@ -3,6 +3,8 @@
 use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
 /// How often and how patiently members probe and gossip.
 #[derive(Clone, Debug)]
 pub struct MembershipConfig {
@@ -72,6 +74,18 @@ impl MembershipConfig {
             *d /= f;
         }
         self
+    }
+
+    /// Jittered exponential backoff between `reannounce_min` and
+    /// `reannounce_max`; seeded so the simulation stays reproducible.
+    pub fn reannounce_backoff(&self, seed: u64) -> ExponentialBackoff {
+        ExponentialBuilder::default()
+            .with_min_delay(self.reannounce_min)
+            .with_max_delay(self.reannounce_max)
+            .with_jitter()
+            .with_jitter_seed(seed)
+            .without_max_times()
+            .build()
     }
 
     /// Each update rides on 6 × log10(n + 1) messages (memberlist uses 4):

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use backon::ExponentialBackoff;
 use foca::{Codec, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec};
 use hivemesh_protocol::identity::NodeId;
 use rand10::SeedableRng;
@@ -93,7 +93,7 @@ impl Membership {
     /// seed and inputs give the same outputs (the simulation relies on it).
     pub fn new(me: MemberId, config: MembershipConfig, seed: u64, now_ms: u64) -> Self {
         let swim = Foca::new(me, config.to_foca(), StdRng::seed_from_u64(seed), PostcardCodec);
-        let backoff = new_backoff(&config, seed);
+        let backoff = config.reannounce_backoff(seed);
         let mut outbox = Outbox::default();
         outbox.outputs.push(Output::Schedule { after: config.reannounce_min, timer: Timer::Reannounce });
         Self {
@@ -144,7 +144,7 @@ impl Membership {
             return;
         }
         self.bootstrap.push(peer.clone());
-        self.backoff = new_backoff(&self.config, self.backoff_seed);
+        self.backoff = self.config.reannounce_backoff(self.backoff_seed);
         self.announce(peer, now_ms);
     }
 
@@ -218,7 +218,7 @@ impl Membership {
         let missing: Vec<MemberId> =
             self.bootstrap.iter().filter(|b| !self.is_active(&b.node)).cloned().collect();
         let after = if missing.is_empty() {
-            self.backoff = new_backoff(&self.config, self.backoff_seed);
+            self.backoff = self.config.reannounce_backoff(self.backoff_seed);
             self.config.reannounce_max
         } else {
             tracing::debug!(missing = missing.len(), "re-announcing to bootstrap peers");
@@ -348,14 +348,4 @@ impl Membership {
             OwnedNotification::Defunct => Some(MemberEvent::Defunct),
         }
     }
-}
-
-fn new_backoff(config: &MembershipConfig, seed: u64) -> ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(config.reannounce_min)
-        .with_max_delay(config.reannounce_max)
-        .with_jitter()
-        .with_jitter_seed(seed)
-        .without_max_times()
-        .build()
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use backon::ExponentialBackoff;
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 
@@ -31,13 +31,7 @@ pub struct UnresolvedBootstrap {
 }
 
 impl UnresolvedBootstrap {
-    pub fn add(&mut self, address: Multiaddr, now: Instant) {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(500))
-            .with_max_delay(Duration::from_secs(30))
-            .with_jitter()
-            .without_max_times()
-            .build();
+    pub fn add(&mut self, address: Multiaddr, backoff: ExponentialBackoff, now: Instant) {
         self.pending.push(Pending { address, backoff, next_attempt: now });
     }
 

@@ -254,7 +254,9 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
             (transport, Some(node)) => {
                 membership.add_bootstrap(MemberId::placeholder(node, vec![transport.to_vec()]), unix_ms())
             }
-            (transport, None) => unresolved.add(transport, Instant::now()),
+            (transport, None) => {
+                unresolved.add(transport, config.membership.reannounce_backoff(seed), Instant::now())
+            }
         }
     }
 
@@ -283,21 +285,19 @@ async fn wait_for_listeners(
     wanted: &[Multiaddr],
 ) -> Result<Vec<Multiaddr>, NodeError> {
     let mut listen = Vec::new();
-    let mut reported = 0;
     let deadline = tokio::time::sleep(Duration::from_secs(5));
     tokio::pin!(deadline);
-    while reported < wanted.len() {
+    while listen.len() < wanted.len() {
         tokio::select! {
             event = swarm.select_next_some() => match event {
                 SwarmEvent::NewListenAddr { address, .. } => {
                     listen.push(address);
-                    reported += 1;
                 }
                 SwarmEvent::ListenerError { error, .. } => {
-                    return Err(NodeError::Listen { address: wanted[reported].clone(), reason: error.to_string() });
+                    return Err(NodeError::Listen { address: wanted[listen.len()].clone(), reason: error.to_string() });
                 }
                 SwarmEvent::ListenerClosed { reason: Err(e), .. } => {
-                    return Err(NodeError::Listen { address: wanted[reported].clone(), reason: e.to_string() });
+                    return Err(NodeError::Listen { address: wanted[listen.len()].clone(), reason: e.to_string() });
                 }
                 _ => {}
             },
