@@ -159,6 +159,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Merge peers' views of the cluster by majority rule.
+    ///
+    /// Reads JSON views (an array of arrays of entries, or {"views": [...]})
+    /// from FILE or stdin; each entry needs "id" and an RFC 3339
+    /// "last_updated", and its other fields form its version. Prints
+    /// {"entries": [...], "metrics": {...}}. Rules: ../shared/spec/majority-rule.md.
+    Majority {
+        /// Views file, or - (the default) for stdin.
+        file: Option<PathBuf>,
+    },
 }
 
 fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {

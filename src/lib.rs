@@ -3,6 +3,7 @@
 //! This crate is the `hivemesh` binary plus re-exports of the workspace
 //! crates, so examples and embedders need one dependency.
 
+pub use hivemesh_crdt as crdt;
 pub use hivemesh_gpu as gpu;
 pub use hivemesh_node as node;
 pub use hivemesh_protocol as protocol;

@@ -86,6 +86,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sim_cmd::run(config, *json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Majority { file } => {
+            majority(file.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Id { json } => print_id(data_dir()?, *json).map(|_| ExitCode::SUCCESS),
         Command::Tally {
             file,
@@ -112,6 +116,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if reached { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NO_QUORUM) })
         }
     }
+}
+
+/// `hivemesh majority [FILE|-]`.
+fn majority(file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use hivemesh::crdt::majority::{parse_views, resolve};
+    let text = tally_cmd::read_input(file.unwrap_or(std::path::Path::new("-")))?;
+    let views = parse_views(&text).context("could not read the views")?;
+    let resolution = resolve(&views)?;
+    println!("{}", resolution.to_json());
+    Ok(())
 }
 
 fn print_id(data_dir: PathBuf, json: bool) -> anyhow::Result<()> {

@@ -55,10 +55,11 @@ fn rule_name(rule: TallyRule) -> &'static str {
     }
 }
 
-fn read_input(path: &Path) -> anyhow::Result<String> {
+/// The whole of a file, or of stdin for `-`.
+pub fn read_input(path: &Path) -> anyhow::Result<String> {
     let mut text = String::new();
     if path == Path::new("-") {
-        std::io::stdin().read_to_string(&mut text).context("reading ballots from stdin")?;
+        std::io::stdin().read_to_string(&mut text).context("reading stdin")?;
     } else {
         text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     }
