@@ -24,11 +24,13 @@ pub struct Domain(pub u16);
 impl Domain {
     pub const PEER_ENTRY: Domain = Domain(1);
     pub const BALLOT: Domain = Domain(2);
+    pub const JOB_CONTRIBUTION: Domain = Domain(3);
 
     pub fn name(self) -> &'static str {
         match self {
             Domain::PEER_ENTRY => "peer-entry",
             Domain::BALLOT => "ballot",
+            Domain::JOB_CONTRIBUTION => "job-contribution",
             _ => "unknown",
         }
     }

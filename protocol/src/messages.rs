@@ -113,6 +113,41 @@ impl SignedMessage for PeerEntry {
     }
 }
 
+/// One value a peer adds to a job's document (its spec, a stage output, a
+/// candidate, a ballot, the outcome). Signed by its author, so a replica can
+/// check it however it arrived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobContribution {
+    pub job: JobId,
+    pub author: NodeId,
+    /// What this is, e.g. `spec`, `candidate`, `ballot`; at most 64 bytes of
+    /// `[a-z0-9_.-]`.
+    pub kind: String,
+    pub body: Vec<u8>,
+}
+
+/// Longest contribution kind.
+pub const MAX_KIND_BYTES: usize = 64;
+
+impl SignedMessage for JobContribution {
+    const DOMAIN: Domain = Domain::JOB_CONTRIBUTION;
+
+    fn author(&self) -> NodeId {
+        self.author
+    }
+
+    fn validate(&self) -> Result<(), MessageError> {
+        let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c);
+        if self.kind.is_empty() || self.kind.len() > MAX_KIND_BYTES || !self.kind.chars().all(allowed) {
+            return Err(MessageError::Invalid {
+                field: "kind",
+                reason: format!("{:?} is not 1 to {MAX_KIND_BYTES} bytes of [a-z0-9_.-]", self.kind),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A job's identifier: 16 random bytes chosen by the asker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct JobId(pub [u8; 16]);

@@ -1,0 +1,284 @@
+//! One automerge document per job, replicated among its participants.
+//!
+//! The root map holds one signed value per key `KIND/AUTHOR_HEX`: a postcard
+//! `Envelope` around a `JobContribution` written by AUTHOR. Changes from the
+//! network are checked op by op before they touch the document: only puts of
+//! validly signed values at the root, under the key their author owns, are
+//! accepted; anything else (a forged value, a delete, a nested object) is
+//! refused and counted. Reads verify again, so a value on disk is never
+//! trusted blindly. See docs/adr/0007-job-documents.md.
+
+use automerge::legacy::{Key, ObjectId, OpType};
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, AutoCommit, Change, ChangeHash, ROOT, ReadDoc, ScalarValue, Value};
+use hivemesh_protocol::identity::hex;
+use hivemesh_protocol::limits::MAX_FRAME_BYTES;
+use hivemesh_protocol::{
+    Envelope, JobContribution, JobId, MessageError, NodeId, NodeIdentity, SignedMessage, decode_message,
+    encode_message, open, seal,
+};
+
+/// Largest saved job document accepted from disk or built from the network.
+pub const MAX_JOB_DOC_BYTES: usize = 4 * 1024 * 1024;
+/// Largest sync message or pushed change accepted from a peer.
+pub const MAX_SYNC_MESSAGE_BYTES: usize = MAX_FRAME_BYTES;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobDocError {
+    #[error("{what} of {size} bytes exceeds the limit of {max}")]
+    TooLarge { what: &'static str, size: usize, max: usize },
+    #[error("not an automerge {what}: {reason}")]
+    Malformed { what: &'static str, reason: String },
+    #[error("value at {key:?} rejected: {reason}")]
+    Forged { key: String, reason: String },
+    #[error("change {change} does something a job document forbids: {what}")]
+    ForbiddenOp { change: String, what: String },
+    #[error("cannot sign a contribution: {0}")]
+    Seal(#[from] MessageError),
+}
+
+impl JobDocError {
+    /// A short stable label, for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TooLarge { .. } => "too_large",
+            Self::Malformed { .. } => "malformed",
+            Self::Forged { .. } => "forged",
+            Self::ForbiddenOp { .. } => "forbidden_op",
+            Self::Seal(_) => "seal",
+        }
+    }
+}
+
+/// A contribution whose signature and key were checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub kind: String,
+    pub author: NodeId,
+    pub body: Vec<u8>,
+}
+
+/// The sync protocol's state with one peer for one document.
+#[derive(Debug, Default)]
+pub struct SyncSession {
+    state: sync::State,
+}
+
+impl SyncSession {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+pub struct JobDoc {
+    job: JobId,
+    doc: AutoCommit,
+}
+
+impl JobDoc {
+    /// An empty document; this node's changes carry its NodeId as actor.
+    pub fn new(job: JobId, me: &NodeId) -> Self {
+        Self { job, doc: AutoCommit::new().with_actor(ActorId::from(me.0.as_slice())) }
+    }
+
+    /// A document saved by [`JobDoc::save`]. Every change is checked as if it
+    /// came from the network.
+    pub fn load(job: JobId, me: &NodeId, bytes: &[u8]) -> Result<Self, JobDocError> {
+        let mut doc = Self::new(job, me);
+        doc.apply_changes(bytes)?;
+        Ok(doc)
+    }
+
+    pub fn job(&self) -> JobId {
+        self.job
+    }
+
+    /// Signs `body` as this node's `kind` and commits it. Returns the change,
+    /// ready to push to the other participants.
+    pub fn contribute(
+        &mut self,
+        identity: &NodeIdentity,
+        kind: &str,
+        body: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<Vec<u8>, JobDocError> {
+        let contribution =
+            JobContribution { job: self.job, author: identity.node_id(), kind: kind.to_owned(), body };
+        let envelope = seal(identity, now_ms, now_ms, &contribution)?;
+        let value = encode_message(&envelope).map_err(MessageError::from)?;
+        let key = key_for(kind, &identity.node_id());
+        self.doc
+            .put(ROOT, key, ScalarValue::Bytes(value))
+            .map_err(|error| JobDocError::Malformed { what: "local edit", reason: error.to_string() })?;
+        let seconds = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+        self.doc.commit_with(CommitOptions::default().with_time(seconds));
+        let mut change = self.doc.get_last_local_change().ok_or_else(|| JobDocError::Malformed {
+            what: "local edit",
+            reason: "commit produced no change".into(),
+        })?;
+        Ok(change.bytes().into_owned())
+    }
+
+    /// Applies pushed changes (or a saved document) after checking every op.
+    /// Returns how many changes were new.
+    pub fn apply_changes(&mut self, bytes: &[u8]) -> Result<usize, JobDocError> {
+        check_size("changes", bytes.len(), MAX_JOB_DOC_BYTES)?;
+        let mut fork = self.checked_fork(std::slice::from_ref(&bytes))?;
+        let new = fork.get_changes(&self.doc.get_heads()).len();
+        self.doc = fork;
+        Ok(new)
+    }
+
+    /// The next sync message for this peer, if it needs one.
+    pub fn sync_message(&mut self, session: &mut SyncSession) -> Option<Vec<u8>> {
+        self.doc.sync().generate_sync_message(&mut session.state).map(sync::Message::encode)
+    }
+
+    /// Applies a peer's sync message after checking the changes it carries.
+    pub fn receive_sync(&mut self, session: &mut SyncSession, bytes: &[u8]) -> Result<(), JobDocError> {
+        check_size("sync message", bytes.len(), MAX_SYNC_MESSAGE_BYTES)?;
+        let message = sync::Message::decode(bytes)
+            .map_err(|error| JobDocError::Malformed { what: "sync message", reason: error.to_string() })?;
+        let chunks: Vec<&[u8]> = message.changes.iter().collect();
+        if !chunks.is_empty() {
+            self.checked_fork(&chunks)?;
+        }
+        self.doc
+            .sync()
+            .receive_sync_message(&mut session.state, message)
+            .map_err(|error| JobDocError::Malformed { what: "sync message", reason: error.to_string() })
+    }
+
+    /// A copy of the document with `chunks` applied, refused unless every new
+    /// op is a valid signed put and the result stays within the size limit.
+    fn checked_fork(&mut self, chunks: &[&[u8]]) -> Result<AutoCommit, JobDocError> {
+        let before = self.doc.get_heads();
+        let mut fork = self.doc.fork();
+        for chunk in chunks {
+            fork.load_incremental(chunk)
+                .map_err(|error| JobDocError::Malformed { what: "change", reason: error.to_string() })?;
+        }
+        for change in fork.get_changes(&before) {
+            check_change(self.job, &change)?;
+        }
+        let size = fork.save_nocompress().len();
+        check_size("job document", size, MAX_JOB_DOC_BYTES)?;
+        Ok(fork)
+    }
+
+    /// Every valid contribution, in key order. Where concurrent writes left
+    /// several values under one key, the greatest valid one counts, the same
+    /// on every replica.
+    pub fn contributions(&self) -> Vec<Verified> {
+        self.doc
+            .keys(ROOT)
+            .filter_map(|key| {
+                let values = self.doc.get_all(ROOT, key.as_str()).ok()?;
+                values
+                    .into_iter()
+                    .filter_map(|(value, _)| match value {
+                        Value::Scalar(scalar) => match scalar.as_ref() {
+                            ScalarValue::Bytes(bytes) => verify_value(self.job, &key, bytes).ok(),
+                            _ => None,
+                        },
+                        Value::Object(_) => None,
+                    })
+                    .max_by(|a, b| a.body.cmp(&b.body))
+            })
+            .collect()
+    }
+
+    /// One author's contribution of one kind.
+    pub fn contribution(&self, kind: &str, author: &NodeId) -> Option<Verified> {
+        let key = key_for(kind, author);
+        self.contributions().into_iter().find(|c| key_for(&c.kind, &c.author) == key)
+    }
+
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// The whole document, compressed.
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// Changes since `heads`, for an incremental save or a push.
+    pub fn save_after(&mut self, heads: &[ChangeHash]) -> Vec<u8> {
+        self.doc.save_after(heads)
+    }
+
+    /// Replaces the history with one change holding the current valid
+    /// values, written by an actor derived from the job id at time 0, so every
+    /// replica that compacts the same contributions gets the same bytes and
+    /// heads. Meant for finished jobs, which are no longer synced.
+    pub fn compact(&mut self, identity: &NodeIdentity) -> Result<(), JobDocError> {
+        let mut fresh = AutoCommit::new().with_actor(ActorId::from(self.job.0.as_slice()));
+        for contribution in self.contributions() {
+            let key = key_for(&contribution.kind, &contribution.author);
+            let bytes = match self.doc.get(ROOT, key.as_str()) {
+                Ok(Some((Value::Scalar(scalar), _))) => match scalar.as_ref() {
+                    ScalarValue::Bytes(bytes) => bytes.clone(),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            fresh
+                .put(ROOT, key, ScalarValue::Bytes(bytes))
+                .map_err(|error| JobDocError::Malformed { what: "compaction", reason: error.to_string() })?;
+        }
+        fresh.commit_with(CommitOptions::default().with_time(0));
+        self.doc = fresh;
+        self.doc.set_actor(ActorId::from(identity.node_id().0.as_slice()));
+        Ok(())
+    }
+}
+
+fn key_for(kind: &str, author: &NodeId) -> String {
+    format!("{kind}/{}", hex(&author.0))
+}
+
+fn check_size(what: &'static str, size: usize, max: usize) -> Result<(), JobDocError> {
+    if size > max {
+        return Err(JobDocError::TooLarge { what, size, max });
+    }
+    Ok(())
+}
+
+/// Only signed puts at the root: no objects, deletes, counters or marks.
+fn check_change(job: JobId, change: &Change) -> Result<(), JobDocError> {
+    let forbidden = |what: String| JobDocError::ForbiddenOp { change: change.hash().to_string(), what };
+    for op in change.decode().operations {
+        if op.obj != ObjectId::Root || op.insert {
+            return Err(forbidden("an edit below the root map".into()));
+        }
+        let Key::Map(key) = &op.key else {
+            return Err(forbidden("a sequence edit".into()));
+        };
+        match &op.action {
+            OpType::Put(ScalarValue::Bytes(bytes)) => {
+                verify_value(job, key, bytes)?;
+            }
+            OpType::Delete => return Err(forbidden(format!("a delete of {key:?}"))),
+            other => return Err(forbidden(format!("{other:?} at {key:?}"))),
+        }
+    }
+    Ok(())
+}
+
+/// A value is valid when it is a signed contribution to this job whose kind
+/// and author are exactly the key it sits under.
+fn verify_value(job: JobId, key: &str, bytes: &[u8]) -> Result<Verified, JobDocError> {
+    let forged = |reason: String| JobDocError::Forged { key: key.to_owned(), reason };
+    let envelope: Envelope = decode_message(bytes).map_err(|error| forged(error.to_string()))?;
+    envelope.verify_stateless(JobContribution::DOMAIN).map_err(|error| forged(error.to_string()))?;
+    let contribution: JobContribution = open(&envelope).map_err(|error| forged(error.to_string()))?;
+    if contribution.job != job {
+        return Err(forged("signed for another job".into()));
+    }
+    if key_for(&contribution.kind, &contribution.author) != key {
+        return Err(forged(format!("signed as {}/{}", contribution.kind, hex(&contribution.author.0))));
+    }
+    Ok(Verified { kind: contribution.kind, author: contribution.author, body: contribution.body })
+}

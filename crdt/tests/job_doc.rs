@@ -1,0 +1,215 @@
+//! Job documents: concurrent edits converge through the sync protocol, even
+//! after a partition; forged or forbidden changes are refused; bounds hold.
+
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ROOT, ScalarValue};
+use hivemesh_crdt::job_doc::{JobDoc, JobDocError, MAX_SYNC_MESSAGE_BYTES, SyncSession};
+use hivemesh_protocol::identity::hex;
+use hivemesh_protocol::{Domain, Envelope, JobContribution, JobId, NodeIdentity, encode_message};
+
+const JOB: JobId = JobId([7; 16]);
+
+fn node(seed: u8) -> NodeIdentity {
+    NodeIdentity::from_seed([seed; 32])
+}
+
+/// Runs the sync protocol between two replicas until neither has anything to
+/// say; returns the bytes exchanged.
+fn sync(a: &mut JobDoc, b: &mut JobDoc) -> usize {
+    let (mut a_to_b, mut b_to_a) = (SyncSession::new(), SyncSession::new());
+    let mut bytes = 0;
+    for _ in 0..32 {
+        let mut quiet = true;
+        if let Some(message) = a.sync_message(&mut a_to_b) {
+            bytes += message.len();
+            b.receive_sync(&mut b_to_a, &message).unwrap();
+            quiet = false;
+        }
+        if let Some(message) = b.sync_message(&mut b_to_a) {
+            bytes += message.len();
+            a.receive_sync(&mut a_to_b, &message).unwrap();
+            quiet = false;
+        }
+        if quiet {
+            return bytes;
+        }
+    }
+    panic!("sync did not settle in 32 rounds");
+}
+
+#[test]
+fn concurrent_edits_on_two_nodes_converge_to_the_same_heads() {
+    let (alice, bob) = (node(1), node(2));
+    let mut left = JobDoc::new(JOB, &alice.node_id());
+    let mut right = JobDoc::new(JOB, &bob.node_id());
+    left.contribute(&alice, "spec", b"what is 2+2?".to_vec(), 1_000).unwrap();
+    sync(&mut left, &mut right);
+    // Both write at once, without seeing each other.
+    left.contribute(&alice, "candidate", b"4".to_vec(), 2_000).unwrap();
+    right.contribute(&bob, "candidate", b"four".to_vec(), 2_000).unwrap();
+    right.contribute(&bob, "ballot", b"rank 0 1".to_vec(), 2_001).unwrap();
+    assert_ne!(left.heads(), right.heads());
+    sync(&mut left, &mut right);
+    assert_eq!(left.heads(), right.heads());
+    assert_eq!(left.contributions(), right.contributions());
+    assert_eq!(left.contributions().len(), 4);
+    assert_eq!(right.contribution("candidate", &alice.node_id()).unwrap().body, b"4");
+}
+
+#[test]
+fn replicas_split_by_a_partition_converge_after_it_heals() {
+    let nodes: Vec<_> = (1..=4).map(node).collect();
+    let mut docs: Vec<JobDoc> = nodes.iter().map(|n| JobDoc::new(JOB, &n.node_id())).collect();
+    docs[0].contribute(&nodes[0], "spec", b"q".to_vec(), 1).unwrap();
+    for i in 1..4 {
+        let (head, tail) = docs.split_at_mut(i);
+        sync(&mut head[0], &mut tail[0]);
+    }
+    // Partition {0,1} | {2,3}: each side writes and syncs only within itself.
+    for (i, n) in nodes.iter().enumerate() {
+        for round in 0..5u64 {
+            docs[i].contribute(n, &format!("stage-{round}"), vec![i as u8; 32], 10 + round).unwrap();
+        }
+    }
+    {
+        let (a, b) = docs.split_at_mut(1);
+        sync(&mut a[0], &mut b[0]);
+        let (c, d) = docs.split_at_mut(3);
+        sync(&mut c[2], &mut d[0]);
+    }
+    assert_ne!(docs[0].heads(), docs[2].heads());
+    // Heal: one link across is enough, then everyone syncs with a neighbour.
+    for (x, y) in [(1, 2), (0, 1), (2, 3)] {
+        let (head, tail) = docs.split_at_mut(y);
+        sync(&mut head[x], &mut tail[0]);
+    }
+    let heads = docs[0].heads();
+    for doc in &mut docs {
+        assert_eq!(doc.heads(), heads);
+        assert_eq!(doc.contributions().len(), 1 + 4 * 5);
+    }
+}
+
+/// An attacker's replica: raw automerge, writing whatever it likes.
+fn raw_change(edit: impl FnOnce(&mut AutoCommit)) -> Vec<u8> {
+    let mut doc = AutoCommit::new();
+    edit(&mut doc);
+    doc.save()
+}
+
+fn signed(author: &NodeIdentity, signer: &NodeIdentity, kind: &str, job: JobId) -> Vec<u8> {
+    let contribution =
+        JobContribution { job, author: author.node_id(), kind: kind.into(), body: b"x".to_vec() };
+    let payload = encode_message(&contribution).unwrap();
+    encode_message(&Envelope::seal(signer, Domain::JOB_CONTRIBUTION, 1, 1, payload).unwrap()).unwrap()
+}
+
+#[test]
+fn forged_and_forbidden_changes_are_refused_and_change_nothing() {
+    let (alice, mallory) = (node(1), node(3));
+    let alice_key = format!("candidate/{}", hex(&alice.node_id().0));
+    let mut doc = JobDoc::new(JOB, &alice.node_id());
+    doc.contribute(&alice, "spec", b"q".to_vec(), 1).unwrap();
+    let heads = doc.heads();
+
+    let cases = [
+        (
+            "alice's key, mallory's signature",
+            raw_change(|d| {
+                d.put(
+                    ROOT,
+                    alice_key.as_str(),
+                    ScalarValue::Bytes(signed(&alice, &mallory, "candidate", JOB)),
+                )
+                .unwrap();
+            }),
+            "forged",
+        ),
+        (
+            "mallory's value under alice's key",
+            raw_change(|d| {
+                d.put(
+                    ROOT,
+                    alice_key.as_str(),
+                    ScalarValue::Bytes(signed(&mallory, &mallory, "candidate", JOB)),
+                )
+                .unwrap();
+            }),
+            "forged",
+        ),
+        (
+            "another job's value",
+            raw_change(|d| {
+                let key = format!("candidate/{}", hex(&mallory.node_id().0));
+                d.put(
+                    ROOT,
+                    key.as_str(),
+                    ScalarValue::Bytes(signed(&mallory, &mallory, "candidate", JobId([9; 16]))),
+                )
+                .unwrap();
+            }),
+            "forged",
+        ),
+        (
+            "a plain string",
+            raw_change(|d| {
+                d.put(ROOT, alice_key.as_str(), "4").unwrap();
+            }),
+            "forbidden_op",
+        ),
+        (
+            "a nested object",
+            raw_change(|d| {
+                d.put_object(ROOT, "x", automerge::ObjType::Map).unwrap();
+            }),
+            "forbidden_op",
+        ),
+    ];
+    for (what, change, reason) in cases {
+        let error = doc.apply_changes(&change).unwrap_err();
+        assert_eq!(error.reason(), reason, "{what}: {error}");
+        assert_eq!(doc.heads(), heads, "{what} changed the document");
+    }
+    // Mallory's own, correctly signed contribution is fine.
+    let own = raw_change(|d| {
+        let key = format!("candidate/{}", hex(&mallory.node_id().0));
+        d.put(ROOT, key.as_str(), ScalarValue::Bytes(signed(&mallory, &mallory, "candidate", JOB))).unwrap();
+    });
+    assert_eq!(doc.apply_changes(&own).unwrap(), 1);
+    assert_eq!(doc.contributions().len(), 2);
+}
+
+#[test]
+fn oversized_and_garbled_sync_messages_are_clear_errors() {
+    let alice = node(1);
+    let mut doc = JobDoc::new(JOB, &alice.node_id());
+    let mut session = SyncSession::new();
+    let error = doc.receive_sync(&mut session, &vec![0x42; MAX_SYNC_MESSAGE_BYTES + 1]).unwrap_err();
+    assert!(matches!(error, JobDocError::TooLarge { .. }), "{error}");
+    let error = doc.receive_sync(&mut session, b"\x42garbage").unwrap_err();
+    assert_eq!(error.reason(), "malformed", "{error}");
+    assert!(doc.apply_changes(b"not automerge").is_err());
+}
+
+#[test]
+fn compaction_keeps_the_values_shrinks_the_document_and_is_the_same_everywhere() {
+    let (alice, bob) = (node(1), node(2));
+    let mut left = JobDoc::new(JOB, &alice.node_id());
+    let mut right = JobDoc::new(JOB, &bob.node_id());
+    for i in 0..50u64 {
+        left.contribute(&alice, "stage", format!("draft {i}").into_bytes(), i).unwrap();
+        right.contribute(&bob, "stage", format!("draft {i}").into_bytes(), i).unwrap();
+    }
+    sync(&mut left, &mut right);
+    let before = left.save().len();
+    let values = left.contributions();
+    left.compact(&alice).unwrap();
+    right.compact(&bob).unwrap();
+    assert_eq!(left.contributions(), values);
+    assert!(left.save().len() < before, "{} >= {before}", left.save().len());
+    assert_eq!(left.heads(), right.heads());
+    // A compacted document still loads and checks out.
+    let saved = left.save();
+    let reloaded = JobDoc::load(JOB, &alice.node_id(), &saved).unwrap();
+    assert_eq!(reloaded.contributions(), values);
+}
