@@ -101,6 +101,23 @@ pub enum Command {
         /// long a suspect has to refute.
         #[arg(long, default_value_t = 50)]
         expected_size: u32,
+        #[command(flatten)]
+        advertise: AdvertiseArgs,
+        /// Milliseconds between anti-entropy rounds with a random live member.
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
+        anti_entropy_ms: u64,
+        /// At or below this many nodes the default member view is majority
+        /// rule over the peers' views; above it, the registry.
+        #[arg(long, default_value_t = 25)]
+        majority_threshold: usize,
+    },
+    /// Change what a running node advertises in the registry (models, role,
+    /// GPU); the new entry is signed, stored and pushed to every member.
+    Advertise {
+        #[command(flatten)]
+        advertise: AdvertiseArgs,
+        #[arg(long, value_name = "URL")]
+        node: Option<String>,
     },
     /// Start N nodes on loopback in this process, wired in a chain, and print
     /// the membership as it converges. Ctrl-C makes them all leave.
@@ -124,6 +141,9 @@ pub enum Command {
     Members {
         #[arg(long)]
         json: bool,
+        /// majority, registry or swim (default: the node's active view).
+        #[arg(long)]
+        view: Option<String>,
         /// The node's control API (default: the one recorded in DATA_DIR/api.addr).
         #[arg(long, value_name = "URL")]
         node: Option<String>,
@@ -169,6 +189,20 @@ pub enum Command {
         /// Views file, or - (the default) for stdin.
         file: Option<PathBuf>,
     },
+}
+
+/// What a node offers, on `run` and `advertise`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AdvertiseArgs {
+    /// Model names this node serves (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// worker (the default), bootstrap or observer.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// The node's GPU as NAME:MEMORY_MB, e.g. "RTX 4090:24564".
+    #[arg(long)]
+    pub gpu: Option<String>,
 }
 
 fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {

@@ -45,13 +45,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .context("could not start the async runtime")
     };
     match &cli.command {
-        Command::Run { listen, bootstrap, mdns, api, expected_size } => {
+        Command::Run {
+            listen,
+            bootstrap,
+            mdns,
+            api,
+            expected_size,
+            advertise,
+            anti_entropy_ms,
+            majority_threshold,
+        } => {
             let args = node_cmd::RunArgs {
                 listen: listen.clone(),
                 bootstrap: bootstrap.clone(),
                 mdns: *mdns,
                 api: *api,
                 expected_size: *expected_size,
+                profile: node_cmd::given_profile(advertise)?,
+                anti_entropy: std::time::Duration::from_millis(*anti_entropy_ms),
+                majority_threshold: *majority_threshold,
             };
             let dir = data_dir()?;
             runtime()?.block_on(node_cmd::run(&dir, args))?;
@@ -64,9 +76,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(mesh_cmd::run(&dir, args))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Members { json, node } => {
+        Command::Members { json, node, view } => {
             let dir = data_dir()?;
-            runtime()?.block_on(node_cmd::members(&dir, node.as_deref(), *json))?;
+            runtime()?.block_on(node_cmd::members(&dir, node.as_deref(), view.as_deref(), *json))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Advertise { advertise, node } => {
+            let profile = node_cmd::profile(advertise)?;
+            let dir = data_dir()?;
+            runtime()?.block_on(node_cmd::advertise(&dir, node.as_deref(), &profile))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Leave { node } => {

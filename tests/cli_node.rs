@@ -81,3 +81,48 @@ fn run_then_members_then_leave() {
     assert!(status.success(), "{status:?}");
     assert!(!addr_file.exists(), "api.addr is removed on exit");
 }
+
+fn start_node(dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
+    let _ = std::fs::remove_file(dir.join("api.addr"));
+    let child = Command::new(env!("CARGO_BIN_EXE_hivemesh"))
+        .args(["run", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--api", "127.0.0.1:0"])
+        .args(extra)
+        .env("HIVEMESH_DATA_DIR", dir)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hivemesh run");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.join("api.addr").exists() {
+        assert!(Instant::now() < deadline, "the node never recorded its API address");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn an_acknowledged_advertisement_survives_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = start_node(dir.path(), &["--models", "llama-3-8b"]);
+    let advertised =
+        hivemesh(&["advertise", "--models", "qwen-7b,mistral-7b", "--gpu", "RTX 4090:24564"], dir.path());
+    assert!(advertised.status.success(), "{advertised:?}");
+    node.kill().expect("SIGKILL"); // std sends SIGKILL on Unix: no shutdown code runs
+    node.wait().expect("reap");
+
+    // Restarted without profile flags, the node keeps what it last
+    // advertised: read back from sled, then signed and published again.
+    let mut node = start_node(dir.path(), &[]);
+    let members = hivemesh(&["members", "--view", "registry", "--json"], dir.path());
+    assert!(members.status.success(), "{members:?}");
+    let report: serde_json::Value = serde_json::from_slice(&members.stdout).expect("JSON");
+    assert_eq!(report["view"], "registry");
+    assert_eq!(report["me"]["models"], serde_json::json!(["qwen-7b", "mistral-7b"]));
+    assert_eq!(report["me"]["gpu"]["memory_mb"], 24564);
+    let status = hivemesh(&["members", "--view", "bogus"], dir.path());
+    assert!(!status.status.success());
+    assert!(text(&status.stderr).contains("unknown view"), "{}", text(&status.stderr));
+    node.kill().expect("SIGKILL");
+    node.wait().expect("reap");
+}

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -14,6 +15,7 @@ use tokio::task::JoinHandle;
 pub use reqwest::Method;
 
 use crate::net::{NodeClient, NodeError};
+use crate::replica::{Profile, ViewKind};
 
 /// The default control port; when it is taken, the node falls back to an
 /// ephemeral one and says so (its address is in DATA_DIR/api.addr).
@@ -47,6 +49,7 @@ pub async fn serve(
     }
     let app = axum::Router::new()
         .route("/v1/members", get(members))
+        .route("/v1/advertise", post(advertise))
         .route("/v1/status", get(status))
         .route("/v1/leave", post(leave))
         .with_state(client);
@@ -63,9 +66,36 @@ fn stopped(e: NodeError) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
-async fn members(State(client): State<NodeClient>) -> Response {
-    match client.members().await {
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ViewQuery {
+    view: Option<String>,
+}
+
+/// `?view=majority|registry|swim`; without it, the node's active view.
+async fn members(State(client): State<NodeClient>, Query(query): Query<ViewQuery>) -> Response {
+    let kind = match query.view.as_deref().map(str::parse::<ViewKind>).transpose() {
+        Ok(kind) => kind,
+        Err(message) => return bad_request(message),
+    };
+    match client.view(kind).await {
         Ok(report) => Json(report).into_response(),
+        Err(e) => stopped(e),
+    }
+}
+
+/// Replaces this node's advertised profile (a JSON `Profile`).
+async fn advertise(State(client): State<NodeClient>, body: Result<Json<Profile>, JsonRejection>) -> Response {
+    let Json(profile) = match body {
+        Ok(body) => body,
+        Err(rejection) => return bad_request(format!("bad advertisement: {}", rejection.body_text())),
+    };
+    match client.advertise(profile.clone()).await {
+        Ok(()) => Json(serde_json::json!({ "status": "advertised", "profile": profile })).into_response(),
+        Err(NodeError::Replication(message)) => bad_request(message),
         Err(e) => stopped(e),
     }
 }
@@ -103,12 +133,24 @@ pub fn resolve_api_url(explicit: Option<&str>, data_dir: &Path) -> Result<String
 
 /// Calls the control API of a running node.
 pub async fn call(method: Method, url: &str) -> Result<serde_json::Value, String> {
+    call_with(method, url, None).await
+}
+
+/// Calls the control API with an optional JSON body.
+pub async fn call_with(
+    method: Method,
+    url: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, String> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
-    let response = client
-        .request(method, url)
+    let mut request = client.request(method, url);
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request
         .send()
         .await
         .map_err(|e| format!("no node answering at {url}: {e} (is `hivemesh run` running?)"))?;

@@ -7,9 +7,12 @@ pub mod api;
 pub mod keystore;
 pub mod membership;
 pub mod net;
+pub mod replica;
 pub mod sim;
 
 pub use keystore::{KeystoreError, StoredIdentity, default_data_dir, load_or_create};
-pub use net::{MemberInfo, MembersReport, NodeClient, NodeConfig, NodeError, NodeHandle, spawn_node};
+pub use net::{
+    MemberInfo, MembersReport, NodeClient, NodeConfig, NodeError, NodeHandle, ReplicationConfig, spawn_node,
+};
 
 pub use libp2p::Multiaddr;

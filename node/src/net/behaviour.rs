@@ -4,6 +4,7 @@
 use std::io;
 use std::time::Duration;
 
+use hivemesh_protocol::limits::MAX_FRAME_BYTES;
 use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -12,6 +13,7 @@ use libp2p::{StreamProtocol, identify, identity, kad, mdns, ping, request_respon
 pub const IDENTIFY_PROTOCOL: &str = "/hivemesh/1.0.0";
 pub const SWIM_PROTOCOL: StreamProtocol = StreamProtocol::new("/hivemesh/swim/1.0.0");
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/hivemesh/kad/1.0.0");
+pub const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/hivemesh/state/1.0.0");
 
 /// A membership frame larger than this is refused before it is read.
 pub const MAX_SWIM_FRAME: usize = 64 * 1024 + 64;
@@ -23,6 +25,7 @@ pub struct Behaviour {
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub swim: request_response::Behaviour<SwimCodec>,
+    pub state: request_response::Behaviour<StateCodec>,
 }
 
 impl Behaviour {
@@ -54,6 +57,11 @@ impl Behaviour {
             [(SWIM_PROTOCOL, request_response::ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
         );
+        let state = request_response::Behaviour::with_codec(
+            StateCodec,
+            [(STATE_PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+        );
         Self {
             identify: identify::Behaviour::new(identify::Config::new(
                 IDENTIFY_PROTOCOL.to_string(),
@@ -63,6 +71,7 @@ impl Behaviour {
             kad,
             mdns: Toggle::from(mdns),
             swim,
+            state,
         }
     }
 }
@@ -129,5 +138,70 @@ impl request_response::Codec for SwimCodec {
     {
         io.write_all(&[ACK]).await?;
         io.flush().await
+    }
+}
+
+/// Replicated-state messages (registry pushes, anti-entropy, view requests):
+/// one length-prefixed frame each way, at most `MAX_FRAME_BYTES`. Decoding
+/// the frame's content is the driver's job, so a bad one is counted there.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StateCodec;
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("state frame of {len} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"),
+        ));
+    }
+    let mut frame = vec![0u8; len];
+    io.read_exact(&mut frame).await?;
+    Ok(frame)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, frame: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(frame.len())
+        .ok()
+        .filter(|l| *l as usize <= MAX_FRAME_BYTES)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "state frame too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(frame).await?;
+    io.flush().await
+}
+
+impl request_response::Codec for StateCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io).await
+    }
+
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, frame: Vec<u8>) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &frame).await
+    }
+
+    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, frame: Vec<u8>) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &frame).await
     }
 }

@@ -13,8 +13,10 @@ use hivemesh_protocol::identity::NodeId;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::bootstrap::UnresolvedBootstrap;
-use super::handle::{MemberInfo, MembersReport, StatusReport};
+use super::handle::{MemberInfo, MembersReport, ReplicationConfig, StatusReport};
+use super::replication::ReplicationState;
 use crate::membership::{MemberEvent, MemberId, Membership, Output, Timer};
+use crate::replica::{Profile, Replica, ViewKind, ViewReport};
 
 pub fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -23,6 +25,10 @@ pub fn unix_ms() -> u64 {
 pub enum Command {
     Members(oneshot::Sender<MembersReport>),
     Status(oneshot::Sender<StatusReport>),
+    /// The cluster as one of the views sees it (`None`: the active view).
+    View(Option<ViewKind>, oneshot::Sender<ViewReport>),
+    /// Replace this node's advertised profile and push the new entry.
+    Advertise(Profile, oneshot::Sender<Result<(), String>>),
     /// Leave gracefully, waiting at most `deadline` for the goodbyes to be
     /// delivered, then stop.
     Leave {
@@ -40,6 +46,10 @@ pub struct Driver {
     pub events: broadcast::Sender<MemberEvent>,
     pub started: Instant,
     pub api: Option<std::net::SocketAddr>,
+    pub replica: Replica,
+    pub replication: ReplicationState,
+    pub majority_threshold: usize,
+    anti_entropy_period: Duration,
     timers: mpsc::UnboundedSender<Timer>,
     timer_rx: mpsc::UnboundedReceiver<Timer>,
     mdns_announced: HashSet<PeerId>,
@@ -58,6 +68,8 @@ impl Driver {
         events: broadcast::Sender<MemberEvent>,
         started: Instant,
         api: Option<std::net::SocketAddr>,
+        replica: Replica,
+        config: &ReplicationConfig,
     ) -> Self {
         let (timers, timer_rx) = mpsc::unbounded_channel();
         Self {
@@ -69,6 +81,10 @@ impl Driver {
             events,
             started,
             api,
+            replica,
+            replication: ReplicationState::default(),
+            majority_threshold: config.majority_threshold,
+            anti_entropy_period: config.anti_entropy,
             timers,
             timer_rx,
             mdns_announced: HashSet::new(),
@@ -78,11 +94,18 @@ impl Driver {
     }
 
     pub async fn run(mut self) {
+        self.rejoin_remembered_members();
+        if let Err(error) = self.publish_entry(None) {
+            tracing::error!(%error, "could not publish this node's registry entry");
+        }
         self.apply_outputs();
         let mut bootstrap_tick = tokio::time::interval(Duration::from_millis(250));
+        let mut anti_entropy = tokio::time::interval(self.anti_entropy_period);
+        anti_entropy.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = anti_entropy.tick() => self.anti_entropy_tick(),
                 Some(timer) = self.timer_rx.recv() => self.membership.handle_timer(timer, unix_ms()),
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
@@ -120,7 +143,12 @@ impl Driver {
                     uptime_ms: self.started.elapsed().as_millis() as u64,
                     active_members: self.membership.active_count(),
                     membership: self.membership.stats().clone(),
+                    replication: self.replica.stats(),
                 });
+            }
+            Command::View(kind, reply) => self.view(kind, reply),
+            Command::Advertise(profile, reply) => {
+                let _ = reply.send(self.publish_entry(Some(profile)).map(|_| ()));
             }
             Command::Leave { deadline, done } => self.start_leaving(deadline, done),
         }
@@ -158,6 +186,9 @@ impl Driver {
                 }
                 Output::Event(event) => {
                     log_event(&event);
+                    if let MemberEvent::Up(member) | MemberEvent::Renamed { new: member, .. } = &event {
+                        self.on_member_up(member);
+                    }
                     let _ = self.events.send(event);
                 }
             }
@@ -178,6 +209,17 @@ impl Driver {
         self.in_flight += 1;
     }
 
+    /// Announces to the members recorded before the last shutdown or crash,
+    /// so a restarted node is back in the cluster without its bootstrap list.
+    fn rejoin_remembered_members(&mut self) {
+        let me = self.membership.me().node;
+        for (node, addresses) in self.replica.store().members() {
+            if node != me {
+                self.membership.announce(MemberId::placeholder(node, addresses), unix_ms());
+            }
+        }
+    }
+
     fn dial_due_bootstrap(&mut self) {
         if self.leaving.is_some() || self.unresolved.is_empty() {
             return;
@@ -192,6 +234,7 @@ impl Driver {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Swim(e)) => self.on_swim(e),
+            SwarmEvent::Behaviour(BehaviourEvent::State(e)) => self.on_state(e),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,

@@ -16,6 +16,7 @@ use super::bootstrap::{UnresolvedBootstrap, split_peer};
 use super::driver::{Command, Driver, unix_ms};
 use crate::keystore::{KeystoreError, load_or_create};
 use crate::membership::{MemberEvent, MemberId, MemberView, Membership, MembershipConfig, MembershipStats};
+use crate::replica::{Profile, Replica, ReplicaStats, ViewKind, ViewReport};
 
 /// How to run one node.
 #[derive(Clone, Debug)]
@@ -27,6 +28,26 @@ pub struct NodeConfig {
     /// Where the HTTP control API listens; `None` for no API.
     pub api: Option<SocketAddr>,
     pub membership: MembershipConfig,
+    pub replication: ReplicationConfig,
+}
+
+/// How the node replicates its state.
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    /// Period of anti-entropy rounds with a random live member.
+    pub anti_entropy: Duration,
+    /// At or below this many nodes (this one included), the default view is
+    /// majority rule over peers' views; above it, the registry.
+    pub majority_threshold: usize,
+    /// What this node advertises in the registry at start; `None` keeps the
+    /// profile last advertised at run time (or the default on a new node).
+    pub profile: Option<Profile>,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self { anti_entropy: Duration::from_secs(5), majority_threshold: 25, profile: None }
+    }
 }
 
 impl NodeConfig {
@@ -43,6 +64,7 @@ impl NodeConfig {
             mdns: false,
             api: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             membership: MembershipConfig::lan(16),
+            replication: ReplicationConfig::default(),
         }
     }
 }
@@ -59,6 +81,10 @@ pub enum NodeError {
     Api { address: SocketAddr, source: std::io::Error },
     #[error("the node has stopped")]
     Stopped,
+    #[error("cannot open the node's state: {0}")]
+    Store(#[from] crate::replica::StoreError),
+    #[error("replication: {0}")]
+    Replication(String),
 }
 
 /// One member as the control API reports it.
@@ -127,6 +153,7 @@ pub struct StatusReport {
     pub uptime_ms: u64,
     pub active_members: usize,
     pub membership: MembershipStats,
+    pub replication: ReplicaStats,
 }
 
 /// A running node. Dropping every handle (and API client) stops it without a
@@ -160,6 +187,21 @@ impl NodeClient {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Status(tx)).await.map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// The cluster as `kind` sees it; `None` for the node's active view.
+    pub async fn view(&self, kind: Option<ViewKind>) -> Result<ViewReport, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::View(kind, tx)).await.map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Replaces what this node advertises; resolves once the new entry is
+    /// durable and on its way to every live member.
+    pub async fn advertise(&self, profile: Profile) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Advertise(profile, tx)).await.map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?.map_err(NodeError::Replication)
     }
 
     /// Asks the node to leave; resolves once it has stopped.
@@ -227,6 +269,8 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let stored = load_or_create(&config.data_dir)?;
     let identity = stored.identity;
     let keypair = identity.to_libp2p_keypair();
+    let node_id = identity.node_id();
+    let replica = Replica::open(identity, &config.data_dir, config.replication.profile.clone())?;
     let mdns = config.mdns;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -245,7 +289,7 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     }
     let listen = wait_for_listeners(&mut swarm, &config.listen).await?;
 
-    let me = MemberId::new(identity.node_id(), unix_ms(), listen.iter().map(|a| a.to_vec()).collect());
+    let me = MemberId::new(node_id, unix_ms(), listen.iter().map(|a| a.to_vec()).collect());
     let seed = getrandom::u64().unwrap_or_else(|_| unix_ms());
     let mut membership = Membership::new(me, config.membership.clone(), seed, unix_ms());
     let mut unresolved = UnresolvedBootstrap::default();
@@ -271,8 +315,18 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         None => (None, None),
     };
     let peer_id = *swarm.local_peer_id();
-    let driver =
-        Driver::new(swarm, membership, listen.clone(), unresolved, commands_rx, events.clone(), started, api);
+    let driver = Driver::new(
+        swarm,
+        membership,
+        listen.clone(),
+        unresolved,
+        commands_rx,
+        events.clone(),
+        started,
+        api,
+        replica,
+        &config.replication,
+    );
     let task = tokio::spawn(driver.run());
     let ready_in = started.elapsed();
     tracing::info!(%peer_id, ?listen, ?api, ?ready_in, "node ready");

@@ -4,8 +4,10 @@ mod behaviour;
 mod bootstrap;
 mod driver;
 mod handle;
+mod replication;
 
 pub use behaviour::{MAX_SWIM_FRAME, SWIM_PROTOCOL};
 pub use handle::{
-    MemberInfo, MembersReport, NodeClient, NodeConfig, NodeError, NodeHandle, StatusReport, spawn_node,
+    MemberInfo, MembersReport, NodeClient, NodeConfig, NodeError, NodeHandle, ReplicationConfig,
+    StatusReport, spawn_node,
 };

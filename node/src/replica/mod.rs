@@ -1,0 +1,222 @@
+//! Replicated state in the node: the signed registry, kept in sled, pushed to
+//! members when it changes and repaired by periodic anti-entropy; and the
+//! majority-rule view for small clusters.
+
+mod store;
+mod view;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hivemesh_crdt::registry::{Digest, Merge, Reconciliation, Registry, RegistryError};
+use hivemesh_protocol::{
+    Capabilities, Envelope, GpuInfo, NodeId, NodeIdentity, PeerEntry, Role, decode_message, encode_message,
+};
+use serde::{Deserialize, Serialize};
+
+pub use store::{Store, StoreError};
+pub use view::{
+    MajorityInfo, MetricsReport, ViewKind, ViewMember, ViewReport, member_entry, member_from_entry,
+};
+
+/// What this node offers, as its registry entry advertises it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    pub role: Role,
+    pub models: Vec<String>,
+    pub gpu: Option<GpuInfo>,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Self { role: Role::Worker, models: Vec::new(), gpu: None }
+    }
+}
+
+/// A request on `/hivemesh/state/1.0.0`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum StateRequest {
+    /// Registry entries the sender wants the receiver to hold.
+    Push(Vec<Envelope>),
+    /// Anti-entropy: the sender's versions; answered with a reconciliation.
+    Digest(Digest),
+    /// "Your view": the receiver's member list, as majority-rule entries (JSON).
+    View,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum StateResponse {
+    Ack { accepted: u32, rejected: Vec<String> },
+    Reconcile(Reconciliation),
+    View(String),
+    Refused(String),
+}
+
+/// Counters for the status report and metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplicaStats {
+    pub registry_entries: usize,
+    pub pushes_sent: u64,
+    pub anti_entropy_rounds: u64,
+    pub entries_accepted: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Refused input by reason: forged, bad_signature, malformed, ...
+    pub rejected: BTreeMap<String, u64>,
+}
+
+pub struct Replica {
+    identity: NodeIdentity,
+    registry: Registry,
+    store: Store,
+    profile: Profile,
+    stats: ReplicaStats,
+    malformed: u64,
+}
+
+impl Replica {
+    /// Opens the store and reloads the registry, verifying every entry again.
+    /// Without a `profile`, the one last advertised at run time is used.
+    pub fn open(
+        identity: NodeIdentity,
+        data_dir: &Path,
+        profile: Option<Profile>,
+    ) -> Result<Self, StoreError> {
+        let store = Store::open(data_dir)?;
+        let profile = profile.or_else(|| store.profile()).unwrap_or_default();
+        let mut registry = Registry::new();
+        let (entries, skipped) = store.entries();
+        for skip in skipped {
+            tracing::warn!(tree = skip.tree, reason = %skip.reason, "skipped an unreadable stored record");
+        }
+        for envelope in entries {
+            if let Err(error) = registry.merge(envelope) {
+                tracing::warn!(%error, "dropped a stored registry entry that no longer verifies");
+            }
+        }
+        tracing::info!(entries = registry.len(), "registry loaded from disk");
+        Ok(Self { identity, registry, store, profile, stats: ReplicaStats::default(), malformed: 0 })
+    }
+
+    pub fn me(&self) -> NodeId {
+        self.identity.node_id()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// Signs this node's entry with `profile`, stores it durably, and returns
+    /// it for pushing.
+    pub fn publish(
+        &mut self,
+        profile: Option<Profile>,
+        addresses: Vec<String>,
+        load: u32,
+        now_ms: u64,
+    ) -> Result<Envelope, PublishError> {
+        if let Some(profile) = profile {
+            self.store.put_profile(&profile)?;
+            self.profile = profile;
+        }
+        let entry = PeerEntry {
+            node: self.me(),
+            addresses,
+            role: self.profile.role,
+            capabilities: Capabilities { models: self.profile.models.clone(), gpu: self.profile.gpu.clone() },
+            load,
+            last_updated_ms: now_ms,
+        };
+        let envelope = self.registry.publish(&self.identity, entry)?;
+        self.store.put_entry(&envelope)?;
+        self.store.flush()?;
+        Ok(envelope)
+    }
+
+    /// Merges entries from a peer; the accepted ones are durable before this
+    /// returns (the caller acknowledges them).
+    pub fn merge(&mut self, envelopes: Vec<Envelope>) -> (u32, Vec<String>) {
+        let (mut accepted, mut rejected) = (0, Vec::new());
+        for envelope in envelopes {
+            let stored = envelope.clone();
+            match self.registry.merge(envelope) {
+                Ok(Merge::Added | Merge::Updated) => {
+                    accepted += 1;
+                    if let Err(error) = self.store.put_entry(&stored) {
+                        tracing::error!(%error, "could not store a registry entry");
+                    }
+                }
+                Ok(Merge::Stale) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "registry entry rejected");
+                    rejected.push(error.to_string());
+                }
+            }
+        }
+        if accepted > 0 {
+            self.stats.entries_accepted += u64::from(accepted);
+            if let Err(error) = self.store.flush() {
+                tracing::error!(%error, "could not flush the registry");
+            }
+        }
+        (accepted, rejected)
+    }
+
+    /// Answers a state request, except `View`, which needs the membership
+    /// layer and is answered by the caller.
+    pub fn answer(&mut self, request: StateRequest) -> Option<StateResponse> {
+        match request {
+            StateRequest::Push(envelopes) => {
+                let (accepted, rejected) = self.merge(envelopes);
+                Some(StateResponse::Ack { accepted, rejected })
+            }
+            StateRequest::Digest(digest) => Some(StateResponse::Reconcile(self.registry.reconcile(&digest))),
+            StateRequest::View => None,
+        }
+    }
+
+    /// Decodes a frame from a peer; a malformed one is counted.
+    pub fn decode<T: serde::de::DeserializeOwned>(&mut self, bytes: &[u8]) -> Result<T, String> {
+        self.stats.bytes_in += bytes.len() as u64;
+        decode_message(bytes).map_err(|error| {
+            self.malformed += 1;
+            error.to_string()
+        })
+    }
+
+    pub fn encode<T: Serialize>(&mut self, message: &T) -> Vec<u8> {
+        let bytes = encode_message(message).unwrap_or_default();
+        self.stats.bytes_out += bytes.len() as u64;
+        bytes
+    }
+
+    pub fn stats_mut(&mut self) -> &mut ReplicaStats {
+        &mut self.stats
+    }
+
+    pub fn stats(&self) -> ReplicaStats {
+        let mut stats = self.stats.clone();
+        stats.registry_entries = self.registry.len();
+        stats.rejected = self.registry.rejected().iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        if self.malformed > 0 {
+            stats.rejected.insert("malformed_frame".into(), self.malformed);
+        }
+        stats
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
