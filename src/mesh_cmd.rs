@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hivemesh::node::membership::{MemberEvent, MembershipConfig};
+use hivemesh::node::replica::{Profile, ViewKind};
 use hivemesh::node::{NodeConfig, NodeHandle, spawn_node};
+use hivemesh::protocol::Role;
 use tokio::sync::mpsc;
 
 use crate::node_cmd::shutdown_signal;
@@ -184,6 +186,58 @@ async fn wait_converged(
     }
 }
 
+/// Has a node advertise new models `rounds` times (a different node each
+/// time) and times how long until every node's registry holds the update;
+/// reports p50/p99 and the replication bytes sent per update.
+async fn registry_updates(nodes: &[NodeHandle], rounds: usize) -> anyhow::Result<()> {
+    let bytes_out = || async {
+        let mut total = 0u64;
+        for node in nodes {
+            total += node.status().await?.replication.bytes_out;
+        }
+        anyhow::Ok(total)
+    };
+    let before = bytes_out().await?;
+    let mut times = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let author = &nodes[round % nodes.len()];
+        let author_id = author.peer_id.to_string();
+        let model = format!("model-update-{round}");
+        let profile = Profile { role: Role::Worker, models: vec![model.clone()], gpu: None };
+        let sent = Instant::now();
+        author.client().advertise(profile).await?;
+        let mut waiting: Vec<&NodeHandle> = nodes.iter().filter(|n| n.peer_id != author.peer_id).collect();
+        while !waiting.is_empty() {
+            anyhow::ensure!(
+                sent.elapsed() < Duration::from_secs(60),
+                "a registry update did not reach every node"
+            );
+            let mut still = Vec::new();
+            for node in waiting {
+                let view = node.client().view(Some(ViewKind::Registry)).await?;
+                let seen =
+                    view.members.iter().any(|m| m.member.peer_id == author_id && m.models == [model.clone()]);
+                if !seen {
+                    still.push(node);
+                }
+            }
+            waiting = still;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        times.push(sent.elapsed());
+    }
+    let bytes = (bytes_out().await? - before) as f64 / rounds as f64;
+    times.sort();
+    let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
+    println!(
+        "registry update on all {} nodes: p50 {:.1} ms, p99 {:.1} ms over {rounds} updates; {bytes:.0} bytes sent per update",
+        nodes.len(),
+        pick(0.5),
+        pick(0.99)
+    );
+    Ok(())
+}
+
 /// Kills the last node, times how long until every other node marks it
 /// down, and reports membership traffic.
 async fn measure(
@@ -203,6 +257,7 @@ async fn measure(
     let per_node =
         (bytes_after - bytes_before) as f64 / nodes.len() as f64 / idle_from.elapsed().as_secs_f64();
     println!("membership traffic while converged: {per_node:.0} bytes/s per node (frames only)");
+    registry_updates(&nodes, 20).await?;
 
     let victim = nodes.pop().context("no node to kill")?;
     let victim_node = hivemesh::protocol::identity::NodeId::from_peer_id(&victim.peer_id)
