@@ -7,12 +7,12 @@ use std::cmp::Ordering;
 use std::time::Instant;
 
 use hashbrown::HashTable;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::entry::Entry;
 
 /// What the resolution did, as the spec names it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metrics {
     pub peer_count: usize,
     pub total_entries: usize,

@@ -92,18 +92,7 @@ impl request_response::Codec for SwimCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let mut len = [0u8; 4];
-        io.read_exact(&mut len).await?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len > MAX_SWIM_FRAME {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("membership frame of {len} bytes exceeds the {MAX_SWIM_FRAME}-byte limit"),
-            ));
-        }
-        let mut frame = vec![0u8; len];
-        io.read_exact(&mut frame).await?;
-        Ok(frame)
+        read_frame(io, MAX_SWIM_FRAME, "membership").await
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<()>
@@ -123,13 +112,7 @@ impl request_response::Codec for SwimCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        let len = u32::try_from(frame.len())
-            .ok()
-            .filter(|l| *l as usize <= MAX_SWIM_FRAME)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "membership frame too large"))?;
-        io.write_all(&len.to_be_bytes()).await?;
-        io.write_all(&frame).await?;
-        io.flush().await
+        write_frame(io, &frame, MAX_SWIM_FRAME, "membership").await
     }
 
     async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, (): ()) -> io::Result<()>
@@ -147,14 +130,15 @@ impl request_response::Codec for SwimCodec {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StateCodec;
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+/// A 4-byte big-endian length and that many bytes, refused above `max`.
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: usize, what: &str) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
+    if len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("state frame of {len} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"),
+            format!("{what} frame of {len} bytes exceeds the {max}-byte limit"),
         ));
     }
     let mut frame = vec![0u8; len];
@@ -162,11 +146,16 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u
     Ok(frame)
 }
 
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, frame: &[u8]) -> io::Result<()> {
+async fn write_frame<T: AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    frame: &[u8],
+    max: usize,
+    what: &str,
+) -> io::Result<()> {
     let len = u32::try_from(frame.len())
         .ok()
-        .filter(|l| *l as usize <= MAX_FRAME_BYTES)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "state frame too large"))?;
+        .filter(|l| *l as usize <= max)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{what} frame too large")))?;
     io.write_all(&len.to_be_bytes()).await?;
     io.write_all(frame).await?;
     io.flush().await
@@ -181,27 +170,27 @@ impl request_response::Codec for StateCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        read_frame(io, MAX_FRAME_BYTES, "state").await
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        read_frame(io, MAX_FRAME_BYTES, "state").await
     }
 
     async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, frame: Vec<u8>) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &frame).await
+        write_frame(io, &frame, MAX_FRAME_BYTES, "state").await
     }
 
     async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, frame: Vec<u8>) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &frame).await
+        write_frame(io, &frame, MAX_FRAME_BYTES, "state").await
     }
 }

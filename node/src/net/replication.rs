@@ -309,7 +309,7 @@ impl Driver {
         let majority = MajorityInfo {
             peers_asked: collection.asked,
             peers_answered: collection.views.len() - 1,
-            metrics: (&resolution.metrics).into(),
+            metrics: resolution.metrics.clone(),
         };
         let report = ViewReport {
             view: ViewKind::Majority,

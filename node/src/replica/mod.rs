@@ -15,9 +15,7 @@ use hivemesh_protocol::{
 use serde::{Deserialize, Serialize};
 
 pub use store::{Store, StoreError};
-pub use view::{
-    MajorityInfo, MetricsReport, ViewKind, ViewMember, ViewReport, member_entry, member_from_entry,
-};
+pub use view::{MajorityInfo, ViewKind, ViewMember, ViewReport, member_entry, member_from_entry};
 
 /// What this node offers, as its registry entry advertises it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -80,35 +80,7 @@ pub struct ViewReport {
 pub struct MajorityInfo {
     pub peers_asked: usize,
     pub peers_answered: usize,
-    pub metrics: MetricsReport,
-}
-
-/// The resolver's metrics as they travel in JSON.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MetricsReport {
-    pub peer_count: usize,
-    pub total_entries: usize,
-    pub unique_ids: usize,
-    pub conflicts: usize,
-    pub majority_resolved: usize,
-    pub tie_breaks: usize,
-    pub single_reports: usize,
-    pub duration_micros: u64,
-}
-
-impl From<&Metrics> for MetricsReport {
-    fn from(m: &Metrics) -> Self {
-        Self {
-            peer_count: m.peer_count,
-            total_entries: m.total_entries,
-            unique_ids: m.unique_ids,
-            conflicts: m.conflicts,
-            majority_resolved: m.majority_resolved,
-            tie_breaks: m.tie_breaks,
-            single_reports: m.single_reports,
-            duration_micros: m.duration_micros,
-        }
-    }
+    pub metrics: Metrics,
 }
 
 /// A member as a majority-rule entry: `id` is its PeerId, `last_updated` the
