@@ -171,28 +171,29 @@ impl JobDoc {
     /// several values under one key, the greatest valid one counts, the same
     /// on every replica.
     pub fn contributions(&self) -> Vec<Verified> {
-        self.doc
-            .keys(ROOT)
-            .filter_map(|key| {
-                let values = self.doc.get_all(ROOT, key.as_str()).ok()?;
-                values
-                    .into_iter()
-                    .filter_map(|(value, _)| match value {
-                        Value::Scalar(scalar) => match scalar.as_ref() {
-                            ScalarValue::Bytes(bytes) => verify_value(self.job, &key, bytes).ok(),
-                            _ => None,
-                        },
-                        Value::Object(_) => None,
-                    })
-                    .max_by(|a, b| a.body.cmp(&b.body))
-            })
-            .collect()
+        self.doc.keys(ROOT).filter_map(|key| self.valid_at(&key)).map(|(verified, _)| verified).collect()
     }
 
     /// One author's contribution of one kind.
     pub fn contribution(&self, kind: &str, author: &NodeId) -> Option<Verified> {
-        let key = key_for(kind, author);
-        self.contributions().into_iter().find(|c| key_for(&c.kind, &c.author) == key)
+        self.valid_at(&key_for(kind, author)).map(|(verified, _)| verified)
+    }
+
+    /// The value that counts under `key`, checked, with its stored bytes.
+    fn valid_at(&self, key: &str) -> Option<(Verified, Vec<u8>)> {
+        let values = self.doc.get_all(ROOT, key).ok()?;
+        values
+            .into_iter()
+            .filter_map(|(value, _)| match value {
+                Value::Scalar(scalar) => match scalar.as_ref() {
+                    ScalarValue::Bytes(bytes) => {
+                        verify_value(self.job, key, bytes).ok().map(|v| (v, bytes.clone()))
+                    }
+                    _ => None,
+                },
+                Value::Object(_) => None,
+            })
+            .max_by(|a, b| a.0.body.cmp(&b.0.body))
     }
 
     pub fn heads(&mut self) -> Vec<ChangeHash> {
@@ -215,15 +216,9 @@ impl JobDoc {
     /// heads. Meant for finished jobs, which are no longer synced.
     pub fn compact(&mut self, identity: &NodeIdentity) -> Result<(), JobDocError> {
         let mut fresh = AutoCommit::new().with_actor(ActorId::from(self.job.0.as_slice()));
-        for contribution in self.contributions() {
-            let key = key_for(&contribution.kind, &contribution.author);
-            let bytes = match self.doc.get(ROOT, key.as_str()) {
-                Ok(Some((Value::Scalar(scalar), _))) => match scalar.as_ref() {
-                    ScalarValue::Bytes(bytes) => bytes.clone(),
-                    _ => continue,
-                },
-                _ => continue,
-            };
+        let keys: Vec<String> = self.doc.keys(ROOT).collect();
+        for key in keys {
+            let Some((_, bytes)) = self.valid_at(&key) else { continue };
             fresh
                 .put(ROOT, key, ScalarValue::Bytes(bytes))
                 .map_err(|error| JobDocError::Malformed { what: "compaction", reason: error.to_string() })?;

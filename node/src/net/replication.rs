@@ -143,7 +143,9 @@ impl Driver {
                         }
                         Ok(request) => match self.replica.answer(request) {
                             Some(response) => response,
-                            None => StateResponse::View(self.own_view_json()),
+                            None => {
+                                StateResponse::View(serde_json::Value::Array(self.own_view()).to_string())
+                            }
                         },
                     };
                     let bytes = self.replica.encode(&response);
@@ -205,10 +207,10 @@ impl Driver {
     }
 
     /// This node's member list (itself included) as majority-rule entries.
-    fn own_view_json(&self) -> String {
+    fn own_view(&self) -> Vec<serde_json::Value> {
         let mut entries = vec![member_entry(&MemberInfo::from_self(self.membership.me()))];
         entries.extend(self.membership.members().iter().map(|m| member_entry(&MemberInfo::from_view(m))));
-        serde_json::Value::Array(entries).to_string()
+        entries
     }
 
     /// The default view: majority at or below the threshold, else registry.
@@ -259,10 +261,8 @@ impl Driver {
     }
 
     fn start_majority_view(&mut self, reply: oneshot::Sender<ViewReport>) {
-        let own = hivemesh_crdt::majority::parse_views(&format!("[{}]", self.own_view_json()))
-            .ok()
-            .and_then(|mut views| views.pop())
-            .unwrap_or_default();
+        let own: Vec<Entry> =
+            self.own_view().into_iter().filter_map(|value| Entry::from_json(value).ok()).collect();
         let id = self.replication.next_collection;
         self.replication.next_collection += 1;
         let live = self.live_members();

@@ -191,7 +191,10 @@ impl Replica {
     }
 
     pub fn encode<T: Serialize>(&mut self, message: &T) -> Vec<u8> {
-        let bytes = encode_message(message).unwrap_or_default();
+        let bytes = encode_message(message).unwrap_or_else(|error| {
+            tracing::error!(%error, "could not encode a state message; sending an empty frame");
+            Vec::new()
+        });
         self.stats.bytes_out += bytes.len() as u64;
         bytes
     }
