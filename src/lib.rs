@@ -5,5 +5,6 @@
 
 pub use hivemesh_crdt as crdt;
 pub use hivemesh_gpu as gpu;
+pub use hivemesh_llm as llm;
 pub use hivemesh_node as node;
 pub use hivemesh_protocol as protocol;

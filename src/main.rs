@@ -7,11 +7,12 @@ use hivemesh::node::keystore;
 use hivemesh::protocol::identity::hex;
 
 mod cli;
+mod llm_cmd;
 mod mesh_cmd;
 mod node_cmd;
 mod sim_cmd;
 mod tally_cmd;
-use cli::{Cli, Command};
+use cli::{Cli, Command, ModelAction};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -102,6 +103,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config.kill = *kill;
             config.soak_secs = *soak;
             sim_cmd::run(config, *json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ask { question, llm, profile, seed, budget_usd, json } => {
+            let args = llm_cmd::AskArgs {
+                question,
+                llm,
+                profile,
+                seed: *seed,
+                budget_usd: *budget_usd,
+                json: *json,
+            };
+            runtime()?.block_on(llm_cmd::ask(args, &data_dir()?))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Model { action } => {
+            let data_dir = data_dir()?;
+            match action {
+                ModelAction::Pull => runtime()?.block_on(llm_cmd::pull(&data_dir))?,
+                ModelAction::Path => llm_cmd::path(&data_dir),
+                ModelAction::Bench { tokens, no_requantize, model, json } => runtime()?
+                    .block_on(llm_cmd::bench(model.as_deref(), &data_dir, *tokens, !*no_requantize, *json))?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Majority { file } => {

@@ -1,0 +1,318 @@
+//! The resilience layer every model call goes through: result cache, budget,
+//! circuit breaker, rate limit, retries with jittered backoff.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use futures_util::{Stream, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::breaker::{Breaker, BreakerState, Permit};
+use crate::provider::{ChunkStream, Provider};
+use crate::{Budget, ChatRequest, Chunk, Completion, LlmError};
+
+/// Knobs of the resilience layer; the defaults suit a hosted API.
+#[derive(Clone, Debug)]
+pub struct ResilienceConfig {
+    /// Attempts per call, the first included.
+    pub max_attempts: usize,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// A `Retry-After` longer than this ends the retries (the error carries it).
+    pub max_retry_after: Duration,
+    /// Consecutive failures that open a provider+model's breaker.
+    pub breaker_failures: u32,
+    pub breaker_open_for: Duration,
+    /// Calls per second to this provider; `None` for no limit (the embedded model).
+    pub rate_per_second: Option<NonZeroU32>,
+    /// Cached completions kept; 0 disables the cache.
+    pub cache_entries: u64,
+    pub cache_ttl: Duration,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            min_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(60),
+            breaker_failures: 5,
+            breaker_open_for: Duration::from_secs(30),
+            rate_per_second: NonZeroU32::new(20),
+            cache_entries: 1024,
+            cache_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Counters for status reports and tests.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ClientStats {
+    pub calls: u64,
+    pub attempts: u64,
+    pub retries: u64,
+    pub cache_hits: u64,
+    pub breaker_rejections: u64,
+    pub failures: u64,
+    pub breakers: Vec<(String, BreakerState)>,
+}
+
+#[derive(Default)]
+struct Counters {
+    calls: AtomicU64,
+    attempts: AtomicU64,
+    retries: AtomicU64,
+    cache_hits: AtomicU64,
+    breaker_rejections: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// Completed answers by request hash.
+type ResultCache = moka::sync::Cache<[u8; 32], Arc<Completion>>;
+
+/// A provider behind the resilience layer. Share it with `Arc`.
+pub struct LlmClient {
+    provider: Arc<dyn Provider>,
+    config: ResilienceConfig,
+    breakers: Mutex<HashMap<String, Breaker>>,
+    limiter: Option<DefaultDirectRateLimiter>,
+    cache: ResultCache,
+    counters: Arc<Counters>,
+}
+
+impl LlmClient {
+    pub fn new(provider: Arc<dyn Provider>, config: ResilienceConfig) -> Self {
+        let limiter = config.rate_per_second.map(|rate| RateLimiter::direct(Quota::per_second(rate)));
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(config.cache_entries)
+            .time_to_live(config.cache_ttl)
+            .build();
+        Self { provider, config, breakers: Mutex::default(), limiter, cache, counters: Arc::default() }
+    }
+
+    pub fn provider_name(&self) -> &str {
+        self.provider.name()
+    }
+
+    /// The model a request will actually use.
+    pub fn resolve_model<'a>(&'a self, requested: &'a str) -> &'a str {
+        if requested.is_empty() || requested == "default" { self.provider.default_model() } else { requested }
+    }
+
+    pub fn stats(&self) -> ClientStats {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let mut breakers: Vec<_> = self
+            .breakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(model, breaker)| (model.clone(), breaker.state()))
+            .collect();
+        breakers.sort_by(|a, b| a.0.cmp(&b.0));
+        let counters = &self.counters;
+        ClientStats {
+            calls: load(&counters.calls),
+            attempts: load(&counters.attempts),
+            retries: load(&counters.retries),
+            cache_hits: load(&counters.cache_hits),
+            breaker_rejections: load(&counters.breaker_rejections),
+            failures: load(&counters.failures),
+            breakers,
+        }
+    }
+
+    /// Starts a streamed completion. The returned stream counts tokens against
+    /// `budget`, and on its end settles the breaker, the cost and the cache.
+    pub async fn stream(&self, mut request: ChatRequest, budget: &Budget) -> Result<ChunkStream, LlmError> {
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        request.model = self.resolve_model(&request.model).to_string();
+        let key = self.cache_key(&request);
+        if let Some(hit) = self.cache.get(&key) {
+            self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(replay(&hit));
+        }
+        budget.check()?;
+        let breaker = self.breaker(&request.model);
+        let attempt = || async {
+            let Some(permit) = breaker.try_acquire() else {
+                self.counters.breaker_rejections.fetch_add(1, Ordering::Relaxed);
+                return Err((
+                    LlmError::CircuitOpen {
+                        provider: self.provider.name().into(),
+                        model: request.model.clone(),
+                    },
+                    None,
+                ));
+            };
+            if let Some(limiter) = &self.limiter {
+                limiter.until_ready().await;
+            }
+            self.counters.attempts.fetch_add(1, Ordering::Relaxed);
+            match self.provider.open(request.clone()).await {
+                Ok(stream) => Ok((stream, permit)),
+                Err(error) => {
+                    if error.trips_breaker() {
+                        permit.failure();
+                    }
+                    Err((error, None::<Permit>))
+                }
+            }
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.config.min_backoff)
+            .with_max_delay(self.config.max_backoff)
+            .with_max_times(self.config.max_attempts.saturating_sub(1))
+            .with_jitter();
+        let max_retry_after = self.config.max_retry_after;
+        let opened = attempt
+            .retry(backoff)
+            .when(|(error, _)| error.is_retryable())
+            .adjust(|(error, _), next| match (next, error.retry_after()) {
+                (Some(_), Some(asked)) if asked > max_retry_after => None,
+                (Some(_), Some(asked)) => Some(asked),
+                (next, _) => next,
+            })
+            .notify(|(error, _), delay| {
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(provider = self.provider.name(), %error, ?delay, "model call failed; retrying");
+            })
+            .await;
+        match opened {
+            Ok((stream, permit)) => Ok(Box::pin(Tracked {
+                inner: stream,
+                permit: Some(permit),
+                budget: budget.clone(),
+                collected: Completion::default(),
+                cache: (self.config.cache_entries > 0).then(|| (self.cache.clone(), key)),
+                counters: self.counters.clone(),
+                ended: false,
+            })),
+            Err((error, _)) => {
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                Err(error)
+            }
+        }
+    }
+
+    /// A whole completion; `on_text` sees each piece as it arrives.
+    pub async fn complete(
+        &self,
+        request: ChatRequest,
+        budget: &Budget,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Completion, LlmError> {
+        let mut stream = self.stream(request, budget).await?;
+        let mut completion = Completion::default();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if let Chunk::Text(text) = &chunk {
+                on_text(text);
+            }
+            completion.absorb(&chunk);
+        }
+        Ok(completion)
+    }
+
+    fn breaker(&self, model: &str) -> Breaker {
+        let mut breakers = self.breakers.lock().unwrap_or_else(PoisonError::into_inner);
+        breakers
+            .entry(model.to_string())
+            .or_insert_with(|| Breaker::new(self.config.breaker_failures, self.config.breaker_open_for))
+            .clone()
+    }
+
+    fn cache_key(&self, request: &ChatRequest) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(self.provider.name().as_bytes());
+        hasher.update([0]);
+        // Serialising a plain struct of strings and numbers cannot fail.
+        hasher.update(serde_json::to_vec(request).unwrap_or_default());
+        hasher.finalize().into()
+    }
+}
+
+/// A cached completion played back as a stream. It cost nothing this time.
+fn replay(hit: &Completion) -> ChunkStream {
+    let mut chunks = vec![Ok(Chunk::Cached), Ok(Chunk::Text(hit.text.clone()))];
+    if let Some(usage) = hit.usage {
+        chunks.push(Ok(Chunk::Usage(crate::Usage { cost_usd: None, ..usage })));
+    }
+    chunks.push(Ok(Chunk::Finished { reason: hit.finish_reason.clone().unwrap_or_else(|| "stop".into()) }));
+    Box::pin(futures_util::stream::iter(chunks))
+}
+
+/// Watches a provider stream to settle its call when it ends.
+struct Tracked {
+    inner: ChunkStream,
+    permit: Option<Permit>,
+    budget: Budget,
+    collected: Completion,
+    cache: Option<(ResultCache, [u8; 32])>,
+    counters: Arc<Counters>,
+    ended: bool,
+}
+
+impl Tracked {
+    fn fail(&mut self, error: &LlmError) {
+        self.ended = true;
+        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        if let Some(permit) = self.permit.take()
+            && error.trips_breaker()
+        {
+            permit.failure();
+        }
+        self.budget.record_call(self.collected.usage.and_then(|usage| usage.cost_usd));
+    }
+
+    fn succeed(&mut self) {
+        self.ended = true;
+        if let Some(permit) = self.permit.take() {
+            permit.success();
+        }
+        self.budget.record_call(self.collected.usage.and_then(|usage| usage.cost_usd));
+        if let Some((cache, key)) = self.cache.take() {
+            cache.insert(key, Arc::new(std::mem::take(&mut self.collected)));
+        }
+    }
+}
+
+impl Stream for Tracked {
+    type Item = Result<Chunk, LlmError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.succeed();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.collected.absorb(&chunk);
+                if matches!(chunk, Chunk::Text(_))
+                    && let Err(error) = this.budget.spend_tokens(1)
+                {
+                    this.fail(&error);
+                    return Poll::Ready(Some(Err(error)));
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                this.fail(&error);
+                Poll::Ready(Some(Err(error)))
+            }
+        }
+    }
+}

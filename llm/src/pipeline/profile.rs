@@ -1,0 +1,177 @@
+//! Profiles: which model, temperature and length each stage uses. Three are
+//! built in; users add their own in a TOML file.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::Stage;
+
+/// One stage's settings. `model = "default"` means the provider's default model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSettings {
+    #[serde(default = "default_model")]
+    pub model: String,
+    pub temperature: f32,
+    pub max_tokens: u32,
+    /// Replaces the stage's built-in role prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+}
+
+fn default_model() -> String {
+    "default".into()
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub name: String,
+    pub generator: StageSettings,
+    pub refiner: StageSettings,
+    pub validator: StageSettings,
+    pub curator: StageSettings,
+    /// Attempts per stage before the job fails (client retries come on top).
+    pub stage_attempts: u32,
+}
+
+impl Profile {
+    pub fn stage(&self, stage: Stage) -> &StageSettings {
+        match stage {
+            Stage::Generator => &self.generator,
+            Stage::Refiner => &self.refiner,
+            Stage::Validator => &self.validator,
+            Stage::Curator => &self.curator,
+        }
+    }
+}
+
+fn settings(temperature: f32, max_tokens: u32) -> StageSettings {
+    StageSettings { model: default_model(), temperature, max_tokens, prompt: None }
+}
+
+/// The names of the built-in profiles, fastest first.
+pub const BUILTIN_PROFILES: [&str; 3] = ["fast", "balanced", "quality"];
+
+fn builtin(name: &str) -> Option<Profile> {
+    let (generator, refiner, validator, curator) = match name {
+        "fast" => (settings(0.2, 96), settings(0.2, 96), settings(0.0, 48), settings(0.1, 128)),
+        "balanced" => (settings(0.5, 192), settings(0.3, 192), settings(0.0, 96), settings(0.2, 256)),
+        "quality" => (settings(0.7, 384), settings(0.3, 384), settings(0.0, 192), settings(0.2, 512)),
+        _ => return None,
+    };
+    Some(Profile { name: name.into(), generator, refiner, validator, curator, stage_attempts: 2 })
+}
+
+/// A user profile as written in TOML: stages left out come from `base`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserProfile {
+    #[serde(default = "default_base")]
+    base: String,
+    generator: Option<StageSettings>,
+    refiner: Option<StageSettings>,
+    validator: Option<StageSettings>,
+    curator: Option<StageSettings>,
+    stage_attempts: Option<u32>,
+}
+
+fn default_base() -> String {
+    "balanced".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfilesFile {
+    #[serde(default)]
+    profiles: BTreeMap<String, UserProfile>,
+}
+
+/// The built-in profiles plus any the user defined.
+#[derive(Clone, Debug)]
+pub struct Profiles {
+    profiles: BTreeMap<String, Profile>,
+}
+
+impl Default for Profiles {
+    fn default() -> Self {
+        let profiles =
+            BUILTIN_PROFILES.iter().filter_map(|name| builtin(name)).map(|p| (p.name.clone(), p)).collect();
+        Self { profiles }
+    }
+}
+
+impl Profiles {
+    /// Adds the profiles of a TOML file (`[profiles.NAME]` tables). A user
+    /// profile may replace a built-in one of the same name.
+    pub fn with_toml(mut self, text: &str) -> Result<Self, String> {
+        let file: ProfilesFile = toml::from_str(text).map_err(|err| format!("profiles file: {err}"))?;
+        for (name, user) in file.profiles {
+            let base = self
+                .profiles
+                .get(&user.base)
+                .cloned()
+                .ok_or_else(|| format!("profile {name:?}: unknown base profile {:?}", user.base))?;
+            let profile = Profile {
+                name: name.clone(),
+                generator: user.generator.unwrap_or(base.generator),
+                refiner: user.refiner.unwrap_or(base.refiner),
+                validator: user.validator.unwrap_or(base.validator),
+                curator: user.curator.unwrap_or(base.curator),
+                stage_attempts: user.stage_attempts.unwrap_or(base.stage_attempts).max(1),
+            };
+            for stage in Stage::ALL {
+                let settings = profile.stage(stage);
+                if !(0.0..=2.0).contains(&settings.temperature) || settings.max_tokens == 0 {
+                    return Err(format!(
+                        "profile {name:?}, {stage}: temperature must be 0..=2 and max_tokens above 0"
+                    ));
+                }
+            }
+            self.profiles.insert(name, profile);
+        }
+        Ok(self)
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Profile, String> {
+        self.profiles.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
+            format!("unknown profile {name:?}; known profiles: {}", known.join(", "))
+        })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.profiles.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_profiles_inherit_from_their_base_and_are_checked() {
+        let profiles = Profiles::default()
+            .with_toml(
+                r#"
+                [profiles.mine]
+                base = "fast"
+                curator = { model = "meta-llama/llama-3.1-8b-instruct", temperature = 0.3, max_tokens = 300 }
+                "#,
+            )
+            .expect("valid profile");
+        let mine = profiles.get("mine").expect("defined");
+        assert_eq!(mine.curator.model, "meta-llama/llama-3.1-8b-instruct");
+        assert_eq!(mine.generator, profiles.get("fast").expect("builtin").generator);
+        let unknown = profiles.get("nope").expect_err("unknown");
+        assert!(unknown.contains("balanced, fast, mine, quality"), "{unknown}");
+
+        let bad = Profiles::default().with_toml("[profiles.x]\nbase = \"turbo\"").expect_err("bad base");
+        assert!(bad.contains("unknown base profile \"turbo\""), "{bad}");
+        let hot = Profiles::default()
+            .with_toml("[profiles.x]\ngenerator = { temperature = 9.0, max_tokens = 10 }")
+            .expect_err("temperature");
+        assert!(hot.contains("generator: temperature"), "{hot}");
+        assert!(Profiles::default().with_toml("[profiles.x]\ncolour = 1").is_err());
+    }
+}

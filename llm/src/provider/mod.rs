@@ -1,0 +1,30 @@
+//! The one trait every model source sits behind, so the pipeline cannot tell
+//! an HTTP provider from the embedded model.
+
+pub mod embedded;
+pub mod openai;
+mod sse;
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use futures_util::future::BoxFuture;
+
+use crate::{ChatRequest, Chunk, LlmError};
+
+/// A started completion. Dropping it cancels the call: the HTTP body is closed,
+/// the embedded model stops at its next token.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Chunk, LlmError>> + Send>>;
+
+/// A source of streamed chat completions.
+pub trait Provider: Send + Sync + 'static {
+    /// Short label used in events, breaker keys and errors (`openrouter`, `local`, a URL).
+    fn name(&self) -> &str;
+
+    /// The model used when a request leaves `model` empty.
+    fn default_model(&self) -> &str;
+
+    /// Starts a completion. Resolves once the provider has accepted the request
+    /// (HTTP status checked, or model loaded), so that retries can wrap exactly this step.
+    fn open(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChunkStream, LlmError>>;
+}

@@ -1,0 +1,93 @@
+//! The request and stream vocabulary every provider speaks.
+
+use serde::{Deserialize, Serialize};
+
+/// One chat message, as the OpenAI chat-completions API spells it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn system(content: impl Into<String>) -> Self {
+        Self { role: "system".into(), content: content.into() }
+    }
+
+    pub fn user(content: impl Into<String>) -> Self {
+        Self { role: "user".into(), content: content.into() }
+    }
+
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self { role: "assistant".into(), content: content.into() }
+    }
+}
+
+/// What a caller asks a provider for. `model` empty means the provider's default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    pub temperature: f32,
+    pub max_tokens: u32,
+    /// Sampling seed; the embedded model is reproducible under a fixed seed.
+    pub seed: Option<u64>,
+}
+
+impl ChatRequest {
+    pub fn new(model: impl Into<String>, messages: Vec<ChatMessage>) -> Self {
+        Self { model: model.into(), messages, temperature: 0.0, max_tokens: 256, seed: None }
+    }
+}
+
+/// Token counts and, where the provider reports one (OpenRouter), the cost in USD.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: Option<f64>,
+}
+
+/// One item of a streamed completion.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Chunk {
+    /// Generated text, in order.
+    Text(String),
+    /// Usage as reported by the provider (usually in the last event).
+    Usage(Usage),
+    /// The provider said it is done, and why (`stop`, `length`, ...).
+    Finished { reason: String },
+    /// Marks a completion replayed from the result cache (no provider call).
+    Cached,
+}
+
+/// A whole completion, collected from a stream.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    /// Number of text chunks seen; the token count when the provider reports no usage.
+    pub chunks: u64,
+    pub usage: Option<Usage>,
+    pub finish_reason: Option<String>,
+    /// Served from the result cache, no provider call made.
+    pub cached: bool,
+}
+
+impl Completion {
+    /// Completion tokens: the provider's count when it reported one, else the chunks seen.
+    pub fn tokens(&self) -> u64 {
+        self.usage.map_or(self.chunks, |usage| usage.completion_tokens)
+    }
+
+    pub fn absorb(&mut self, chunk: &Chunk) {
+        match chunk {
+            Chunk::Text(text) => {
+                self.text.push_str(text);
+                self.chunks += 1;
+            }
+            Chunk::Usage(usage) => self.usage = Some(*usage),
+            Chunk::Finished { reason } => self.finish_reason = Some(reason.clone()),
+            Chunk::Cached => self.cached = true,
+        }
+    }
+}

