@@ -85,17 +85,20 @@ pub struct LlmClient {
     config: ResilienceConfig,
     breakers: Mutex<HashMap<String, Breaker>>,
     limiter: Option<DefaultDirectRateLimiter>,
-    cache: ResultCache,
+    /// `None` when `cache_entries` is 0: no key is hashed, nothing is looked up.
+    cache: Option<ResultCache>,
     counters: Arc<Counters>,
 }
 
 impl LlmClient {
     pub fn new(provider: Arc<dyn Provider>, config: ResilienceConfig) -> Self {
         let limiter = config.rate_per_second.map(|rate| RateLimiter::direct(Quota::per_second(rate)));
-        let cache = moka::sync::Cache::builder()
-            .max_capacity(config.cache_entries)
-            .time_to_live(config.cache_ttl)
-            .build();
+        let cache = (config.cache_entries > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(config.cache_entries)
+                .time_to_live(config.cache_ttl)
+                .build()
+        });
         Self { provider, config, breakers: Mutex::default(), limiter, cache, counters: Arc::default() }
     }
 
@@ -135,8 +138,8 @@ impl LlmClient {
     pub async fn stream(&self, mut request: ChatRequest, budget: &Budget) -> Result<ChunkStream, LlmError> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         request.model = self.resolve_model(&request.model).to_string();
-        let key = self.cache_key(&request);
-        if let Some(hit) = self.cache.get(&key) {
+        let cache = self.cache.as_ref().map(|cache| (cache.clone(), self.cache_key(&request)));
+        if let Some(hit) = cache.as_ref().and_then(|(cache, key)| cache.get(key)) {
             self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(replay(&hit));
         }
@@ -192,7 +195,7 @@ impl LlmClient {
                 permit: Some(permit),
                 budget: budget.clone(),
                 collected: Completion::default(),
-                cache: (self.config.cache_entries > 0).then(|| (self.cache.clone(), key)),
+                cache,
                 counters: self.counters.clone(),
                 ended: false,
             })),
@@ -262,23 +265,26 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn fail(&mut self, error: &LlmError) {
+    /// Ends the call once: the budget is charged whatever the outcome.
+    fn end(&mut self) -> Option<Permit> {
         self.ended = true;
+        self.budget.record_call(self.collected.usage.and_then(|usage| usage.cost_usd));
+        self.permit.take()
+    }
+
+    fn fail(&mut self, error: &LlmError) {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
-        if let Some(permit) = self.permit.take()
+        if let Some(permit) = self.end()
             && error.trips_breaker()
         {
             permit.failure();
         }
-        self.budget.record_call(self.collected.usage.and_then(|usage| usage.cost_usd));
     }
 
     fn succeed(&mut self) {
-        self.ended = true;
-        if let Some(permit) = self.permit.take() {
+        if let Some(permit) = self.end() {
             permit.success();
         }
-        self.budget.record_call(self.collected.usage.and_then(|usage| usage.cost_usd));
         if let Some((cache, key)) = self.cache.take() {
             cache.insert(key, Arc::new(std::mem::take(&mut self.collected)));
         }

@@ -98,9 +98,7 @@ impl EmbeddedModel {
         } else {
             ModelWeights::from_gguf(content, &mut file, &device).map_err(model_error)?
         };
-        let name =
-            path.file_stem().map_or_else(|| "embedded".into(), |stem| stem.to_string_lossy().into_owned());
-        Ok(Self { weights, tokenizer, stop_tokens, name, load_time: started.elapsed() })
+        Ok(Self { weights, tokenizer, stop_tokens, name: model_name(path), load_time: started.elapsed() })
     }
 
     pub fn name(&self) -> &str {
@@ -177,6 +175,11 @@ impl EmbeddedModel {
         stats.decode = decode_started.elapsed();
         Ok(stats)
     }
+}
+
+/// A model is named after its file: `SmolLM2-135M-Instruct.Q4_1`.
+fn model_name(path: &Path) -> String {
+    path.file_stem().map_or_else(|| "embedded".into(), |stem| stem.to_string_lossy().into_owned())
 }
 
 fn sampler(request: &ChatRequest) -> LogitsProcessor {
@@ -283,9 +286,7 @@ pub struct EmbeddedProvider {
 
 impl EmbeddedProvider {
     pub fn new(path: PathBuf, options: EmbeddedOptions) -> Self {
-        let model_name =
-            path.file_stem().map_or_else(|| "embedded".into(), |s| s.to_string_lossy().into_owned());
-        Self { path, model_name, options, model: OnceCell::new() }
+        Self { model_name: model_name(&path), path, options, model: OnceCell::new() }
     }
 
     /// Loads the model now (it otherwise loads on the first call).
