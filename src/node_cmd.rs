@@ -73,6 +73,7 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
             anti_entropy: args.anti_entropy,
             majority_threshold: args.majority_threshold,
             profile: args.profile,
+            jobs: Default::default(),
         },
     };
     let mut node = spawn_node(config).await.context("could not start the node")?;

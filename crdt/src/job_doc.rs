@@ -8,10 +8,14 @@
 //! refused and counted. Reads verify again, so a value on disk is never
 //! trusted blindly. See docs/adr/0007-job-documents.md.
 
+pub use automerge::ChangeHash;
 use automerge::legacy::{Key, ObjectId, OpType};
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::{CommitOptions, Transactable};
-use automerge::{ActorId, AutoCommit, Change, ChangeHash, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{
+    ActorId, AutoCommit, Automerge, AutomergeError, Change, LoadOptions, OnPartialLoad, ROOT, ReadDoc,
+    ScalarValue, Value,
+};
 use hivemesh_protocol::identity::hex;
 use hivemesh_protocol::limits::MAX_FRAME_BYTES;
 use hivemesh_protocol::{
@@ -156,6 +160,7 @@ impl JobDoc {
         let before = self.doc.get_heads();
         let mut fork = self.doc.fork();
         for chunk in chunks {
+            check_parses(chunk)?;
             fork.load_incremental(chunk)
                 .map_err(|error| JobDocError::Malformed { what: "change", reason: error.to_string() })?;
         }
@@ -177,6 +182,12 @@ impl JobDoc {
     /// One author's contribution of one kind.
     pub fn contribution(&self, kind: &str, author: &NodeId) -> Option<Verified> {
         self.valid_at(&key_for(kind, author)).map(|(verified, _)| verified)
+    }
+
+    /// Whether any author holds a valid contribution of `kind`.
+    pub fn has_kind(&self, kind: &str) -> bool {
+        let prefix = format!("{kind}/");
+        self.doc.keys(ROOT).filter(|key| key.starts_with(&prefix)).any(|key| self.valid_at(&key).is_some())
     }
 
     /// The value that counts under `key`, checked, with its stored bytes.
@@ -227,6 +238,20 @@ impl JobDoc {
         self.doc = fresh;
         self.doc.set_actor(ActorId::from(identity.node_id().0.as_slice()));
         Ok(())
+    }
+}
+
+/// automerge's incremental load skips what it cannot parse (with a log
+/// line); a peer's garbage must be an error instead. Missing dependencies are
+/// fine: those changes wait in the queue until their parents arrive.
+fn check_parses(chunk: &[u8]) -> Result<(), JobDocError> {
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    let strict = LoadOptions::new().on_partial_load(OnPartialLoad::Error);
+    match Automerge::load_with_options(chunk, strict) {
+        Ok(_) | Err(AutomergeError::MissingDeps) => Ok(()),
+        Err(error) => Err(JobDocError::Malformed { what: "change", reason: error.to_string() }),
     }
 }
 

@@ -192,6 +192,23 @@ fn oversized_and_garbled_sync_messages_are_clear_errors() {
 }
 
 #[test]
+fn garbage_after_a_valid_change_is_refused_once_the_document_has_history() {
+    // automerge's incremental load skips unparsable bytes on a non-empty
+    // document; a job document must refuse them and keep what it had.
+    let (alice, bob) = (node(1), node(2));
+    let mut doc = JobDoc::new(JOB, &alice.node_id());
+    doc.contribute(&alice, "spec", b"q".to_vec(), 1).unwrap();
+    let mut other = JobDoc::new(JOB, &bob.node_id());
+    let mut bytes = other.contribute(&bob, "candidate", b"a".to_vec(), 2).unwrap();
+    bytes.extend_from_slice(b"trailing garbage");
+    let heads = doc.heads();
+    let error = doc.apply_changes(&bytes).unwrap_err();
+    assert_eq!(error.reason(), "malformed", "{error}");
+    assert_eq!(doc.heads(), heads);
+    assert!(doc.apply_changes(b"not automerge").is_err());
+}
+
+#[test]
 fn compaction_keeps_the_values_shrinks_the_document_and_is_the_same_everywhere() {
     let (alice, bob) = (node(1), node(2));
     let mut left = JobDoc::new(JOB, &alice.node_id());

@@ -152,6 +152,33 @@ impl SignedMessage for JobContribution {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct JobId(pub [u8; 16]);
 
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::identity::hex(&self.0))
+    }
+}
+
+impl std::str::FromStr for JobId {
+    type Err = String;
+
+    /// 32 hex digits, as `Display` writes them.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bytes = hex_decode(text).ok_or_else(|| format!("job id {text:?} is not 32 hex digits"))?;
+        Ok(Self(bytes))
+    }
+}
+
+fn hex_decode<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 /// How a job's ballots are counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum TallyRule {

@@ -14,6 +14,7 @@ use hivemesh_protocol::identity::NodeId;
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::bootstrap::UnresolvedBootstrap;
 use super::handle::{MemberInfo, MembersReport, ReplicationConfig, StatusReport};
+use super::job_sync::JobCommand;
 use super::replication::ReplicationState;
 use crate::membership::{MemberEvent, MemberId, Membership, Output, Timer};
 use crate::replica::{Profile, Replica, ViewKind, ViewReport};
@@ -35,6 +36,7 @@ pub enum Command {
         deadline: Duration,
         done: oneshot::Sender<()>,
     },
+    Job(JobCommand),
 }
 
 pub struct Driver {
@@ -44,6 +46,7 @@ pub struct Driver {
     pub unresolved: UnresolvedBootstrap,
     pub commands: mpsc::Receiver<Command>,
     pub events: broadcast::Sender<MemberEvent>,
+    pub job_events: broadcast::Sender<hivemesh_protocol::JobId>,
     pub started: Instant,
     pub api: Option<std::net::SocketAddr>,
     pub replica: Replica,
@@ -66,6 +69,7 @@ impl Driver {
         unresolved: UnresolvedBootstrap,
         commands: mpsc::Receiver<Command>,
         events: broadcast::Sender<MemberEvent>,
+        job_events: broadcast::Sender<hivemesh_protocol::JobId>,
         started: Instant,
         api: Option<std::net::SocketAddr>,
         replica: Replica,
@@ -79,6 +83,7 @@ impl Driver {
             unresolved,
             commands,
             events,
+            job_events,
             started,
             api,
             replica,
@@ -105,7 +110,10 @@ impl Driver {
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                _ = anti_entropy.tick() => self.anti_entropy_tick(),
+                _ = anti_entropy.tick() => {
+                    self.anti_entropy_tick();
+                    self.job_sync_tick();
+                }
                 Some(timer) = self.timer_rx.recv() => self.membership.handle_timer(timer, unix_ms()),
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
@@ -151,6 +159,7 @@ impl Driver {
                 let _ = reply.send(self.publish_entry(Some(profile)).map(|_| ()));
             }
             Command::Leave { deadline, done } => self.start_leaving(deadline, done),
+            Command::Job(command) => self.on_job_command(command),
         }
     }
 

@@ -14,9 +14,11 @@ use tokio::task::JoinHandle;
 use super::behaviour::Behaviour;
 use super::bootstrap::{UnresolvedBootstrap, split_peer};
 use super::driver::{Command, Driver, unix_ms};
+use super::job_sync::JobCommand;
 use crate::keystore::{KeystoreError, load_or_create};
 use crate::membership::{MemberEvent, MemberId, MemberView, Membership, MembershipConfig, MembershipStats};
-use crate::replica::{Profile, Replica, ReplicaStats, ViewKind, ViewReport};
+use crate::replica::{JobError, JobView, JobsConfig, Profile, Replica, ReplicaStats, ViewKind, ViewReport};
+use hivemesh_protocol::{JobId, NodeId};
 
 /// How to run one node.
 #[derive(Clone, Debug)]
@@ -42,11 +44,18 @@ pub struct ReplicationConfig {
     /// What this node advertises in the registry at start; `None` keeps the
     /// profile last advertised at run time (or the default on a new node).
     pub profile: Option<Profile>,
+    /// Limits and compaction of the job documents this node holds.
+    pub jobs: JobsConfig,
 }
 
 impl Default for ReplicationConfig {
     fn default() -> Self {
-        Self { anti_entropy: Duration::from_secs(5), majority_threshold: 25, profile: None }
+        Self {
+            anti_entropy: Duration::from_secs(5),
+            majority_threshold: 25,
+            profile: None,
+            jobs: JobsConfig::default(),
+        }
     }
 }
 
@@ -85,6 +94,8 @@ pub enum NodeError {
     Store(#[from] crate::replica::StoreError),
     #[error("replication: {0}")]
     Replication(String),
+    #[error(transparent)]
+    Job(#[from] JobError),
 }
 
 /// One member as the control API reports it.
@@ -174,6 +185,7 @@ pub struct NodeHandle {
 #[derive(Clone)]
 pub struct NodeClient {
     commands: mpsc::Sender<Command>,
+    job_events: broadcast::Sender<JobId>,
 }
 
 impl NodeClient {
@@ -202,6 +214,49 @@ impl NodeClient {
         let (tx, rx) = oneshot::channel();
         self.commands.send(Command::Advertise(profile, tx)).await.map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)?.map_err(NodeError::Replication)
+    }
+
+    /// Starts holding `job` and replicating it with `peers`.
+    pub async fn open_job(&self, job: JobId, peers: Vec<NodeId>) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.job_command(JobCommand::Open { job, peers, reply }, rx).await
+    }
+
+    /// Signs and stores this node's `kind` contribution to `job`; resolves once
+    /// it is durable and on its way to the job's peers.
+    pub async fn contribute(&self, job: JobId, kind: &str, body: Vec<u8>) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.job_command(JobCommand::Contribute { job, kind: kind.to_string(), body, reply }, rx).await
+    }
+
+    /// Every verified contribution to `job`, read from memory or sled.
+    pub async fn job(&self, job: JobId) -> Result<JobView, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.job_command(JobCommand::View { job, reply }, rx).await
+    }
+
+    /// Known jobs, newest first: (id, created ms, finished ms).
+    pub async fn jobs(&self, limit: usize) -> Result<Vec<(JobId, u64, Option<u64>)>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Job(JobCommand::List { limit, reply }))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// The ids of job documents as they change (locally or from peers).
+    pub fn job_changes(&self) -> broadcast::Receiver<JobId> {
+        self.job_events.subscribe()
+    }
+
+    async fn job_command<T>(
+        &self,
+        command: JobCommand,
+        rx: oneshot::Receiver<Result<T, JobError>>,
+    ) -> Result<T, NodeError> {
+        self.commands.send(Command::Job(command)).await.map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?.map_err(NodeError::Job)
     }
 
     /// Asks the node to leave; resolves once it has stopped.
@@ -270,7 +325,12 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let identity = stored.identity;
     let keypair = identity.to_libp2p_keypair();
     let node_id = identity.node_id();
-    let replica = Replica::open(identity, &config.data_dir, config.replication.profile.clone())?;
+    let replica = Replica::open(
+        identity,
+        &config.data_dir,
+        config.replication.profile.clone(),
+        config.replication.jobs.clone(),
+    )?;
     let mdns = config.mdns;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -306,7 +366,8 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
 
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let (events, _) = broadcast::channel(1024);
-    let client = NodeClient { commands: commands_tx };
+    let (job_events, _) = broadcast::channel(4096);
+    let client = NodeClient { commands: commands_tx, job_events: job_events.clone() };
     let (api, api_task) = match config.api {
         Some(address) => {
             let (bound, task) = crate::api::serve(address, client.clone(), &config.data_dir).await?;
@@ -322,6 +383,7 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         unresolved,
         commands_rx,
         events.clone(),
+        job_events,
         started,
         api,
         replica,

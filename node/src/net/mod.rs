@@ -4,6 +4,7 @@ mod behaviour;
 mod bootstrap;
 mod driver;
 mod handle;
+mod job_sync;
 mod replication;
 
 pub use behaviour::{MAX_SWIM_FRAME, SWIM_PROTOCOL};

@@ -23,6 +23,8 @@ pub enum Pending {
     Push,
     Digest(PeerId),
     View(u64),
+    JobPush(hivemesh_protocol::JobId),
+    JobSync { job: hivemesh_protocol::JobId, exchanges: u32 },
 }
 
 /// A majority view being gathered: our own view plus each peer's answer.
@@ -62,7 +64,7 @@ impl Driver {
         Some(peer)
     }
 
-    fn send_state(&mut self, peer: PeerId, request: &StateRequest, pending: Pending) {
+    pub(super) fn send_state(&mut self, peer: PeerId, request: &StateRequest, pending: Pending) {
         let bytes = self.replica.encode(request);
         let id = self.swarm.behaviour_mut().state.send_request(&peer, bytes);
         self.replication.pending.insert(id, pending);
@@ -141,6 +143,9 @@ impl Driver {
                             tracing::debug!(%peer, %error, "malformed state request");
                             StateResponse::Refused(format!("malformed request: {error}"))
                         }
+                        Ok(request @ (StateRequest::JobPush { .. } | StateRequest::JobSync { .. })) => {
+                            self.answer_job_request(&peer, request)
+                        }
                         Ok(request) => match self.replica.answer(request) {
                             Some(response) => response,
                             None => {
@@ -154,7 +159,7 @@ impl Driver {
                 request_response::Message::Response { request_id, response } => {
                     let Some(pending) = self.replication.pending.remove(&request_id) else { return };
                     match self.replica.decode::<StateResponse>(&response) {
-                        Ok(response) => self.on_state_response(pending, response),
+                        Ok(response) => self.on_state_response(peer, pending, response),
                         Err(error) => {
                             tracing::debug!(%peer, %error, "malformed state response");
                             self.on_state_failure(pending);
@@ -172,8 +177,11 @@ impl Driver {
         }
     }
 
-    fn on_state_response(&mut self, pending: Pending, response: StateResponse) {
+    fn on_state_response(&mut self, peer: PeerId, pending: Pending, response: StateResponse) {
         match (pending, response) {
+            (Pending::JobSync { job, exchanges }, StateResponse::JobSync(answer)) => {
+                self.on_job_sync_answer(peer, job, exchanges, answer);
+            }
             (Pending::Digest(peer), StateResponse::Reconcile(reconciliation)) => {
                 self.replica.merge(reconciliation.send);
                 let wanted = self.replica.registry().envelopes_for(&reconciliation.want);
@@ -192,8 +200,11 @@ impl Driver {
             (Pending::Push, StateResponse::Ack { rejected, .. }) if !rejected.is_empty() => {
                 tracing::warn!(?rejected, "a peer refused registry entries we pushed");
             }
+            (Pending::JobPush(job), StateResponse::Refused(reason)) => {
+                tracing::warn!(%peer, %job, %reason, "a peer refused a job change we pushed");
+            }
             (pending, StateResponse::Refused(reason)) => {
-                tracing::debug!(%reason, "a peer refused a state request");
+                tracing::debug!(%peer, %reason, "a peer refused a state request");
                 self.on_state_failure(pending);
             }
             _ => {}

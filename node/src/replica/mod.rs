@@ -2,6 +2,7 @@
 //! members when it changes and repaired by periodic anti-entropy; and the
 //! majority-rule view for small clusters.
 
+mod jobs;
 mod store;
 mod view;
 
@@ -10,10 +11,12 @@ use std::path::Path;
 
 use hivemesh_crdt::registry::{Digest, Merge, Reconciliation, Registry, RegistryError};
 use hivemesh_protocol::{
-    Capabilities, Envelope, GpuInfo, NodeId, NodeIdentity, PeerEntry, Role, decode_message, encode_message,
+    Capabilities, Envelope, GpuInfo, JobId, NodeId, NodeIdentity, PeerEntry, Role, decode_message,
+    encode_message,
 };
 use serde::{Deserialize, Serialize};
 
+pub use jobs::{JobError, JobStats, JobView, Jobs, JobsConfig, OUTCOME_KIND};
 pub use store::{Store, StoreError};
 pub use view::{MajorityInfo, ViewKind, ViewMember, ViewReport, member_entry, member_from_entry};
 
@@ -36,6 +39,10 @@ impl Default for Profile {
 pub enum StateRequest {
     /// Registry entries the sender wants the receiver to hold.
     Push(Vec<Envelope>),
+    /// Changes to a job document, from one of its participants.
+    JobPush { job: JobId, changes: Vec<u8> },
+    /// One automerge sync message for a job document; `first` opens a round.
+    JobSync { job: JobId, first: bool, message: Vec<u8> },
     /// Anti-entropy: the sender's versions; answered with a reconciliation.
     Digest(Digest),
     /// "Your view": the receiver's member list, as majority-rule entries (JSON).
@@ -44,10 +51,15 @@ pub enum StateRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum StateResponse {
-    Ack { accepted: u32, rejected: Vec<String> },
+    Ack {
+        accepted: u32,
+        rejected: Vec<String>,
+    },
     Reconcile(Reconciliation),
     View(String),
     Refused(String),
+    /// The answer to a `JobSync`: the next sync message, if there is one.
+    JobSync(Option<Vec<u8>>),
 }
 
 /// Counters for the status report and metrics.
@@ -59,6 +71,7 @@ pub struct ReplicaStats {
     pub entries_accepted: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    pub jobs: JobStats,
     /// Refused input by reason: forged, bad_signature, malformed, ...
     pub rejected: BTreeMap<String, u64>,
 }
@@ -70,6 +83,7 @@ pub struct Replica {
     profile: Profile,
     stats: ReplicaStats,
     malformed: u64,
+    jobs: Jobs,
 }
 
 impl Replica {
@@ -79,6 +93,7 @@ impl Replica {
         identity: NodeIdentity,
         data_dir: &Path,
         profile: Option<Profile>,
+        jobs: JobsConfig,
     ) -> Result<Self, StoreError> {
         let store = Store::open(data_dir)?;
         let profile = profile.or_else(|| store.profile()).unwrap_or_default();
@@ -93,7 +108,8 @@ impl Replica {
             }
         }
         tracing::info!(entries = registry.len(), "registry loaded from disk");
-        Ok(Self { identity, registry, store, profile, stats: ReplicaStats::default(), malformed: 0 })
+        let jobs = Jobs::load(store.clone(), identity.node_id(), jobs);
+        Ok(Self { identity, registry, store, profile, stats: ReplicaStats::default(), malformed: 0, jobs })
     }
 
     pub fn me(&self) -> NodeId {
@@ -106,6 +122,31 @@ impl Replica {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn jobs(&mut self) -> &mut Jobs {
+        &mut self.jobs
+    }
+
+    /// Signs and commits this node's contribution to `job`; returns the
+    /// change and the peers to push it to.
+    pub fn contribute(
+        &mut self,
+        job: JobId,
+        kind: &str,
+        body: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<(Vec<u8>, Vec<NodeId>), JobError> {
+        self.jobs.contribute(&self.identity, job, kind, body, now_ms)
+    }
+
+    /// Compacts finished jobs past their grace period.
+    pub fn compact_finished_jobs(&mut self, now_ms: u64) {
+        match self.jobs.compact_finished(&self.identity, now_ms) {
+            Ok(jobs) if !jobs.is_empty() => tracing::debug!(count = jobs.len(), "compacted finished jobs"),
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "could not compact a finished job"),
+        }
     }
 
     pub fn profile(&self) -> &Profile {
@@ -168,8 +209,8 @@ impl Replica {
         (accepted, rejected)
     }
 
-    /// Answers a state request, except `View`, which needs the membership
-    /// layer and is answered by the caller.
+    /// Answers a registry request; the others (view, jobs) need the peer's
+    /// identity or the membership layer and are answered by the caller.
     pub fn answer(&mut self, request: StateRequest) -> Option<StateResponse> {
         match request {
             StateRequest::Push(envelopes) => {
@@ -177,7 +218,7 @@ impl Replica {
                 Some(StateResponse::Ack { accepted, rejected })
             }
             StateRequest::Digest(digest) => Some(StateResponse::Reconcile(self.registry.reconcile(&digest))),
-            StateRequest::View => None,
+            StateRequest::View | StateRequest::JobPush { .. } | StateRequest::JobSync { .. } => None,
         }
     }
 
@@ -206,6 +247,7 @@ impl Replica {
     pub fn stats(&self) -> ReplicaStats {
         let mut stats = self.stats.clone();
         stats.registry_entries = self.registry.len();
+        stats.jobs = self.jobs.stats();
         stats.rejected = self.registry.rejected().iter().map(|(k, v)| (k.to_string(), *v)).collect();
         if self.malformed > 0 {
             stats.rejected.insert("malformed_frame".into(), self.malformed);

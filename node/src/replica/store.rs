@@ -1,12 +1,13 @@
-//! The node's sled database: registry entries, the advertised profile and the last
-//! known members (for a fast rejoin after a restart).
+//! The node's sled database: registry entries, the advertised profile, the last
+//! known members (for a fast rejoin after a restart) and job documents (a
+//! chain of incremental saves per job, compacted into one record now and then).
 //!
 //! Writes that the node acknowledges (an advertisement, an accepted push)
 //! are flushed before the acknowledgement, so a `kill -9` loses none of them.
 
 use std::path::Path;
 
-use hivemesh_protocol::{Envelope, NodeId, decode_message, encode_message};
+use hivemesh_protocol::{Envelope, JobId, NodeId, decode_message, encode_message};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -16,13 +17,19 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("cannot encode a record: {0}")]
     Encode(String),
+    #[error("unreadable record: {0}")]
+    Decode(String),
 }
 
+/// Cheap to clone: sled's handles are shared.
+#[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     registry: sled::Tree,
     members: sled::Tree,
     meta: sled::Tree,
+    job_chunks: sled::Tree,
+    job_meta: sled::Tree,
 }
 
 /// A record that failed to decode: skipped, reported, never fatal.
@@ -44,6 +51,8 @@ impl Store {
             registry: db.open_tree("registry")?,
             members: db.open_tree("members")?,
             meta: db.open_tree("meta")?,
+            job_chunks: db.open_tree("job_chunks")?,
+            job_meta: db.open_tree("job_meta")?,
             db,
         })
     }
@@ -113,11 +122,81 @@ impl Store {
             .ok()
     }
 
+    /// Appends one incremental save of `job` as record `seq`.
+    pub fn put_job_chunk(&self, job: &JobId, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.job_chunks.insert(job_chunk_key(job, seq), bytes)?;
+        Ok(())
+    }
+
+    /// Replaces every record of `job` with one full save, atomically, so a
+    /// crash leaves either the old chain or the new record.
+    pub fn replace_job_chunks(&self, job: &JobId, full: &[u8]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in self.job_chunks.scan_prefix(job.0).keys().flatten() {
+            batch.remove(key);
+        }
+        batch.insert(&job_chunk_key(job, 0), full);
+        self.job_chunks.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Every record of `job` in order, concatenated (automerge loads a
+    /// document followed by incremental saves as one byte string), and how
+    /// many records there were.
+    pub fn job_bytes(&self, job: &JobId) -> Result<(Vec<u8>, u64), StoreError> {
+        let mut bytes = Vec::new();
+        let mut records = 0;
+        for record in self.job_chunks.scan_prefix(job.0).values() {
+            bytes.extend_from_slice(&record?);
+            records += 1;
+        }
+        Ok((bytes, records))
+    }
+
+    pub fn put_job_meta<M: serde::Serialize>(&self, job: &JobId, meta: &M) -> Result<(), StoreError> {
+        let bytes = encode_message(meta).map_err(|e| StoreError::Encode(e.to_string()))?;
+        self.job_meta.insert(job.0, bytes)?;
+        Ok(())
+    }
+
+    pub fn job_meta<M: serde::de::DeserializeOwned>(&self, job: &JobId) -> Result<Option<M>, StoreError> {
+        let Some(bytes) = self.job_meta.get(job.0)? else { return Ok(None) };
+        decode_message(&bytes).map(Some).map_err(|e| StoreError::Decode(format!("job {job}: {e}")))
+    }
+
+    /// Every stored job with its metadata; unreadable records are skipped and
+    /// reported.
+    pub fn job_metas<M: serde::de::DeserializeOwned>(&self) -> (Vec<(JobId, M)>, Vec<Skipped>) {
+        let mut skipped = Vec::new();
+        let mut metas = Vec::new();
+        for record in self.job_meta.iter() {
+            let decoded = record.map_err(|e| e.to_string()).and_then(|(key, value)| {
+                let job =
+                    JobId(key.as_ref().try_into().map_err(|_| format!("bad key of {} bytes", key.len()))?);
+                Ok((job, decode_message(&value).map_err(|e| e.to_string())?))
+            });
+            match decoded {
+                Ok(meta) => metas.push(meta),
+                Err(reason) => skipped.push(Skipped { tree: "job_meta", reason }),
+            }
+        }
+        (metas, skipped)
+    }
+
     /// Makes every write so far durable; called before acknowledging one.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// The job id then the record's sequence number, big-endian, so a prefix scan
+/// returns a job's records in order.
+fn job_chunk_key(job: &JobId, seq: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(&job.0);
+    key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
 }
 
 #[cfg(test)]
