@@ -135,6 +135,19 @@ pub enum Command {
         /// Divide every membership period by this (1 = the real LAN timings).
         #[arg(long, default_value_t = 1)]
         speedup: u32,
+        /// Run one job across the mesh, print the answer, who wrote which
+        /// candidate, the ballots, the tally and each step's time, and exit.
+        #[arg(long, value_name = "QUESTION")]
+        ask: Option<String>,
+        /// council (every node answers, all vote) or pipeline (stages spread
+        /// over the nodes).
+        #[arg(long, default_value = "council")]
+        mode: String,
+        /// fast, balanced, quality, or one defined in --profiles.
+        #[arg(long, default_value = "fast")]
+        profile: String,
+        #[command(flatten)]
+        llm: LlmArgs,
     },
     /// List the members a running node knows: PeerId, state, addresses,
     /// incarnation and last change.

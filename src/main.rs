@@ -8,6 +8,7 @@ use hivemesh::protocol::identity::hex;
 
 mod cli;
 mod llm_cmd;
+mod mesh_ask;
 mod mesh_cmd;
 mod node_cmd;
 mod sim_cmd;
@@ -17,7 +18,8 @@ use cli::{Cli, Command, ModelAction};
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -30,6 +32,11 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// automerge logs an ERROR for every pushed change that arrives before its
+/// dependencies, which is routine here (they wait in its queue, and sync
+/// rounds fill the gap); hivemesh reports real refusals itself.
+const DEFAULT_LOG_FILTER: &str = "warn,automerge=off";
 
 /// Exit status of `tally` when the outcome is valid but not final.
 const EXIT_NO_QUORUM: u8 = 2;
@@ -70,9 +77,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(node_cmd::run(&dir, args))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Mesh { nodes, no_mdns, measure, speedup } => {
-            let args =
-                mesh_cmd::MeshArgs { nodes: *nodes, mdns: !no_mdns, measure: *measure, speedup: *speedup };
+        Command::Mesh { nodes, no_mdns, measure, speedup, ask, mode, profile, llm } => {
+            let args = mesh_cmd::MeshArgs {
+                nodes: *nodes,
+                mdns: !no_mdns,
+                measure: *measure,
+                speedup: *speedup,
+                ask: ask.clone(),
+                mode: mode.clone(),
+                profile: profile.clone(),
+                llm: llm.clone(),
+            };
             let dir = data_dir()?;
             runtime()?.block_on(mesh_cmd::run(&dir, args))?;
             Ok(ExitCode::SUCCESS)

@@ -17,10 +17,18 @@ pub struct MeshArgs {
     pub mdns: bool,
     pub measure: bool,
     pub speedup: u32,
+    pub ask: Option<String>,
+    pub mode: String,
+    pub profile: String,
+    pub llm: crate::cli::LlmArgs,
 }
 
 pub async fn run(data_dir: &Path, args: MeshArgs) -> anyhow::Result<()> {
     let n = args.nodes.max(1);
+    // Every node takes part in jobs with its own client; in one process they
+    // share one model client (and so one copy of the embedded model).
+    let federation =
+        if args.measure { None } else { Some(crate::mesh_ask::federation(&args, data_dir).await?) };
     let started = Instant::now();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut nodes: Vec<NodeHandle> = Vec::with_capacity(n);
@@ -28,6 +36,11 @@ pub async fn run(data_dir: &Path, args: MeshArgs) -> anyhow::Result<()> {
         let mut config = NodeConfig::loopback(data_dir.join("mesh").join(format!("node-{i}")));
         config.mdns = args.mdns;
         config.membership = MembershipConfig::lan(n as u32).faster(args.speedup);
+        if let Some((setup, offered)) = &federation {
+            config.federation = Some(setup.clone());
+            config.replication.profile =
+                Some(Profile { role: Role::Worker, models: offered.clone(), gpu: None });
+        }
         // A chain: each node knows only the previous one, alternating QUIC
         // and TCP, so convergence is the protocol's doing.
         if let Some(prev) = nodes.last() {
@@ -67,6 +80,11 @@ pub async fn run(data_dir: &Path, args: MeshArgs) -> anyhow::Result<()> {
         converged.as_secs_f64()
     );
 
+    if let Some(question) = &args.ask {
+        let outcome = crate::mesh_ask::ask(&nodes, question, &args).await;
+        leave_all(nodes).await;
+        return outcome;
+    }
     if args.measure {
         let joiner = join_one(&nodes, data_dir, n, args.speedup).await?;
         nodes.push(joiner);
@@ -76,6 +94,11 @@ pub async fn run(data_dir: &Path, args: MeshArgs) -> anyhow::Result<()> {
         println!(
             "\nthe mesh is up. try:  curl -s http://{api}/v1/members   or   hivemesh members --node http://{api}"
         );
+        println!(
+            "ask it:  curl -sN http://{api}/v1/chat/completions -H 'content-type: application/json' \\\n  \
+             -d '{{\"model\":\"council\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}]}}'"
+        );
+        println!("   or:  hivemesh ask --node http://{api} \"What is the capital of France?\"");
     }
     println!("Ctrl-C makes every node leave gracefully.");
     loop {

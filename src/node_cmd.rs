@@ -75,6 +75,7 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
             profile: args.profile,
             jobs: Default::default(),
         },
+        federation: None,
     };
     let mut node = spawn_node(config).await.context("could not start the node")?;
     println!("peer id: {}", node.peer_id);

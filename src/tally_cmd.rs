@@ -35,14 +35,7 @@ pub struct BallotFile {
 }
 
 pub fn parse_rule(s: &str) -> anyhow::Result<TallyRule> {
-    Ok(match s {
-        "plurality" => TallyRule::Plurality,
-        "weighted" | "weighted-plurality" => TallyRule::WeightedPlurality,
-        "approval" => TallyRule::Approval,
-        "borda" => TallyRule::Borda,
-        "schulze" | "condorcet" => TallyRule::Schulze,
-        other => bail!("unknown rule {other:?}: use plurality, weighted, approval, borda or schulze"),
-    })
+    s.parse().map_err(anyhow::Error::msg)
 }
 
 fn rule_name(rule: TallyRule) -> &'static str {

@@ -5,6 +5,7 @@
 mod breaker;
 mod budget;
 mod client;
+pub mod council;
 mod error;
 pub mod model_file;
 pub mod pipeline;

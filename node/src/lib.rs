@@ -4,6 +4,7 @@
 //! clock.
 
 pub mod api;
+pub mod federation;
 pub mod keystore;
 pub mod membership;
 pub mod net;

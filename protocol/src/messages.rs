@@ -189,6 +189,25 @@ pub enum TallyRule {
     Schulze,
 }
 
+impl std::str::FromStr for TallyRule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "plurality" => Self::Plurality,
+            "weighted" | "weighted-plurality" => Self::WeightedPlurality,
+            "approval" => Self::Approval,
+            "borda" => Self::Borda,
+            "schulze" | "condorcet" => Self::Schulze,
+            other => {
+                return Err(format!(
+                    "unknown rule {other:?}: use plurality, weighted, approval, borda or schulze"
+                ));
+            }
+        })
+    }
+}
+
 /// What a voter chose, by candidate index within the job.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BallotChoice {

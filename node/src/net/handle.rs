@@ -15,9 +15,12 @@ use super::behaviour::Behaviour;
 use super::bootstrap::{UnresolvedBootstrap, split_peer};
 use super::driver::{Command, Driver, unix_ms};
 use super::job_sync::JobCommand;
+use crate::federation::{FederationConfig, FederationHandle};
 use crate::keystore::{KeystoreError, load_or_create};
 use crate::membership::{MemberEvent, MemberId, MemberView, Membership, MembershipConfig, MembershipStats};
-use crate::replica::{JobError, JobView, JobsConfig, Profile, Replica, ReplicaStats, ViewKind, ViewReport};
+use crate::replica::{
+    JobError, JobFrame, JobView, JobsConfig, Profile, Replica, ReplicaStats, ViewKind, ViewReport,
+};
 use hivemesh_protocol::{JobId, NodeId};
 
 /// How to run one node.
@@ -31,6 +34,8 @@ pub struct NodeConfig {
     pub api: Option<SocketAddr>,
     pub membership: MembershipConfig,
     pub replication: ReplicationConfig,
+    /// Taking part in LLM jobs; `None` for a node that only relays state.
+    pub federation: Option<FederationConfig>,
 }
 
 /// How the node replicates its state.
@@ -74,6 +79,7 @@ impl NodeConfig {
             api: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             membership: MembershipConfig::lan(16),
             replication: ReplicationConfig::default(),
+            federation: None,
         }
     }
 }
@@ -179,6 +185,7 @@ pub struct NodeHandle {
     events: broadcast::Sender<MemberEvent>,
     task: JoinHandle<()>,
     api_task: Option<JoinHandle<()>>,
+    federation: Option<(FederationHandle, JoinHandle<()>)>,
 }
 
 /// A cheap, cloneable way to ask a node things (the HTTP API uses one).
@@ -186,6 +193,7 @@ pub struct NodeHandle {
 pub struct NodeClient {
     commands: mpsc::Sender<Command>,
     job_events: broadcast::Sender<JobId>,
+    job_frames: broadcast::Sender<JobFrame>,
 }
 
 impl NodeClient {
@@ -245,6 +253,25 @@ impl NodeClient {
         rx.await.map_err(|_| NodeError::Stopped)
     }
 
+    /// Sends streamed text of a job to `to` (the asker); best effort.
+    pub async fn send_frame(&self, to: NodeId, frame: JobFrame) -> Result<(), NodeError> {
+        self.commands
+            .send(Command::Job(JobCommand::Frame { to, frame }))
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Like `send_frame`, from synchronous code: a full command queue drops
+    /// the frame (the signed output in the document is what counts).
+    pub fn try_send_frame(&self, to: NodeId, frame: JobFrame) {
+        let _ = self.commands.try_send(Command::Job(JobCommand::Frame { to, frame }));
+    }
+
+    /// Streamed text arriving for jobs this node asked.
+    pub fn job_frames(&self) -> broadcast::Receiver<JobFrame> {
+        self.job_frames.subscribe()
+    }
+
     /// The ids of job documents as they change (locally or from peers).
     pub fn job_changes(&self) -> broadcast::Receiver<JobId> {
         self.job_events.subscribe()
@@ -280,6 +307,11 @@ impl NodeHandle {
         self.client.status().await
     }
 
+    /// Submitting and cancelling jobs, when the node takes part in them.
+    pub fn federation(&self) -> Option<FederationHandle> {
+        self.federation.as_ref().map(|(handle, _)| handle.clone())
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<MemberEvent> {
         self.events.subscribe()
     }
@@ -298,6 +330,9 @@ impl NodeHandle {
         if let Some(api) = self.api_task {
             api.abort();
         }
+        if let Some((_, federation)) = self.federation {
+            federation.abort();
+        }
     }
 
     /// Stops the node without a goodbye, as a crash would.
@@ -306,6 +341,9 @@ impl NodeHandle {
         if let Some(api) = self.api_task {
             api.abort();
         }
+        if let Some((_, federation)) = self.federation {
+            federation.abort();
+        }
     }
 
     /// Resolves when the node stops (after a leave requested over the API).
@@ -313,6 +351,9 @@ impl NodeHandle {
         let _ = (&mut self.task).await;
         if let Some(api) = self.api_task.take() {
             api.abort();
+        }
+        if let Some((_, federation)) = self.federation.take() {
+            federation.abort();
         }
     }
 }
@@ -367,10 +408,19 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let (events, _) = broadcast::channel(1024);
     let (job_events, _) = broadcast::channel(4096);
-    let client = NodeClient { commands: commands_tx, job_events: job_events.clone() };
+    let (job_frames, _) = broadcast::channel(4096);
+    let client =
+        NodeClient { commands: commands_tx, job_events: job_events.clone(), job_frames: job_frames.clone() };
+    let federation = match config.federation.clone() {
+        Some(setup) => {
+            Some(crate::federation::spawn(client.clone(), load_or_create(&config.data_dir)?.identity, setup))
+        }
+        None => None,
+    };
     let (api, api_task) = match config.api {
         Some(address) => {
-            let (bound, task) = crate::api::serve(address, client.clone(), &config.data_dir).await?;
+            let jobs = federation.as_ref().map(|(handle, _)| handle.clone());
+            let (bound, task) = crate::api::serve(address, client.clone(), jobs, &config.data_dir).await?;
             (Some(bound), Some(task))
         }
         None => (None, None),
@@ -384,6 +434,7 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         commands_rx,
         events.clone(),
         job_events,
+        job_frames,
         started,
         api,
         replica,
@@ -392,7 +443,7 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let task = tokio::spawn(driver.run());
     let ready_in = started.elapsed();
     tracing::info!(%peer_id, ?listen, ?api, ?ready_in, "node ready");
-    Ok(NodeHandle { peer_id, listen, api, ready_in, client, events, task, api_task })
+    Ok(NodeHandle { peer_id, listen, api, ready_in, client, events, task, api_task, federation })
 }
 
 /// Waits until every listener has reported an address (or 5 s passed).

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use super::driver::{Driver, unix_ms};
 use super::replication::Pending;
 use crate::membership::MemberState;
-use crate::replica::{JobError, JobView, StateRequest, StateResponse};
+use crate::replica::{JobError, JobFrame, JobView, StateRequest, StateResponse};
 
 /// Most job sync rounds one anti-entropy tick starts, so a node holding many
 /// jobs spreads its repair work over several ticks.
@@ -38,6 +38,11 @@ pub enum JobCommand {
         job: JobId,
         reply: oneshot::Sender<Result<JobView, JobError>>,
     },
+    /// Stream a frame to the asker (delivered locally when that is us).
+    Frame {
+        to: NodeId,
+        frame: JobFrame,
+    },
     /// Known jobs, newest first: (id, created, finished).
     List {
         limit: usize,
@@ -61,6 +66,13 @@ impl Driver {
             }
             JobCommand::View { job, reply } => {
                 let _ = reply.send(self.replica.jobs().view(job));
+            }
+            JobCommand::Frame { to, frame } => {
+                if to == self.replica.me() {
+                    let _ = self.job_frames.send(frame);
+                } else if let Ok(peer) = to.to_peer_id() {
+                    self.send_state(peer, &StateRequest::JobFrame(frame), Pending::Push);
+                }
             }
             JobCommand::List { limit, reply } => {
                 let _ = reply.send(self.replica.jobs().list(limit));
@@ -92,6 +104,13 @@ impl Driver {
                     Ok(next) => StateResponse::JobSync(next),
                     Err(error) => StateResponse::Refused(error.to_string()),
                 }
+            }
+            StateRequest::JobFrame(frame) if frame.peer == peer.to_string() => {
+                let _ = self.job_frames.send(frame);
+                StateResponse::Ack { accepted: 1, rejected: Vec::new() }
+            }
+            StateRequest::JobFrame(_) => {
+                StateResponse::Refused("a frame must name its sender as its peer".into())
             }
             _ => StateResponse::Refused("not a job request".into()),
         };

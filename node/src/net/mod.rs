@@ -8,6 +8,7 @@ mod job_sync;
 mod replication;
 
 pub use behaviour::{MAX_SWIM_FRAME, SWIM_PROTOCOL};
+pub use driver::unix_ms;
 pub use handle::{
     MemberInfo, MembersReport, NodeClient, NodeConfig, NodeError, NodeHandle, ReplicationConfig,
     StatusReport, spawn_node,

@@ -143,9 +143,11 @@ impl Driver {
                             tracing::debug!(%peer, %error, "malformed state request");
                             StateResponse::Refused(format!("malformed request: {error}"))
                         }
-                        Ok(request @ (StateRequest::JobPush { .. } | StateRequest::JobSync { .. })) => {
-                            self.answer_job_request(&peer, request)
-                        }
+                        Ok(
+                            request @ (StateRequest::JobPush { .. }
+                            | StateRequest::JobSync { .. }
+                            | StateRequest::JobFrame(_)),
+                        ) => self.answer_job_request(&peer, request),
                         Ok(request) => match self.replica.answer(request) {
                             Some(response) => response,
                             None => {

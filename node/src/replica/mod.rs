@@ -43,6 +43,9 @@ pub enum StateRequest {
     JobPush { job: JobId, changes: Vec<u8> },
     /// One automerge sync message for a job document; `first` opens a round.
     JobSync { job: JobId, first: bool, message: Vec<u8> },
+    /// Streamed text of a job's model call, for the asker's listeners. Not
+    /// state: lost frames are made good by the signed output in the document.
+    JobFrame(JobFrame),
     /// Anti-entropy: the sender's versions; answered with a reconciliation.
     Digest(Digest),
     /// "Your view": the receiver's member list, as majority-rule entries (JSON).
@@ -60,6 +63,18 @@ pub enum StateResponse {
     Refused(String),
     /// The answer to a `JobSync`: the next sync message, if there is one.
     JobSync(Option<Vec<u8>>),
+}
+
+/// A batch of tokens from one part of a job (a candidate, a stage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobFrame {
+    pub job: JobId,
+    pub part: String,
+    /// The peer running that part (a peer id string).
+    pub peer: String,
+    /// Restarts of the part: listeners drop earlier text when it grows.
+    pub attempt: u32,
+    pub text: String,
 }
 
 /// Counters for the status report and metrics.
@@ -218,7 +233,10 @@ impl Replica {
                 Some(StateResponse::Ack { accepted, rejected })
             }
             StateRequest::Digest(digest) => Some(StateResponse::Reconcile(self.registry.reconcile(&digest))),
-            StateRequest::View | StateRequest::JobPush { .. } | StateRequest::JobSync { .. } => None,
+            StateRequest::View
+            | StateRequest::JobPush { .. }
+            | StateRequest::JobSync { .. }
+            | StateRequest::JobFrame(_) => None,
         }
     }
 

@@ -14,7 +14,26 @@ use tokio::task::JoinHandle;
 
 pub use reqwest::Method;
 
+use crate::federation::FederationHandle;
 use crate::net::{NodeClient, NodeError};
+
+mod jobs;
+mod metrics;
+mod openai;
+
+/// What every handler can reach: the node, and its federation when it takes
+/// part in jobs.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub client: NodeClient,
+    pub jobs: Option<FederationHandle>,
+}
+
+impl axum::extract::FromRef<AppState> for NodeClient {
+    fn from_ref(state: &AppState) -> Self {
+        state.client.clone()
+    }
+}
 use crate::replica::{Profile, ViewKind};
 
 /// The default control port; when it is taken, the node falls back to an
@@ -30,6 +49,7 @@ pub fn api_addr_file(data_dir: &Path) -> PathBuf {
 pub async fn serve(
     address: SocketAddr,
     client: NodeClient,
+    jobs: Option<FederationHandle>,
     data_dir: &Path,
 ) -> Result<(SocketAddr, JoinHandle<()>), NodeError> {
     let listener = match tokio::net::TcpListener::bind(address).await {
@@ -52,13 +72,32 @@ pub async fn serve(
         .route("/v1/advertise", post(advertise))
         .route("/v1/status", get(status))
         .route("/v1/leave", post(leave))
-        .with_state(client);
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
+        .route("/v1/jobs/{id}/events", get(jobs::events))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
+        .route("/metrics", get(metrics::render))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(AppState { client, jobs });
+    // Without TCP_NODELAY a streamed response stalls on Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "control API stopped");
         }
     });
     Ok((bound, task))
+}
+
+/// Largest request body accepted; a bigger one gets 413.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// A JSON error body naming the problem.
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
 fn stopped(e: NodeError) -> Response {

@@ -1,0 +1,132 @@
+//! `GET /metrics` in the Prometheus text format: members by state, messages
+//! and bytes in and out by kind, rejected input by reason, jobs by outcome,
+//! model-call latency by part, tally sizes by backend, CRDT sync bytes.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::{AppState, error};
+
+type Labels = Vec<(String, String)>;
+
+fn label(key: &str, value: &str) -> Labels {
+    vec![(key.to_string(), value.to_string())]
+}
+
+/// A counter family filled from values read now.
+fn counters(values: impl IntoIterator<Item = (Labels, u64)>) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    for (labels, value) in values {
+        family.get_or_create(&labels).inc_by(value);
+    }
+    family
+}
+
+pub async fn render(State(state): State<AppState>) -> Response {
+    let (status, members) = match (state.client.status().await, state.client.members().await) {
+        (Ok(status), Ok(members)) => (status, members),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let mut registry = Registry::with_prefix("hivemesh");
+
+    let by_state = Family::<Labels, Gauge>::default();
+    for state_name in ["alive", "suspect", "down", "left"] {
+        by_state.get_or_create(&label("state", state_name)).set(members.count(state_name) as i64);
+    }
+    registry.register("members", "Members by SWIM state", by_state);
+
+    let (m, r) = (&status.membership, &status.replication);
+    let messages = [
+        ("membership", "in", m.frames_in),
+        ("membership", "out", m.frames_out),
+        ("registry_push", "out", r.pushes_sent),
+        ("anti_entropy", "out", r.anti_entropy_rounds),
+        ("job_change", "out", r.jobs.changes_pushed),
+        ("job_change", "in", r.jobs.changes_applied),
+        ("job_sync_round", "out", r.jobs.sync_rounds),
+    ];
+    registry.register(
+        "messages",
+        "Messages by kind and direction",
+        counters(messages.iter().map(|(kind, dir, n)| {
+            (vec![("kind".into(), kind.to_string()), ("direction".into(), dir.to_string())], *n)
+        })),
+    );
+    let bytes = [
+        ("membership", "in", m.bytes_in),
+        ("membership", "out", m.bytes_out),
+        ("state", "in", r.bytes_in),
+        ("state", "out", r.bytes_out),
+        ("crdt_sync", "in", r.jobs.sync_bytes_in),
+        ("crdt_sync", "out", r.jobs.sync_bytes_out),
+    ];
+    registry.register(
+        "bytes",
+        "Bytes by protocol and direction (crdt_sync: automerge sync messages)",
+        counters(bytes.iter().map(|(kind, dir, n)| {
+            (vec![("protocol".into(), kind.to_string()), ("direction".into(), dir.to_string())], *n)
+        })),
+    );
+    let rejected = m
+        .rejected
+        .iter()
+        .map(|(reason, n)| {
+            (vec![("layer".into(), "membership".into()), ("reason".into(), reason.to_string())], *n)
+        })
+        .chain(r.rejected.iter().map(|(reason, n)| {
+            (vec![("layer".into(), "registry".into()), ("reason".into(), reason.clone())], *n)
+        }))
+        .chain(r.jobs.rejected.iter().map(|(reason, n)| {
+            (vec![("layer".into(), "jobs".into()), ("reason".into(), reason.clone())], *n)
+        }));
+    registry.register("rejected", "Refused input by layer and reason", counters(rejected));
+    let active = Gauge::<i64>::default();
+    active.set(r.jobs.active as i64);
+    registry.register("jobs_held", "Job documents held in memory", active);
+
+    if let Some(jobs) = &state.jobs {
+        let stats = &jobs.stats;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let outcomes = [
+            ("submitted", get(&stats.submitted)),
+            ("done", get(&stats.finished)),
+            ("failed", get(&stats.failed)),
+            ("cancelled", get(&stats.cancelled)),
+        ];
+        registry.register(
+            "jobs",
+            "Jobs asked here, by outcome",
+            counters(outcomes.iter().map(|(o, n)| (label("outcome", o), *n))),
+        );
+        let calls = [
+            ("started", get(&stats.model_calls)),
+            ("failed", get(&stats.model_call_failures)),
+            ("stopped", get(&stats.stopped_calls)),
+            ("ballots_cast", get(&stats.ballots_cast)),
+        ];
+        registry.register(
+            "model_calls",
+            "Model calls and ballots by what became of them",
+            counters(calls.iter().map(|(o, n)| (label("event", o), *n))),
+        );
+        let running = Family::<Labels, Gauge>::default();
+        running.get_or_create(&label("state", "running")).set(get(&stats.running_calls) as i64);
+        running.get_or_create(&label("state", "queued")).set(get(&stats.queued_calls) as i64);
+        registry.register("model_calls_now", "Model calls running or waiting now", running);
+        registry.register("model_call_seconds", "Model call latency by part", stats.call_seconds.clone());
+        registry.register("tally_ballots", "Ballots per tally, by backend", stats.tally_ballots.clone());
+    }
+
+    let mut text = String::new();
+    if let Err(e) = encode(&mut text, &registry) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}"));
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+        .into_response()
+}

@@ -1,0 +1,199 @@
+//! What a node should do next for a job, decided from the job's document,
+//! who is alive and the time. Pure: the same facts give the same actions on
+//! every node, which is what lets any participant see how far a job got.
+
+use hivemesh_llm::council::anonymous_order;
+use hivemesh_llm::pipeline::Stage;
+use hivemesh_protocol::NodeId;
+
+use super::spec::{Assignment, Facts, Missing, Mode, Round, stage_kind};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Write this node's council candidate.
+    Answer,
+    /// Run a pipeline stage here.
+    RunStage(Stage),
+    /// Asker: put these candidates to the vote.
+    OpenRound(Round),
+    /// Rank the round's candidates and cast a signed ballot.
+    Vote,
+    /// Asker: tally the ballots, run the curator, write the outcome.
+    Conclude,
+    /// Asker: the pipeline's curator is done; write the outcome.
+    FinishPipeline,
+    /// Asker: move a stage whose peer is down or failed.
+    Reassign(Stage, Assignment),
+    /// Asker: the job cannot finish.
+    Fail { reason: String, missing: Vec<Missing> },
+    /// Asker: write the outcome of a cancelled job.
+    ConfirmCancel,
+    /// Stop any model call still running for this job.
+    Stop,
+}
+
+/// `live` says whether a peer is up (this node is always up); `capable`
+/// lists live peers that could take over a stage, best first.
+pub fn plan(
+    me: NodeId,
+    facts: &Facts,
+    live: &dyn Fn(&NodeId) -> bool,
+    capable: &[NodeId],
+    now_ms: u64,
+) -> Vec<Action> {
+    let Some(spec) = &facts.spec else { return Vec::new() };
+    let asker = facts.asker == Some(me);
+    if facts.outcome.is_some() {
+        return vec![Action::Stop];
+    }
+    if facts.cancelled.is_some() {
+        return if asker { vec![Action::Stop, Action::ConfirmCancel] } else { vec![Action::Stop] };
+    }
+    let late = now_ms >= spec.deadline_ms;
+    match spec.mode {
+        Mode::Council => plan_council(me, asker, facts, live, late),
+        Mode::Pipeline => plan_pipeline(me, asker, facts, live, capable, late),
+    }
+}
+
+fn missing_reason(
+    facts: &Facts,
+    peer: &NodeId,
+    part: &str,
+    live: &dyn Fn(&NodeId) -> bool,
+    late: bool,
+) -> Option<String> {
+    if facts.failed(peer, part) {
+        Some(format!("its {part} failed"))
+    } else if !live(peer) {
+        Some("down".into())
+    } else if late {
+        Some("missed the deadline".into())
+    } else {
+        None
+    }
+}
+
+fn plan_council(
+    me: NodeId,
+    asker: bool,
+    facts: &Facts,
+    live: &dyn Fn(&NodeId) -> bool,
+    late: bool,
+) -> Vec<Action> {
+    let Some(spec) = &facts.spec else { return Vec::new() };
+    let member = spec.participants.contains(&me);
+    let mut actions = Vec::new();
+    match &facts.round {
+        None => {
+            if member && facts.candidate_of(&me).is_none() && !facts.failed(&me, "candidate") && !late {
+                actions.push(Action::Answer);
+            }
+            if asker {
+                let mut missing = Vec::new();
+                let mut waiting = false;
+                for peer in spec.participants.iter().filter(|p| facts.candidate_of(p).is_none()) {
+                    match missing_reason(facts, peer, "candidate", live, late) {
+                        Some(reason) => missing.push(Missing { peer: peer.to_string(), reason }),
+                        None => waiting = true,
+                    }
+                }
+                if !waiting {
+                    let present: Vec<&(NodeId, _)> = spec
+                        .participants
+                        .iter()
+                        .filter_map(|p| facts.candidates.iter().find(|(a, _)| a == p))
+                        .collect();
+                    if present.len() >= spec.quorum.max(1) as usize {
+                        let texts: Vec<&str> = present.iter().map(|(_, o)| o.text.as_str()).collect();
+                        let order = anonymous_order(&facts.job, &texts);
+                        let candidates = order.into_iter().map(|i| present[i].0).collect();
+                        actions.push(Action::OpenRound(Round { candidates, missing }));
+                    } else {
+                        let reason = format!(
+                            "only {} of {} candidates arrived; the quorum is {}",
+                            present.len(),
+                            spec.participants.len(),
+                            spec.quorum
+                        );
+                        actions.push(Action::Fail { reason, missing });
+                    }
+                }
+            }
+        }
+        Some(_) => {
+            if member && !facts.has_voted(&me) && !facts.failed(&me, "ballot") {
+                actions.push(Action::Vote);
+            }
+            if asker {
+                let waiting = spec
+                    .participants
+                    .iter()
+                    .any(|p| !facts.has_voted(p) && missing_reason(facts, p, "ballot", live, late).is_none());
+                if !waiting {
+                    actions.push(Action::Conclude);
+                }
+            }
+        }
+    }
+    actions
+}
+
+/// The stages whose output `stage` reads.
+fn inputs(stage: Stage) -> &'static [Stage] {
+    match stage {
+        Stage::Generator => &[],
+        Stage::Refiner | Stage::Validator => &[Stage::Generator],
+        Stage::Curator => &[Stage::Refiner, Stage::Validator],
+    }
+}
+
+fn plan_pipeline(
+    me: NodeId,
+    asker: bool,
+    facts: &Facts,
+    live: &dyn Fn(&NodeId) -> bool,
+    capable: &[NodeId],
+    late: bool,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for stage in Stage::ALL {
+        let ready = inputs(stage).iter().all(|s| facts.stage_output(*s).is_some());
+        if !ready || facts.stage_output(stage).is_some() {
+            continue;
+        }
+        let Some(peer) = facts.stage_peer(stage) else { continue };
+        let part = stage_kind(stage);
+        if peer == me && !facts.failed(&me, &part) && !late {
+            actions.push(Action::RunStage(stage));
+        }
+        if asker && !late && (facts.failed(&peer, &part) || !live(&peer)) {
+            let why = if facts.failed(&peer, &part) { "failed" } else { "down" };
+            let next = capable.iter().find(|p| **p != peer && !facts.failed(p, &part));
+            match next {
+                Some(next) => actions.push(Action::Reassign(
+                    stage,
+                    Assignment { peer: *next, reason: format!("{peer} {why}") },
+                )),
+                None => actions.push(Action::Fail {
+                    reason: format!(
+                        "{} failed on {peer} ({why}) and no other peer can run it",
+                        stage.as_str()
+                    ),
+                    missing: Vec::new(),
+                }),
+            }
+        }
+    }
+    if asker {
+        if facts.stage_output(Stage::Curator).is_some() {
+            actions.push(Action::FinishPipeline);
+        } else if late {
+            actions.push(Action::Fail {
+                reason: "the deadline passed before the curator finished".into(),
+                missing: Vec::new(),
+            });
+        }
+    }
+    actions
+}

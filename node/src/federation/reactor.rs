@@ -1,0 +1,322 @@
+//! The federation loop of one node: reads a job's document when it changes,
+//! asks `plan` what to do, and runs each action as a task, at most one per
+//! (job, part). A `Stop` aborts a job's running tasks, which drops their
+//! model streams and so hangs up on the provider.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hivemesh_llm::pipeline::Stage;
+use hivemesh_protocol::{JobId, NodeId, NodeIdentity};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::{AbortHandle, JoinHandle};
+
+use super::plan::{Action, plan};
+use super::spec::{self, Facts, JobSpec, Mode};
+use super::work::{self, WorkContext};
+use super::{FederationConfig, FederationHandle, FederationStats, Request, Submission, SubmitError};
+use crate::net::{NodeClient, unix_ms};
+use crate::replica::ViewKind;
+
+/// The one part that a `Stop` leaves running: the asker writing the outcome.
+const OUTCOME_PART: &str = "outcome";
+
+/// Live peers are re-read at most this often.
+const MEMBERS_TTL: Duration = Duration::from_millis(100);
+
+/// Starts the federation loop for the node behind `node`.
+pub fn spawn(
+    node: NodeClient,
+    identity: NodeIdentity,
+    config: FederationConfig,
+) -> (FederationHandle, JoinHandle<()>) {
+    let stats = Arc::new(FederationStats::default());
+    let (requests, requests_rx) = mpsc::channel(256);
+    let handle = FederationHandle {
+        requests,
+        stats: stats.clone(),
+        limits: config.limits.clone(),
+        profiles: config.profiles.names().map(str::to_string).collect(),
+    };
+    let me = identity.node_id();
+    let ctx = Arc::new(WorkContext {
+        node: node.clone(),
+        me,
+        identity: Arc::new(identity),
+        client: config.client,
+        profiles: config.profiles,
+        tally: config.tally,
+        stats,
+        calls: Semaphore::new(config.limits.max_running_calls.max(1)),
+        limits: config.limits,
+    });
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let reactor = Reactor {
+        node,
+        me,
+        ctx,
+        running: HashMap::new(),
+        watched: HashSet::new(),
+        asked: HashSet::new(),
+        done_tx,
+        live: HashSet::new(),
+        live_read: None,
+        default_deadline: config.default_deadline,
+    };
+    let task = tokio::spawn(reactor.run(requests_rx, done_rx, config.tick));
+    (handle, task)
+}
+
+struct Reactor {
+    node: NodeClient,
+    me: NodeId,
+    ctx: Arc<WorkContext>,
+    running: HashMap<JobId, HashMap<String, AbortHandle>>,
+    /// Jobs this node has a part in that are not finished.
+    watched: HashSet<JobId>,
+    /// Unfinished jobs this node asked.
+    asked: HashSet<JobId>,
+    done_tx: mpsc::UnboundedSender<(JobId, String)>,
+    live: HashSet<NodeId>,
+    live_read: Option<Instant>,
+    default_deadline: Duration,
+}
+
+impl Reactor {
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut done: mpsc::UnboundedReceiver<(JobId, String)>,
+        tick: Duration,
+    ) {
+        let mut changes = self.node.job_changes();
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                change = changes.recv() => match change {
+                    Ok(job) => self.react(job).await,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "job changes lagged; re-reading every watched job");
+                        self.react_all().await;
+                    }
+                    Err(_) => return,
+                },
+                Some((job, part)) = done.recv() => {
+                    if let Some(parts) = self.running.get_mut(&job) {
+                        parts.remove(&part);
+                        if parts.is_empty() {
+                            self.running.remove(&job);
+                        }
+                    }
+                    self.react(job).await;
+                }
+                request = requests.recv() => match request {
+                    Some(Request::Submit(submission, reply)) => {
+                        let _ = reply.send(self.submit(submission).await);
+                    }
+                    Some(Request::Cancel(job, reply)) => {
+                        let _ = reply.send(self.cancel(job).await);
+                    }
+                    None => return,
+                },
+                _ = ticker.tick() => self.react_all().await,
+            }
+        }
+    }
+
+    async fn react_all(&mut self) {
+        let jobs: Vec<JobId> = self.watched.iter().copied().collect();
+        for job in jobs {
+            self.react(job).await;
+        }
+    }
+
+    async fn refresh_live(&mut self) {
+        if self.live_read.is_some_and(|at| at.elapsed() < MEMBERS_TTL) {
+            return;
+        }
+        if let Ok(report) = self.node.members().await {
+            self.live = report
+                .members
+                .iter()
+                // A suspect may yet refute; only down and left peers are
+                // written off (placement, below, takes alive ones only).
+                .filter(|m| m.state == "alive" || m.state == "suspect")
+                .filter_map(|m| m.peer_id.parse::<libp2p::PeerId>().ok())
+                .filter_map(|p| NodeId::from_peer_id(&p).ok())
+                .collect();
+            self.live_read = Some(Instant::now());
+        }
+    }
+
+    async fn react(&mut self, job: JobId) {
+        let Ok(view) = self.node.job(job).await else { return };
+        let facts = Facts::read(job, &view.contributions);
+        let Some(spec) = &facts.spec else { return };
+        let asker = facts.asker == Some(self.me);
+        if !asker && !spec.participants.contains(&self.me) && !spec.stages.contains(&self.me) {
+            return;
+        }
+        self.refresh_live().await;
+        let me = self.me;
+        let live = |peer: &NodeId| *peer == me || self.live.contains(peer);
+        let capable: Vec<NodeId> = spec.participants.iter().copied().filter(|p| live(p)).collect();
+        let actions = plan(self.me, &facts, &live, &capable, unix_ms());
+        if facts.outcome.is_none() {
+            self.watched.insert(job);
+        }
+        for action in actions {
+            match action {
+                Action::Stop => self.stop(job, facts.outcome.is_some() || !asker),
+                action => self.start(job, &facts, action),
+            }
+        }
+        if facts.outcome.is_some() {
+            self.asked.remove(&job);
+        }
+    }
+
+    /// Aborts the job's running work (except the asker writing its
+    /// outcome); `forget` stops watching it too.
+    fn stop(&mut self, job: JobId, forget: bool) {
+        if let Some(parts) = self.running.get_mut(&job) {
+            let stopping: Vec<String> = parts.keys().filter(|part| *part != OUTCOME_PART).cloned().collect();
+            for part in stopping {
+                let Some(task) = parts.remove(&part) else { continue };
+                tracing::debug!(%job, %part, "stopping job work");
+                task.abort();
+                FederationStats::bump(&self.ctx.stats.stopped_calls);
+            }
+        }
+        if forget {
+            self.watched.remove(&job);
+        }
+    }
+
+    fn start(&mut self, job: JobId, facts: &Facts, action: Action) {
+        let part = part_of(&action);
+        let parts = self.running.entry(job).or_default();
+        if parts.contains_key(&part) {
+            return;
+        }
+        let (ctx, facts, done, label) = (self.ctx.clone(), facts.clone(), self.done_tx.clone(), part.clone());
+        let task = tokio::spawn(async move {
+            work::run(ctx, job, facts, action).await;
+            let _ = done.send((job, label));
+        });
+        parts.insert(part, task.abort_handle());
+    }
+
+    async fn submit(&mut self, submission: Submission) -> Result<JobId, SubmitError> {
+        let limits = &self.ctx.limits;
+        if self.asked.len() >= limits.max_asked_jobs {
+            return Err(SubmitError::Busy(format!("{} jobs asked here are still running", self.asked.len())));
+        }
+        let queued = self.ctx.stats.queued_calls.load(std::sync::atomic::Ordering::Relaxed) as usize;
+        if queued >= limits.max_queued_calls {
+            return Err(SubmitError::Busy(format!("{queued} model calls are waiting here")));
+        }
+        self.ctx.profiles.get(&submission.profile).map_err(SubmitError::Invalid)?;
+        if submission.question.iter().all(|m| m.content.trim().is_empty()) {
+            return Err(SubmitError::Invalid("the question is empty".into()));
+        }
+        let spec = self.place(&submission).await?;
+        let job = JobId(random_bytes());
+        let peers: Vec<NodeId> = spec.participants.iter().chain(&spec.stages).copied().collect();
+        self.node.open_job(job, peers).await?;
+        let body = serde_json::to_vec(&spec).map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        self.node.contribute(job, spec::SPEC, body).await?;
+        FederationStats::bump(&self.ctx.stats.submitted);
+        self.asked.insert(job);
+        self.watched.insert(job);
+        tracing::info!(%job, mode = ?spec.mode, participants = spec.participants.len(), "job submitted");
+        Ok(job)
+    }
+
+    /// Picks the job's participants from the registry: live (never suspect
+    /// or down) peers, those offering the profile's models first, least
+    /// loaded first; and, in pipeline mode, a peer per stage.
+    async fn place(&mut self, submission: &Submission) -> Result<JobSpec, SubmitError> {
+        let profile = self.ctx.profiles.get(&submission.profile).map_err(SubmitError::Invalid)?.clone();
+        let report = self.node.view(Some(ViewKind::Registry)).await?;
+        let wanted: Vec<String> = Stage::ALL.iter().map(|s| profile.stage(*s).model.clone()).collect();
+        let mut peers: Vec<(bool, u32, String, NodeId)> = report
+            .members
+            .iter()
+            .filter(|m| m.member.state == "alive")
+            .filter_map(|m| {
+                let node = NodeId::from_peer_id(&m.member.peer_id.parse().ok()?).ok()?;
+                let offers = m.models.iter().any(|model| wanted.contains(model));
+                Some((!offers, m.load.unwrap_or(0), m.member.peer_id.clone(), node))
+            })
+            .collect();
+        peers.sort();
+        let size = if submission.peers == 0 { peers.len() + 1 } else { submission.peers };
+        let mut participants = vec![self.me];
+        participants.extend(peers.iter().map(|p| p.3).take(size.saturating_sub(1)));
+        let stages = match submission.mode {
+            Mode::Council => Vec::new(),
+            // Generator, refiner, validator, curator round the participants,
+            // the asker last so it curates when there are fewer than four.
+            Mode::Pipeline => (0..4).map(|i| participants[(i + 1) % participants.len()]).collect(),
+        };
+        let count = participants.len() as u32;
+        let quorum = submission.quorum.unwrap_or(count / 2 + 1);
+        if quorum == 0 || quorum > count {
+            return Err(SubmitError::Invalid(format!(
+                "quorum {quorum} is not between 1 and the {count} participants"
+            )));
+        }
+        let now = unix_ms();
+        let deadline = submission.deadline.unwrap_or(self.default_deadline);
+        Ok(JobSpec {
+            question: submission.question.clone(),
+            mode: submission.mode,
+            profile: submission.profile.clone(),
+            participants,
+            stages,
+            quorum,
+            rule: submission.rule,
+            created_ms: now,
+            deadline_ms: now + deadline.as_millis() as u64,
+            max_tokens: submission.max_tokens.unwrap_or(self.ctx.limits.max_tokens_per_call),
+        })
+    }
+
+    async fn cancel(&mut self, job: JobId) -> Result<(), SubmitError> {
+        let view = self.node.job(job).await?;
+        let facts = Facts::read(job, &view.contributions);
+        if facts.asker != Some(self.me) {
+            return Err(SubmitError::Invalid(format!("job {job} was not asked on this node")));
+        }
+        if let Some(outcome) = facts.outcome {
+            return Err(SubmitError::Invalid(format!("job {job} has already ended ({})", outcome.status)));
+        }
+        self.node.contribute(job, spec::CANCEL, b"cancelled by the asker".to_vec()).await?;
+        Ok(())
+    }
+}
+
+fn part_of(action: &Action) -> String {
+    match action {
+        Action::Answer => spec::CANDIDATE.into(),
+        Action::RunStage(stage) => spec::stage_kind(*stage),
+        Action::OpenRound(_) => spec::ROUND.into(),
+        Action::Vote => spec::BALLOT.into(),
+        Action::Conclude | Action::FinishPipeline | Action::Fail { .. } | Action::ConfirmCancel => {
+            OUTCOME_PART.into()
+        }
+        Action::Reassign(stage, _) => spec::assign_kind(*stage),
+        Action::Stop => "stop".into(),
+    }
+}
+
+fn random_bytes() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes[..8].copy_from_slice(&unix_ms().to_le_bytes());
+    }
+    bytes
+}

@@ -1,0 +1,234 @@
+//! What a federated job's document holds: one signed contribution per
+//! (kind, author), bodies in JSON (ballots: a postcard signed envelope).
+//!
+//! | kind | author | body |
+//! |---|---|---|
+//! | `spec` | asker | [`JobSpec`] |
+//! | `candidate` | each council member | [`Output`] |
+//! | `round` | asker | [`Round`]: the candidates put to the vote, anonymised |
+//! | `ballot` (any kind starting so) | each voter | signed `Ballot` envelope |
+//! | `stage.NAME` | the peer running that pipeline stage | [`Output`] |
+//! | `assign.NAME` | asker | [`Assignment`]: a stage moved to another peer |
+//! | `failure` | a participant | [`Failure`]: it could not do its part |
+//! | `cancel` | asker | the reason |
+//! | `outcome` | asker | [`Outcome`]: the answer, ballots, tally, who did what |
+
+use hivemesh_crdt::job_doc::Verified;
+use hivemesh_llm::ChatMessage;
+use hivemesh_llm::pipeline::Stage;
+use hivemesh_protocol::{JobId, NodeId, TallyRule};
+use serde::{Deserialize, Serialize};
+
+pub const SPEC: &str = "spec";
+pub const CANDIDATE: &str = "candidate";
+pub const ROUND: &str = "round";
+pub const BALLOT: &str = "ballot";
+pub const FAILURE: &str = "failure";
+pub const CANCEL: &str = "cancel";
+pub use crate::replica::OUTCOME_KIND as OUTCOME;
+
+pub fn stage_kind(stage: Stage) -> String {
+    format!("stage.{}", stage.as_str())
+}
+
+pub fn assign_kind(stage: Stage) -> String {
+    format!("assign.{}", stage.as_str())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// K peers answer, everyone ranks the answers, the tally's winner goes to
+    /// the curator.
+    Council,
+    /// The Hive pipeline with each stage on a peer that offers its model.
+    Pipeline,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "council" => Ok(Self::Council),
+            "pipeline" => Ok(Self::Pipeline),
+            other => Err(format!("unknown mode {other:?}: use council or pipeline")),
+        }
+    }
+}
+
+/// The job as the asker posed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub question: Vec<ChatMessage>,
+    pub mode: Mode,
+    pub profile: String,
+    /// Every peer with a part in the job, the asker included.
+    pub participants: Vec<NodeId>,
+    /// Pipeline mode: the peer for generator, refiner, validator, curator.
+    #[serde(default)]
+    pub stages: Vec<NodeId>,
+    /// Candidates (council) and ballots needed to go on without the missing.
+    pub quorum: u32,
+    pub rule: TallyRule,
+    pub created_ms: u64,
+    /// After this, the job goes on with what it has, or fails.
+    pub deadline_ms: u64,
+    /// Most completion tokens any one model call in this job may produce.
+    pub max_tokens: u32,
+}
+
+/// A model's answer: a council candidate or a pipeline stage's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    pub text: String,
+    pub model: String,
+    pub tokens: u64,
+    pub elapsed_ms: u64,
+}
+
+/// The candidates put to the vote, in anonymous order, by author.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Round {
+    pub candidates: Vec<NodeId>,
+    /// Council members left out, with the reason (down, failed, late).
+    pub missing: Vec<Missing>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Missing {
+    pub peer: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub peer: NodeId,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub part: String,
+    pub reason: String,
+}
+
+/// How the job ended. `ballot_file` is exactly what `hivemesh tally` reads,
+/// so anyone can re-check the count from the signed ballots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub status: String,
+    pub answer: Option<String>,
+    pub error: Option<String>,
+    /// Council: candidates in vote order with their authors; pipeline: stages.
+    pub contributions: Vec<Attributed>,
+    pub winner: Option<String>,
+    pub tally: Option<serde_json::Value>,
+    pub ballot_file: Option<serde_json::Value>,
+    pub excluded: Vec<serde_json::Value>,
+    pub missing: Vec<Missing>,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attributed {
+    pub part: String,
+    pub peer: String,
+    pub text: String,
+    pub model: String,
+    pub tokens: u64,
+    pub elapsed_ms: u64,
+}
+
+/// A job's document read into typed parts; bodies that do not parse are
+/// ignored as if absent (they were signed, so the author is to blame).
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// The job id's bytes.
+    pub job: [u8; 16],
+    pub asker: Option<NodeId>,
+    pub spec: Option<JobSpec>,
+    pub candidates: Vec<(NodeId, Output)>,
+    pub stages: Vec<(Stage, NodeId, Output)>,
+    pub assignments: Vec<(Stage, Assignment)>,
+    pub round: Option<Round>,
+    /// (author, kind, envelope bytes)
+    pub ballots: Vec<(NodeId, String, Vec<u8>)>,
+    pub failures: Vec<(NodeId, Failure)>,
+    pub cancelled: Option<String>,
+    pub outcome: Option<Outcome>,
+}
+
+impl Facts {
+    pub fn read(job: JobId, contributions: &[Verified]) -> Self {
+        let mut facts = Self { job: job.0, ..Self::default() };
+        // The spec first: only its author's round, cancel and outcome count.
+        for c in contributions.iter().filter(|c| c.kind == SPEC) {
+            if let Ok(spec) = serde_json::from_slice(&c.body) {
+                facts.asker = Some(c.author);
+                facts.spec = Some(spec);
+            }
+        }
+        let by_asker = |c: &Verified| Some(c.author) == facts.asker;
+        for c in contributions {
+            match c.kind.as_str() {
+                CANDIDATE => facts.candidates.extend(parse(&c.body).map(|o| (c.author, o))),
+                ROUND if by_asker(c) => facts.round = parse(&c.body),
+                CANCEL if by_asker(c) => {
+                    facts.cancelled = Some(String::from_utf8_lossy(&c.body).into_owned())
+                }
+                OUTCOME if by_asker(c) => facts.outcome = parse(&c.body),
+                FAILURE => facts.failures.extend(parse(&c.body).map(|f| (c.author, f))),
+                kind if kind.starts_with(BALLOT) => {
+                    facts.ballots.push((c.author, c.kind.clone(), c.body.clone()))
+                }
+                kind => {
+                    if let Some(stage) = kind.strip_prefix("stage.").and_then(stage_named) {
+                        facts.stages.extend(parse(&c.body).map(|o| (stage, c.author, o)));
+                    } else if let Some(stage) = kind.strip_prefix("assign.").and_then(stage_named)
+                        && by_asker(c)
+                    {
+                        facts.assignments.extend(parse(&c.body).map(|a| (stage, a)));
+                    }
+                }
+            }
+        }
+        facts
+    }
+
+    pub fn candidate_of(&self, peer: &NodeId) -> Option<&Output> {
+        self.candidates.iter().find(|(author, _)| author == peer).map(|(_, output)| output)
+    }
+
+    /// The output of `stage` from whoever it is assigned to now.
+    pub fn stage_output(&self, stage: Stage) -> Option<&Output> {
+        let peer = self.stage_peer(stage)?;
+        self.stages.iter().find(|(s, author, _)| *s == stage && *author == peer).map(|(_, _, o)| o)
+    }
+
+    /// Who runs `stage` now: the asker's latest reassignment, else the spec.
+    pub fn stage_peer(&self, stage: Stage) -> Option<NodeId> {
+        if let Some((_, assignment)) = self.assignments.iter().find(|(s, _)| *s == stage) {
+            return Some(assignment.peer);
+        }
+        let index = Stage::ALL.iter().position(|s| *s == stage)?;
+        self.spec.as_ref()?.stages.get(index).copied()
+    }
+
+    pub fn failed(&self, peer: &NodeId, part: &str) -> bool {
+        self.failures.iter().any(|(author, f)| author == peer && f.part == part)
+    }
+
+    /// Whether `peer` cast its ballot (under the plain `ballot` kind; other
+    /// ballot kinds are only evidence against their author).
+    pub fn has_voted(&self, peer: &NodeId) -> bool {
+        self.ballots.iter().any(|(author, kind, _)| author == peer && kind == BALLOT)
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
+    serde_json::from_slice(body).ok()
+}
+
+pub fn stage_named(name: &str) -> Option<Stage> {
+    Stage::ALL.into_iter().find(|s| s.as_str() == name)
+}

@@ -1,0 +1,372 @@
+//! The actions `plan` asks for, done with this node's own model client:
+//! each ends by writing one signed contribution to the job's document.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hivemesh_gpu::ballot_box::{JobSpec as BallotSpec, Quorum, validate};
+use hivemesh_gpu::engine::TallyEngine;
+use hivemesh_llm::council::rank_by_agreement;
+use hivemesh_llm::pipeline::{Profiles, Stage, TokenBatcher, stage_messages};
+use hivemesh_llm::{Budget, ChatMessage, ChatRequest, LlmClient};
+use hivemesh_protocol::{
+    Ballot, BallotChoice, Envelope, JobId, NodeId, NodeIdentity, TallyRule, decode_message, encode_message,
+    seal,
+};
+use tokio::sync::Semaphore;
+
+use super::spec::{
+    self, Assignment, Attributed, CANDIDATE, FAILURE, Facts, JobSpec, Missing, Outcome, Output, ROUND, Round,
+    stage_kind,
+};
+use super::{Action, FederationStats, Limits};
+use crate::net::{NodeClient, unix_ms};
+use crate::replica::JobFrame;
+
+/// Frames of streamed text go out at most this often per call.
+const FRAME_INTERVAL: Duration = Duration::from_millis(16);
+
+/// Everything a piece of work needs, shared by all of them.
+pub struct WorkContext {
+    pub node: NodeClient,
+    pub me: NodeId,
+    pub identity: Arc<NodeIdentity>,
+    pub client: Arc<LlmClient>,
+    pub profiles: Profiles,
+    pub tally: Arc<TallyEngine>,
+    pub stats: Arc<FederationStats>,
+    pub limits: Limits,
+    pub calls: Semaphore,
+}
+
+/// Does one action for `job`; errors are logged (the loop retries what is
+/// still needed when the document next changes or the next tick comes).
+pub async fn run(ctx: Arc<WorkContext>, job: JobId, facts: Facts, action: Action) {
+    let Some(spec) = facts.spec.clone() else { return };
+    let result = match action {
+        Action::Answer => answer(&ctx, job, &spec, &facts).await,
+        Action::RunStage(stage) => run_stage(&ctx, job, &spec, &facts, stage).await,
+        Action::OpenRound(round) => put(&ctx, job, ROUND, &round).await,
+        Action::Vote => vote(&ctx, job, &spec, &facts).await,
+        Action::Conclude => conclude(&ctx, job, &spec, &facts).await,
+        Action::FinishPipeline => finish_pipeline(&ctx, job, &spec, &facts).await,
+        Action::Reassign(stage, assignment) => reassign(&ctx, job, stage, &assignment).await,
+        Action::Fail { reason, missing } => {
+            FederationStats::bump(&ctx.stats.failed);
+            let outcome = ended(&spec, "failed", Some(reason), missing);
+            put(&ctx, job, spec::OUTCOME, &outcome).await
+        }
+        Action::ConfirmCancel => {
+            FederationStats::bump(&ctx.stats.cancelled);
+            let reason = facts.cancelled.clone().unwrap_or_default();
+            put(&ctx, job, spec::OUTCOME, &ended(&spec, "cancelled", Some(reason), Vec::new())).await
+        }
+        Action::Stop => Ok(()),
+    };
+    if let Err(error) = result {
+        tracing::warn!(%job, %error, "job work failed");
+    }
+}
+
+async fn put<T: serde::Serialize>(ctx: &WorkContext, job: JobId, kind: &str, body: &T) -> Result<(), String> {
+    let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+    ctx.node.contribute(job, kind, bytes).await.map_err(|e| e.to_string())
+}
+
+async fn answer(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> Result<(), String> {
+    let profile = ctx.profiles.get(&spec.profile)?;
+    let messages = stage_messages(Stage::Generator, profile, &spec.question, "", "", "");
+    let asker = facts.asker.unwrap_or(ctx.me);
+    match call_model(ctx, job, spec, asker, CANDIDATE, Stage::Generator, messages).await {
+        Ok(output) => put(ctx, job, CANDIDATE, &output).await,
+        Err(reason) => put(ctx, job, FAILURE, &spec::Failure { part: CANDIDATE.into(), reason }).await,
+    }
+}
+
+async fn run_stage(
+    ctx: &WorkContext,
+    job: JobId,
+    spec: &JobSpec,
+    facts: &Facts,
+    stage: Stage,
+) -> Result<(), String> {
+    let profile = ctx.profiles.get(&spec.profile)?;
+    let text = |s: Stage| facts.stage_output(s).map(|o| o.text.clone()).unwrap_or_default();
+    let (draft, refined, review) = (text(Stage::Generator), text(Stage::Refiner), text(Stage::Validator));
+    let messages = stage_messages(stage, profile, &spec.question, &draft, &refined, &review);
+    let asker = facts.asker.unwrap_or(ctx.me);
+    let part = stage_kind(stage);
+    match call_model(ctx, job, spec, asker, &part, stage, messages).await {
+        Ok(output) => put(ctx, job, &part, &output).await,
+        Err(reason) => put(ctx, job, FAILURE, &spec::Failure { part, reason }).await,
+    }
+}
+
+async fn reassign(
+    ctx: &WorkContext,
+    job: JobId,
+    stage: Stage,
+    assignment: &Assignment,
+) -> Result<(), String> {
+    tracing::info!(%job, stage = stage.as_str(), to = %assignment.peer, reason = %assignment.reason, "stage reassigned");
+    put(ctx, job, &spec::assign_kind(stage), assignment).await
+}
+
+/// One model call under the node's call limit, its text streamed to the
+/// asker in frames.
+#[allow(clippy::too_many_arguments)]
+async fn call_model(
+    ctx: &WorkContext,
+    job: JobId,
+    spec: &JobSpec,
+    asker: NodeId,
+    part: &str,
+    stage: Stage,
+    messages: Vec<ChatMessage>,
+) -> Result<Output, String> {
+    let profile = ctx.profiles.get(&spec.profile)?;
+    let settings = profile.stage(stage);
+    let max_tokens = settings.max_tokens.min(spec.max_tokens).min(ctx.limits.max_tokens_per_call);
+    let mut request = ChatRequest::new(settings.model.clone(), messages);
+    request.temperature = settings.temperature;
+    request.max_tokens = max_tokens;
+    FederationStats::bump(&ctx.stats.queued_calls);
+    let permit = ctx.calls.acquire().await;
+    ctx.stats.queued_calls.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let _permit = permit.map_err(|_| "the node is shutting down".to_string())?;
+    let _running = Running::start(&ctx.stats);
+    FederationStats::bump(&ctx.stats.model_calls);
+    let started = Instant::now();
+    let mut batcher = TokenBatcher::new(FRAME_INTERVAL);
+    let peer = ctx.me.to_string();
+    let send = |text: String| {
+        let frame = JobFrame { job, part: part.to_string(), peer: peer.clone(), attempt: 1, text };
+        ctx.node.try_send_frame(asker, frame);
+    };
+    let budget = Budget::new(None, Some(u64::from(max_tokens) + 16));
+    let result = ctx
+        .client
+        .complete(request, &budget, |text| {
+            if let Some(frame) = batcher.push(text, Instant::now()) {
+                send(frame);
+            }
+        })
+        .await;
+    if let Some(rest) = batcher.finish() {
+        send(rest);
+    }
+    let label = vec![("part".to_string(), part.to_string())];
+    ctx.stats.call_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(completion) => Ok(Output {
+            text: completion.text.trim().to_string(),
+            model: ctx.client.resolve_model(&settings.model).to_string(),
+            tokens: completion.tokens(),
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        }),
+        Err(error) => {
+            FederationStats::bump(&ctx.stats.model_call_failures);
+            Err(format!("{} failed on {}: {error}", part, ctx.me))
+        }
+    }
+}
+
+/// Counts a running call for as long as it lives (a stopped call's future is
+/// dropped, and this with it).
+struct Running<'a>(&'a FederationStats);
+
+impl<'a> Running<'a> {
+    fn start(stats: &'a FederationStats) -> Self {
+        FederationStats::bump(&stats.running_calls);
+        Self(stats)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running_calls.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Ranks the round's candidates by agreement, without their authors, and
+/// casts this node's signed ballot.
+async fn vote(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> Result<(), String> {
+    let round = facts.round.as_ref().ok_or("no round to vote in")?;
+    let texts: Vec<&str> = round
+        .candidates
+        .iter()
+        .map(|peer| facts.candidate_of(peer).map_or("", |o| o.text.as_str()))
+        .collect();
+    let ranking = rank_by_agreement(&texts);
+    let choice = match spec.rule {
+        TallyRule::Plurality | TallyRule::WeightedPlurality => BallotChoice::Single(ranking[0]),
+        TallyRule::Approval => BallotChoice::Approve(ranking[..ranking.len().div_ceil(2)].to_vec()),
+        TallyRule::Borda | TallyRule::Schulze => BallotChoice::Rank(ranking),
+    };
+    let ballot = Ballot { job, voter: ctx.me, rule: spec.rule, choice, weight: 1 };
+    let now = unix_ms();
+    let envelope = seal(&ctx.identity, now, now, &ballot).map_err(|e| e.to_string())?;
+    let bytes = encode_message(&envelope).map_err(|e| e.to_string())?;
+    ctx.node.contribute(job, spec::BALLOT, bytes).await.map_err(|e| e.to_string())?;
+    FederationStats::bump(&ctx.stats.ballots_cast);
+    Ok(())
+}
+
+/// Validates and tallies the ballots, hands the winner and the runner-up to
+/// the curator, and writes the outcome with everything needed to re-check it.
+async fn conclude(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> Result<(), String> {
+    let round = facts.round.clone().ok_or("no round to conclude")?;
+    let mut excluded = Vec::new();
+    let mut envelopes: Vec<Envelope> = Vec::new();
+    for (author, kind, bytes) in &facts.ballots {
+        match decode_message::<Envelope>(bytes) {
+            Ok(envelope) if envelope.sender == *author => envelopes.push(envelope),
+            Ok(envelope) => excluded.push(serde_json::json!({
+                "voter": author.to_string(), "kind": kind,
+                "reason": format!("a ballot signed by {} inside {author}'s contribution", envelope.sender),
+            })),
+            Err(error) => excluded.push(serde_json::json!({
+                "voter": author.to_string(), "kind": kind, "reason": format!("not a signed ballot: {error}"),
+            })),
+        }
+    }
+    let ballot_spec = BallotSpec {
+        job,
+        rule: spec.rule,
+        candidates: round.candidates.len() as u32,
+        eligible: spec.participants.clone(),
+        quorum: Quorum::AtLeast(spec.quorum),
+    };
+    let counted = validate(&ballot_spec, &envelopes);
+    for exclusion in &counted.excluded {
+        excluded.push(serde_json::to_value(exclusion).map_err(|e| e.to_string())?);
+    }
+    let ballot_file = ballot_file(job, spec, &round, &envelopes);
+    let mut contributions: Vec<Attributed> = round
+        .candidates
+        .iter()
+        .enumerate()
+        .filter_map(|(i, peer)| {
+            facts.candidate_of(peer).map(|o| attributed(&format!("candidate {i}"), peer, o))
+        })
+        .collect();
+    let mut outcome = ended(spec, "failed", None, round.missing.clone());
+    outcome.ballot_file = Some(ballot_file);
+    outcome.excluded = excluded;
+    if !counted.quorum_reached() {
+        outcome.error =
+            Some(format!("{} valid ballots of {} needed", counted.voters.len(), counted.quorum_required));
+        outcome.contributions = contributions;
+        FederationStats::bump(&ctx.stats.failed);
+        return put(ctx, job, spec::OUTCOME, &outcome).await;
+    }
+    let engine = ctx.tally.clone();
+    let input = counted.input.clone();
+    let (tally, backend) =
+        tokio::task::spawn_blocking(move || engine.tally(&input)).await.map_err(|e| e.to_string())?;
+    let tally = tally.map_err(|e| e.to_string())?;
+    FederationStats::bump(&ctx.stats.tallies);
+    let label = vec![("backend".to_string(), backend.clone())];
+    ctx.stats.tally_ballots.get_or_create(&label).observe(tally.ballots as f64);
+    let winner = tally.winner.ok_or("the tally has no winner")? as usize;
+    let runner_up = tally.ranking.get(1).map(|&i| i as usize);
+    let text_of =
+        |i: usize| facts.candidate_of(&round.candidates[i]).map(|o| o.text.clone()).unwrap_or_default();
+    let review = format!(
+        "{} council members voted; this answer ranked first under {:?}, the refined answer second.",
+        counted.voters.len(),
+        spec.rule
+    );
+    let profile = ctx.profiles.get(&spec.profile)?;
+    let refined = runner_up.map(text_of).unwrap_or_default();
+    let messages =
+        stage_messages(Stage::Curator, profile, &spec.question, &text_of(winner), &refined, &review);
+    let me = ctx.me;
+    let curated = call_model(ctx, job, spec, me, "curator", Stage::Curator, messages).await;
+    outcome.winner = Some(round.candidates[winner].to_string());
+    outcome.tally = Some(serde_json::json!({ "backend": backend, "result": tally }));
+    match curated {
+        Ok(output) => {
+            contributions.push(attributed("curator", &me, &output));
+            outcome.status = "done".into();
+            outcome.answer = Some(output.text);
+            FederationStats::bump(&ctx.stats.finished);
+        }
+        Err(reason) => {
+            // The council's winner still stands as the answer.
+            outcome.status = "done".into();
+            outcome.answer = Some(text_of(winner));
+            outcome.error =
+                Some(format!("the curator failed, so this is the winning candidate as written: {reason}"));
+            FederationStats::bump(&ctx.stats.finished);
+        }
+    }
+    outcome.contributions = contributions;
+    put(ctx, job, spec::OUTCOME, &outcome).await
+}
+
+async fn finish_pipeline(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> Result<(), String> {
+    let mut outcome = ended(spec, "done", None, Vec::new());
+    for stage in Stage::ALL {
+        if let (Some(peer), Some(output)) = (facts.stage_peer(stage), facts.stage_output(stage)) {
+            outcome.contributions.push(attributed(stage.as_str(), &peer, output));
+        }
+    }
+    outcome.missing = facts
+        .assignments
+        .iter()
+        .map(|(stage, a)| Missing {
+            peer: a.reason.clone(),
+            reason: format!("{} moved to {}", stage.as_str(), a.peer),
+        })
+        .collect();
+    outcome.answer = facts.stage_output(Stage::Curator).map(|o| o.text.clone());
+    FederationStats::bump(&ctx.stats.finished);
+    put(ctx, job, spec::OUTCOME, &outcome).await
+}
+
+fn attributed(part: &str, peer: &NodeId, output: &Output) -> Attributed {
+    Attributed {
+        part: part.to_string(),
+        peer: peer.to_string(),
+        text: output.text.clone(),
+        model: output.model.clone(),
+        tokens: output.tokens,
+        elapsed_ms: output.elapsed_ms,
+    }
+}
+
+fn ended(spec: &JobSpec, status: &str, error: Option<String>, missing: Vec<Missing>) -> Outcome {
+    Outcome {
+        status: status.to_string(),
+        answer: None,
+        error,
+        contributions: Vec::new(),
+        winner: None,
+        tally: None,
+        ballot_file: None,
+        excluded: Vec::new(),
+        missing,
+        elapsed_ms: unix_ms().saturating_sub(spec.created_ms),
+    }
+}
+
+/// The ballots in `hivemesh tally`'s file format.
+fn ballot_file(job: JobId, spec: &JobSpec, round: &Round, envelopes: &[Envelope]) -> serde_json::Value {
+    let rule = match spec.rule {
+        TallyRule::Plurality => "plurality",
+        TallyRule::WeightedPlurality => "weighted",
+        TallyRule::Approval => "approval",
+        TallyRule::Borda => "borda",
+        TallyRule::Schulze => "schulze",
+    };
+    let ballots: Vec<String> =
+        envelopes.iter().filter_map(|e| encode_message(e).ok()).map(hex::encode).collect();
+    serde_json::json!({
+        "job": job.to_string(),
+        "rule": rule,
+        "candidates": round.candidates.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "eligible": spec.participants.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "ballots": ballots,
+    })
+}

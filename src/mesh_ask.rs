@@ -1,0 +1,157 @@
+//! `hivemesh mesh --ask`: one job across the local mesh, reported step by
+//! step as the job's document fills in.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hivemesh::gpu::engine::{BackendChoice, TallyEngine};
+use hivemesh::llm::ChatMessage;
+use hivemesh::node::NodeHandle;
+use hivemesh::node::federation::spec::{Facts, Mode};
+use hivemesh::node::federation::{FederationConfig, Submission};
+use hivemesh::node::replica::ViewKind;
+use hivemesh::protocol::{Ballot, Envelope, NodeId, TallyRule, decode_message, open};
+
+use crate::mesh_cmd::MeshArgs;
+
+/// The federation setup every mesh node shares, and the model names it offers.
+pub async fn federation(args: &MeshArgs, data_dir: &Path) -> anyhow::Result<(FederationConfig, Vec<String>)> {
+    let client = crate::llm_cmd::build_client(&args.llm, data_dir).await?;
+    let tally = Arc::new(TallyEngine::new(BackendChoice::Auto).context("cannot set up tallying")?);
+    let mut config = FederationConfig::new(client.clone(), tally);
+    config.profiles = crate::llm_cmd::load_profiles(&args.llm, data_dir)?;
+    let offered = vec![client.resolve_model("default").to_string()];
+    Ok((config, offered))
+}
+
+pub async fn ask(nodes: &[NodeHandle], question: &str, args: &MeshArgs) -> anyhow::Result<()> {
+    let mode: Mode = args.mode.parse().map_err(anyhow::Error::msg)?;
+    let asker = &nodes[0];
+    let names: HashMap<String, String> =
+        nodes.iter().enumerate().map(|(i, n)| (n.peer_id.to_string(), format!("node-{i}"))).collect();
+    let name = |peer: &str| names.get(peer).cloned().unwrap_or_else(|| peer.to_string());
+    wait_for_registry(asker, nodes.len() - 1).await?;
+    let federation = asker.federation().context("node-0 takes no part in jobs")?;
+    let client = asker.client();
+    let mut changes = client.job_changes();
+    let started = Instant::now();
+    let submission = Submission {
+        question: vec![ChatMessage::user(question)],
+        mode,
+        profile: args.profile.clone(),
+        peers: nodes.len(),
+        quorum: None,
+        rule: TallyRule::Schulze,
+        deadline: Some(Duration::from_secs(300)),
+        max_tokens: None,
+    };
+    let job = federation.submit(submission).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("\njob {job} asked at node-0 ({:?}, profile {})", mode, args.profile);
+    let mut seen = HashSet::new();
+    let outcome = loop {
+        let view = client.job(job).await?;
+        let facts = Facts::read(job, &view.contributions);
+        for c in &view.contributions {
+            if seen.insert((c.kind.clone(), c.author)) {
+                let who = name(&c.author.to_string());
+                let t = started.elapsed().as_secs_f64();
+                let detail = match c.kind.as_str() {
+                    "candidate" => facts
+                        .candidate_of(&c.author)
+                        .map(|o| format!("{} tokens in {} ms", o.tokens, o.elapsed_ms)),
+                    kind if kind.starts_with("stage.") => facts
+                        .stages
+                        .iter()
+                        .find(|(s, a, _)| a == &c.author && format!("stage.{}", s.as_str()) == kind)
+                        .map(|(_, _, o)| format!("{} tokens in {} ms", o.tokens, o.elapsed_ms)),
+                    _ => None,
+                };
+                println!(
+                    "[{t:6.2}s] {:<16} from {who}{}",
+                    c.kind,
+                    detail.map(|d| format!(": {d}")).unwrap_or_default()
+                );
+            }
+        }
+        if let Some(outcome) = facts.outcome {
+            break outcome;
+        }
+        match tokio::time::timeout(Duration::from_secs(330), changes.recv()).await {
+            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            _ => bail!("job {job} did not finish"),
+        }
+    };
+    println!("\n== {} in {:.2} s ==", outcome.status, started.elapsed().as_secs_f64());
+    for part in &outcome.contributions {
+        println!(
+            "\n{} by {} ({}, {} tokens, {} ms):\n  {}",
+            part.part,
+            name(&part.peer),
+            part.model,
+            part.tokens,
+            part.elapsed_ms,
+            part.text.replace('\n', "\n  ")
+        );
+    }
+    for missing in &outcome.missing {
+        println!("without {}: {}", name(&missing.peer), missing.reason);
+    }
+    if let Some(file) = &outcome.ballot_file {
+        print_ballots(file, &name);
+    }
+    if let Some(tally) = &outcome.tally {
+        println!(
+            "\ntally ({}): ranking {} winner {}",
+            tally["backend"],
+            tally["result"]["ranking"],
+            outcome.winner.as_deref().map(name).unwrap_or_default()
+        );
+    }
+    for excluded in &outcome.excluded {
+        println!("excluded: {excluded}");
+    }
+    if let Some(error) = &outcome.error {
+        println!("note: {error}");
+    }
+    match &outcome.answer {
+        Some(answer) => println!("\nanswer:\n{answer}"),
+        None => bail!("the job ended without an answer ({})", outcome.status),
+    }
+    Ok(())
+}
+
+fn print_ballots(file: &serde_json::Value, name: &dyn Fn(&str) -> String) {
+    let candidates: Vec<String> =
+        file["candidates"].as_array().into_iter().flatten().filter_map(|c| c.as_str()).map(name).collect();
+    println!("\nballots (candidates in vote order: {}):", candidates.join(", "));
+    for hex_ballot in file["ballots"].as_array().into_iter().flatten().filter_map(|b| b.as_str()) {
+        let ballot = hex::decode(hex_ballot)
+            .ok()
+            .and_then(|bytes| decode_message::<Envelope>(&bytes).ok())
+            .and_then(|envelope| open::<Ballot>(&envelope).ok());
+        if let Some(ballot) = ballot {
+            let voter = NodeId::to_string(&ballot.voter);
+            println!("  {} ranks {:?}", name(&voter), ballot.choice);
+        }
+    }
+}
+
+/// Placement reads the registry: wait until node-0 holds every other
+/// node's entry.
+async fn wait_for_registry(node: &NodeHandle, others: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let report = node.client().view(Some(ViewKind::Registry)).await?;
+        if report.members.len() >= others {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node-0 did not learn every node's registry entry in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,345 @@
+//! Federated jobs across three real nodes on loopback, each with its own
+//! OpenAI-compatible provider (a real SSE server on loopback with its own
+//! canned answers): council and pipeline jobs, `hivemesh tally` re-checking
+//! an outcome, cancellation reaching every participant, a node killed
+//! mid-job, and a peer that equivocates and forges ballots.
+
+#[path = "../llm/tests/common/mod.rs"]
+mod sse_server;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hivemesh::gpu::engine::{BackendChoice, TallyEngine};
+use hivemesh::llm::provider::openai::{OpenAiConfig, OpenAiProvider};
+use hivemesh::llm::{LlmClient, ResilienceConfig};
+use hivemesh::node::federation::FederationConfig;
+use hivemesh::node::membership::MembershipConfig;
+use hivemesh::node::replica::{Profile, ViewKind};
+use hivemesh::node::{Multiaddr, NodeConfig, NodeHandle, load_or_create, spawn_node};
+use hivemesh::protocol::{Ballot, BallotChoice, JobId, NodeIdentity, Role, TallyRule, encode_message, seal};
+use serde_json::{Value, json};
+use sse_server::{Reply, TestServer};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A provider that answers `candidate` as a generator and `final` as the
+/// curator, each piece `delay` apart.
+async fn provider(candidate: &'static str, delay: Duration) -> TestServer {
+    TestServer::responding(move |body| {
+        let system = body["messages"][0]["content"].as_str().unwrap_or_default();
+        let text =
+            if system.contains("the Curator") { "Final: Paris is the capital of France." } else { candidate };
+        let pieces: Vec<String> = text.split_inclusive(' ').map(String::from).collect();
+        Reply::Stream { pieces, delay, usage: None, keepalive: false }
+    })
+    .await
+}
+
+async fn start(dir: &Path, bootstrap: Option<Multiaddr>, server: &TestServer, speedup: u32) -> NodeHandle {
+    let mut config = NodeConfig::loopback(dir.to_path_buf());
+    config.membership = MembershipConfig::lan(3).faster(speedup);
+    config.bootstrap = bootstrap.into_iter().collect();
+    config.replication.anti_entropy = Duration::from_millis(200);
+    config.replication.profile =
+        Some(Profile { role: Role::Worker, models: vec!["canned".into()], gpu: None });
+    let provider =
+        OpenAiProvider::new(OpenAiConfig::new("test", server.base_url(), "canned")).expect("provider");
+    let resilience = ResilienceConfig { max_attempts: 1, cache_entries: 0, ..ResilienceConfig::default() };
+    let client = Arc::new(LlmClient::new(Arc::new(provider), resilience));
+    let tally = Arc::new(TallyEngine::new(BackendChoice::Cpu).expect("cpu tally"));
+    let mut federation = FederationConfig::new(client, tally);
+    federation.tick = Duration::from_millis(100);
+    federation.default_deadline = Duration::from_secs(30);
+    config.federation = Some(federation);
+    spawn_node(config).await.expect("node starts")
+}
+
+struct Mesh {
+    nodes: Vec<NodeHandle>,
+    servers: Vec<TestServer>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Mesh {
+    /// `speedup` divides the membership periods: more means faster failure
+    /// detection and, on a loaded machine, more false suspicion.
+    async fn new(answers: [&'static str; 3], delays: [Duration; 3], speedup: u32) -> Self {
+        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+        let mut servers = Vec::new();
+        for (answer, delay) in answers.into_iter().zip(delays) {
+            servers.push(provider(answer, delay).await);
+        }
+        let a = start(dirs[0].path(), None, &servers[0], speedup).await;
+        let b = start(dirs[1].path(), a.address("quic-v1"), &servers[1], speedup).await;
+        let c = start(dirs[2].path(), a.address("tcp"), &servers[2], speedup).await;
+        let nodes = vec![a, b, c];
+        for node in &nodes {
+            let deadline = Instant::now() + LIMIT;
+            while node.client().view(Some(ViewKind::Registry)).await.expect("view").members.len() < 2 {
+                assert!(Instant::now() < deadline, "registry did not spread");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        Self { nodes, servers, _dirs: dirs }
+    }
+
+    fn api(&self, i: usize) -> String {
+        format!("http://{}", self.nodes[i].api.expect("api"))
+    }
+
+    async fn submit(&self, body: Value) -> String {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/jobs", self.api(0)))
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status(), 202, "{:?}", response.text().await);
+        let body: Value = response.json().await.expect("json");
+        body["id"].as_str().expect("id").to_string()
+    }
+
+    async fn job(&self, id: &str) -> Value {
+        reqwest::get(format!("{}/v1/jobs/{id}", self.api(0))).await.expect("get").json().await.expect("json")
+    }
+
+    async fn wait_status(&self, id: &str, done: impl Fn(&str) -> bool) -> Value {
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            let job = self.job(id).await;
+            if done(job["status"].as_str().unwrap_or_default()) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job stuck: {job:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn peer(node: &NodeHandle) -> String {
+    node.peer_id.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_council_job_is_answered_by_all_three_tallied_and_the_tally_rechecks() {
+    let mesh = Mesh::new(
+        ["Paris is the capital of France.", "The capital of France is Paris.", "Bananas are yellow."],
+        [Duration::from_millis(1); 3],
+        1,
+    )
+    .await;
+    let id = mesh.submit(json!({ "question": "What is the capital of France?", "peers": 3 })).await;
+
+    // Follow the job's events until `done`.
+    let events = reqwest::get(format!("{}/v1/jobs/{id}/events", mesh.api(0))).await.expect("events");
+    let mut body = events.bytes_stream();
+    let mut text = String::new();
+    let deadline = Instant::now() + LIMIT;
+    while !text.contains("event: done") {
+        let chunk = tokio::time::timeout_at(deadline.into(), body.next()).await.expect("events in time");
+        text.push_str(&String::from_utf8_lossy(&chunk.expect("stream open").expect("chunk")));
+    }
+    for name in
+        ["event: job", "event: candidate", "event: round", "event: ballot", "event: outcome", "event: tokens"]
+    {
+        assert!(text.contains(name), "{name} missing from the event stream:\n{text}");
+    }
+
+    let job = mesh.job(&id).await;
+    let outcome = &job["outcome"];
+    assert_eq!(outcome["status"], "done", "{job:#}");
+    assert_eq!(outcome["answer"], "Final: Paris is the capital of France.");
+    let authors: Vec<&str> =
+        job["candidates"].as_array().expect("candidates").iter().filter_map(|c| c["peer"].as_str()).collect();
+    for node in &mesh.nodes {
+        assert!(authors.contains(&peer(node).as_str()), "a candidate from every node: {authors:?}");
+    }
+    assert_eq!(job["ballots"].as_array().expect("ballots").len(), 3);
+    let winner = outcome["winner"].as_str().expect("winner");
+    assert_ne!(winner, peer(&mesh.nodes[2]), "the outlier does not win");
+
+    // `hivemesh tally` re-checks the signed ballots to the same winner.
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), outcome["ballot_file"].to_string()).expect("write ballots");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hivemesh"))
+        .args(["tally", "--json", "--quorum", "2"])
+        .arg(file.path())
+        .output()
+        .expect("run hivemesh tally");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let recheck: Value = serde_json::from_slice(&output.stdout).expect("tally json");
+    assert_eq!(recheck["winner"]["label"].as_str(), Some(winner));
+    assert_eq!(recheck["ranking"], outcome["tally"]["result"]["ranking"]);
+    assert_eq!(recheck["valid"], 3);
+
+    // Every provider was asked for a candidate; only the asker's curated.
+    for (i, server) in mesh.servers.iter().enumerate() {
+        let expected = if i == 0 { 2 } else { 1 };
+        assert_eq!(server.seen().len(), expected, "calls to node {i}'s provider");
+    }
+    // The API's bad-input paths name the problem.
+    let client = reqwest::Client::new();
+    let bad = client
+        .post(format!("{}/v1/jobs", mesh.api(0)))
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(bad.status(), 400);
+    let unknown = client
+        .post(format!("{}/v1/jobs", mesh.api(0)))
+        .json(&json!({"question": "q", "profile": "nope"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(unknown.status(), 400);
+    assert!(unknown.text().await.expect("body").contains("nope"));
+    let missing = reqwest::get(format!("{}/v1/jobs/{}", mesh.api(0), JobId([1; 16]))).await.expect("get");
+    assert_eq!(missing.status(), 404);
+    let metrics =
+        reqwest::get(format!("{}/metrics", mesh.api(0))).await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("hivemesh_jobs_total{outcome=\"done\"} 1"), "{metrics}");
+    assert!(metrics.contains("hivemesh_members{state=\"alive\"} 2"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_job_runs_its_stages_on_different_nodes() {
+    let mesh = Mesh::new(["Paris.", "Paris.", "Paris."], [Duration::from_millis(1); 3], 1).await;
+    let id = mesh.submit(json!({ "question": "Capital of France?", "mode": "pipeline" })).await;
+    let job = mesh.wait_status(&id, |s| s != "running").await;
+    let outcome = &job["outcome"];
+    assert_eq!(outcome["status"], "done", "{job:#}");
+    assert_eq!(outcome["answer"], "Final: Paris is the capital of France.");
+    let peers: std::collections::HashSet<&str> = outcome["contributions"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .filter_map(|c| c["peer"].as_str())
+        .collect();
+    assert_eq!(peers.len(), 3, "stages on three nodes: {outcome:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_stops_every_participant_and_hangs_up_on_their_providers() {
+    let slow = Duration::from_millis(200);
+    let mesh = Mesh::new(["a b c d e f g h i j k l m n o p q r s t u v w x y z"; 3], [slow; 3], 1).await;
+    let id = mesh.submit(json!({ "question": "Spell the alphabet slowly." })).await;
+    let deadline = Instant::now() + LIMIT;
+    while mesh
+        .nodes
+        .iter()
+        .any(|n| n.federation().expect("fed").stats.running_calls.load(Ordering::Relaxed) == 0)
+    {
+        assert!(Instant::now() < deadline, "calls did not start everywhere");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cancelled = Instant::now();
+    let response =
+        reqwest::Client::new().delete(format!("{}/v1/jobs/{id}", mesh.api(0))).send().await.expect("delete");
+    assert_eq!(response.status(), 202);
+    while mesh
+        .nodes
+        .iter()
+        .any(|n| n.federation().expect("fed").stats.running_calls.load(Ordering::Relaxed) > 0)
+    {
+        assert!(Instant::now() < deadline, "a participant kept calling its model");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    eprintln!("every participant stopped {:?} after the cancel", cancelled.elapsed());
+    let job = mesh.wait_status(&id, |s| s == "cancelled").await;
+    assert!(job["outcome"]["answer"].is_null());
+    for (i, server) in mesh.servers.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.hangups().is_empty() {
+            assert!(Instant::now() < deadline, "node {i}'s provider saw no hang-up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let again =
+        reqwest::Client::new().delete(format!("{}/v1/jobs/{id}", mesh.api(0))).send().await.expect("delete");
+    assert_eq!(again.status(), 409, "a finished job cannot be cancelled again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_job_is_left_out_and_the_job_says_so() {
+    let mesh = Mesh::new(
+        ["Paris is the capital.", "The capital is Paris.", "never finished"],
+        [Duration::from_millis(1), Duration::from_millis(1), Duration::from_secs(5)],
+        4,
+    )
+    .await;
+    let Mesh { mut nodes, servers: _servers, _dirs } = mesh;
+    let c = nodes.pop().expect("c");
+    let c_peer = peer(&c);
+    let body = json!({ "question": "Capital?", "peers": 3, "quorum": 2 });
+    let api = format!("http://{}", nodes[0].api.expect("api"));
+    let response =
+        reqwest::Client::new().post(format!("{api}/v1/jobs")).json(&body).send().await.expect("post");
+    let id = response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.kill();
+    let deadline = Instant::now() + LIMIT;
+    let job = loop {
+        let job: Value =
+            reqwest::get(format!("{api}/v1/jobs/{id}")).await.expect("get").json().await.expect("json");
+        if job["outcome"].is_object() {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "job did not finish without c: {job:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let outcome = &job["outcome"];
+    assert_eq!(outcome["status"], "done", "{job:#}");
+    let missing = outcome["missing"].as_array().expect("missing");
+    assert!(missing.iter().any(|m| m["peer"] == c_peer.as_str() && m["reason"] == "down"), "{outcome:#}");
+    assert_eq!(outcome["ballot_file"]["candidates"].as_array().expect("candidates").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_equivocating_and_forging_peer_has_its_ballots_excluded() {
+    let mesh = Mesh::new(
+        ["Paris is the capital of France.", "The capital of France is Paris.", "Paris, France."],
+        [Duration::from_millis(1); 3],
+        1,
+    )
+    .await;
+    let id = mesh.submit(json!({ "question": "Capital of France?", "peers": 3, "quorum": 2 })).await;
+    let job_id: JobId = id.parse().expect("job id");
+    // As soon as c holds the job, it signs a second, different ballot
+    // (a partial ranking, so it differs from any honest one: equivocation)
+    // and slips in one signed by a key that is not its own
+    // (forgery). Its honest ballot comes later and depends on these changes,
+    // so the asker cannot count it without seeing them.
+    let c = &mesh.nodes[2];
+    let deadline = Instant::now() + LIMIT;
+    while c.client().job(job_id).await.is_err() {
+        assert!(Instant::now() < deadline, "c never received the job");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let c_key = load_or_create(mesh._dirs[2].path()).expect("c's key").identity;
+    let ballot = |voter: &NodeIdentity, choice: Vec<u32>| {
+        let ballot = Ballot {
+            job: job_id,
+            voter: voter.node_id(),
+            rule: TallyRule::Schulze,
+            choice: BallotChoice::Rank(choice),
+            weight: 1,
+        };
+        encode_message(&seal(voter, 1, 1, &ballot).expect("seal")).expect("encode")
+    };
+    let stranger = NodeIdentity::from_seed([9; 32]);
+    c.client().contribute(job_id, "ballot.second", ballot(&c_key, vec![2, 1])).await.expect("equivocate");
+    c.client().contribute(job_id, "ballot.forged", ballot(&stranger, vec![2, 1, 0])).await.expect("forge");
+    let job = mesh.wait_status(&id, |s| s != "running" && s != "voting").await;
+    let outcome = &job["outcome"];
+    assert_eq!(outcome["status"], "done", "{job:#}");
+    let excluded = outcome["excluded"].to_string();
+    assert!(excluded.contains("equivocation"), "{excluded}");
+    assert!(excluded.contains("inside"), "the forged ballot is named: {excluded}");
+    assert_eq!(outcome["tally"]["result"]["ballots"], 2, "only a's and b's ballots count");
+}
