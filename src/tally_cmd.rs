@@ -38,16 +38,6 @@ pub fn parse_rule(s: &str) -> anyhow::Result<TallyRule> {
     s.parse().map_err(anyhow::Error::msg)
 }
 
-fn rule_name(rule: TallyRule) -> &'static str {
-    match rule {
-        TallyRule::Plurality => "plurality",
-        TallyRule::WeightedPlurality => "weighted",
-        TallyRule::Approval => "approval",
-        TallyRule::Borda => "borda",
-        TallyRule::Schulze => "schulze",
-    }
-}
-
 /// The whole of a file, or of stdin for `-`.
 pub fn read_input(path: &Path) -> anyhow::Result<String> {
     let mut text = String::new();
@@ -104,7 +94,7 @@ pub fn recheck(
     let reached = counted.quorum_reached();
     let report = serde_json::json!({
         "status": if reached { "final" } else { "no quorum" },
-        "rule": rule_name(rule),
+        "rule": rule.name(),
         "backend": used,
         "eligible": spec.eligible.len(),
         "valid": counted.voters.len(),
@@ -127,7 +117,7 @@ pub fn recheck(
             spec.eligible.len(),
             counted.quorum_required
         );
-        println!("rule: {}   backend: {used}", rule_name(rule));
+        println!("rule: {}   backend: {used}", rule.name());
         match result.winner {
             Some(w) => println!("winner: {} (candidate {w})", labels[w as usize]),
             None => println!("winner: none (no valid ballots)"),
@@ -187,7 +177,7 @@ pub fn generate(
     ballots.shuffle(&mut rng);
     Ok(BallotFile {
         job: hex::encode(job.0),
-        rule: rule_name(rule).into(),
+        rule: rule.name().into(),
         candidates: Candidates::Count(candidates),
         eligible,
         ballots,

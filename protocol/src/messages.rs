@@ -189,6 +189,19 @@ pub enum TallyRule {
     Schulze,
 }
 
+impl TallyRule {
+    /// The name `FromStr` reads back (and `hivemesh tally --rule` takes).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plurality => "plurality",
+            Self::WeightedPlurality => "weighted",
+            Self::Approval => "approval",
+            Self::Borda => "borda",
+            Self::Schulze => "schulze",
+        }
+    }
+}
+
 impl std::str::FromStr for TallyRule {
     type Err = String;
 

@@ -28,6 +28,13 @@ fn counters(values: impl IntoIterator<Item = (Labels, u64)>) -> Family<Labels, C
     family
 }
 
+/// Counters labelled `{what}` and `direction` from (what, direction, value) rows.
+fn by_direction(what: &str, rows: &[(&str, &str, u64)]) -> Family<Labels, Counter> {
+    counters(rows.iter().map(|(name, direction, n)| {
+        (vec![(what.to_string(), name.to_string()), ("direction".into(), direction.to_string())], *n)
+    }))
+}
+
 pub async fn render(State(state): State<AppState>) -> Response {
     let (status, members) = match (state.client.status().await, state.client.members().await) {
         (Ok(status), Ok(members)) => (status, members),
@@ -51,13 +58,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
         ("job_change", "in", r.jobs.changes_applied),
         ("job_sync_round", "out", r.jobs.sync_rounds),
     ];
-    registry.register(
-        "messages",
-        "Messages by kind and direction",
-        counters(messages.iter().map(|(kind, dir, n)| {
-            (vec![("kind".into(), kind.to_string()), ("direction".into(), dir.to_string())], *n)
-        })),
-    );
+    registry.register("messages", "Messages by kind and direction", by_direction("kind", &messages));
     let bytes = [
         ("membership", "in", m.bytes_in),
         ("membership", "out", m.bytes_out),
@@ -69,9 +70,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
     registry.register(
         "bytes",
         "Bytes by protocol and direction (crdt_sync: automerge sync messages)",
-        counters(bytes.iter().map(|(kind, dir, n)| {
-            (vec![("protocol".into(), kind.to_string()), ("direction".into(), dir.to_string())], *n)
-        })),
+        by_direction("protocol", &bytes),
     );
     let rejected = m
         .rejected

@@ -101,12 +101,11 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 }
 
 fn stopped(e: NodeError) -> Response {
-    let body = serde_json::json!({ "error": e.to_string() });
-    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
 fn bad_request(message: String) -> Response {
-    (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": message }))).into_response()
+    error(StatusCode::BAD_REQUEST, message)
 }
 
 #[derive(serde::Deserialize)]

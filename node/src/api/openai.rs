@@ -20,8 +20,8 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::AppState;
 use super::jobs::{federation, submit_error};
+use crate::federation::Submission;
 use crate::federation::spec::{Facts, Mode, Outcome};
-use crate::federation::{FederationHandle, Submission};
 use crate::net::NodeClient;
 
 /// How long a request waits for its job beyond the job's own deadline.
@@ -149,7 +149,7 @@ pub async fn chat_completions(
     if body.stream {
         stream(state.client.clone(), job, body.model, changes, frames)
     } else {
-        whole(&state.client, &federation, job, &body.model, changes).await
+        whole(&state.client, job, &body.model, changes).await
     }
 }
 
@@ -184,7 +184,6 @@ fn usage(outcome: &Outcome) -> Value {
 
 async fn whole(
     client: &NodeClient,
-    _federation: &FederationHandle,
     job: JobId,
     model: &str,
     mut changes: broadcast::Receiver<JobId>,

@@ -171,23 +171,6 @@ impl FederationStats {
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
-
-    pub fn snapshot(&self) -> serde_json::Value {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "submitted": get(&self.submitted),
-            "finished": get(&self.finished),
-            "failed": get(&self.failed),
-            "cancelled": get(&self.cancelled),
-            "model_calls": get(&self.model_calls),
-            "model_call_failures": get(&self.model_call_failures),
-            "stopped_calls": get(&self.stopped_calls),
-            "queued_calls": get(&self.queued_calls),
-            "running_calls": get(&self.running_calls),
-            "ballots_cast": get(&self.ballots_cast),
-            "tallies": get(&self.tallies),
-        })
-    }
 }
 
 pub(crate) enum Request {

@@ -57,11 +57,13 @@ pub fn spawn(
         me,
         ctx,
         running: HashMap::new(),
-        watched: HashSet::new(),
+        watched: HashMap::new(),
         asked: HashSet::new(),
         done_tx,
         live: HashSet::new(),
         live_read: None,
+        live_version: 0,
+        ticked_version: 0,
         default_deadline: config.default_deadline,
     };
     let task = tokio::spawn(reactor.run(requests_rx, done_rx, config.tick));
@@ -73,13 +75,18 @@ struct Reactor {
     me: NodeId,
     ctx: Arc<WorkContext>,
     running: HashMap<JobId, HashMap<String, AbortHandle>>,
-    /// Jobs this node has a part in that are not finished.
-    watched: HashSet<JobId>,
+    /// Jobs this node has a part in that are not finished, with their
+    /// deadlines.
+    watched: HashMap<JobId, u64>,
     /// Unfinished jobs this node asked.
     asked: HashSet<JobId>,
     done_tx: mpsc::UnboundedSender<(JobId, String)>,
     live: HashSet<NodeId>,
     live_read: Option<Instant>,
+    /// Bumped whenever `live` changes; the tick re-plans every job when it
+    /// moved since the last tick.
+    live_version: u64,
+    ticked_version: u64,
     default_deadline: Duration,
 }
 
@@ -121,14 +128,31 @@ impl Reactor {
                     }
                     None => return,
                 },
-                _ = ticker.tick() => self.react_all().await,
+                _ = ticker.tick() => self.tick().await,
             }
         }
     }
 
     async fn react_all(&mut self) {
-        let jobs: Vec<JobId> = self.watched.iter().copied().collect();
+        let jobs: Vec<JobId> = self.watched.keys().copied().collect();
         for job in jobs {
+            self.react(job).await;
+        }
+    }
+
+    /// A plan changes only with the document (handled as it changes), with
+    /// who is alive, and at the deadline: re-read every job when the live
+    /// set moved, else only the jobs past their deadline.
+    async fn tick(&mut self) {
+        self.refresh_live().await;
+        if self.live_version != self.ticked_version {
+            self.ticked_version = self.live_version;
+            return self.react_all().await;
+        }
+        let now = unix_ms();
+        let due: Vec<JobId> =
+            self.watched.iter().filter(|(_, deadline)| now >= **deadline).map(|(job, _)| *job).collect();
+        for job in due {
             self.react(job).await;
         }
     }
@@ -138,7 +162,7 @@ impl Reactor {
             return;
         }
         if let Ok(report) = self.node.members().await {
-            self.live = report
+            let live: HashSet<NodeId> = report
                 .members
                 .iter()
                 // A suspect may yet refute; only down and left peers are
@@ -147,6 +171,10 @@ impl Reactor {
                 .filter_map(|m| m.peer_id.parse::<libp2p::PeerId>().ok())
                 .filter_map(|p| NodeId::from_peer_id(&p).ok())
                 .collect();
+            if live != self.live {
+                self.live = live;
+                self.live_version += 1;
+            }
             self.live_read = Some(Instant::now());
         }
     }
@@ -165,7 +193,7 @@ impl Reactor {
         let capable: Vec<NodeId> = spec.participants.iter().copied().filter(|p| live(p)).collect();
         let actions = plan(self.me, &facts, &live, &capable, unix_ms());
         if facts.outcome.is_none() {
-            self.watched.insert(job);
+            self.watched.insert(job, spec.deadline_ms);
         }
         for action in actions {
             match action {
@@ -230,7 +258,7 @@ impl Reactor {
         self.node.contribute(job, spec::SPEC, body).await?;
         FederationStats::bump(&self.ctx.stats.submitted);
         self.asked.insert(job);
-        self.watched.insert(job);
+        self.watched.insert(job, spec.deadline_ms);
         tracing::info!(%job, mode = ?spec.mode, participants = spec.participants.len(), "job submitted");
         Ok(job)
     }

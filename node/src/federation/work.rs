@@ -353,18 +353,11 @@ fn ended(spec: &JobSpec, status: &str, error: Option<String>, missing: Vec<Missi
 
 /// The ballots in `hivemesh tally`'s file format.
 fn ballot_file(job: JobId, spec: &JobSpec, round: &Round, envelopes: &[Envelope]) -> serde_json::Value {
-    let rule = match spec.rule {
-        TallyRule::Plurality => "plurality",
-        TallyRule::WeightedPlurality => "weighted",
-        TallyRule::Approval => "approval",
-        TallyRule::Borda => "borda",
-        TallyRule::Schulze => "schulze",
-    };
     let ballots: Vec<String> =
         envelopes.iter().filter_map(|e| encode_message(e).ok()).map(hex::encode).collect();
     serde_json::json!({
         "job": job.to_string(),
-        "rule": rule,
+        "rule": spec.rule.name(),
         "candidates": round.candidates.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "eligible": spec.participants.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "ballots": ballots,

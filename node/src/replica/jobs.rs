@@ -206,12 +206,7 @@ impl Jobs {
         let compact_after = self.config.compact_after_records;
         let held = admit(&mut self.held, self.config.max_active, &self.store, &self.me, job, now_ms)?;
         let new = held.doc.apply_changes(changes).map_err(|source| JobError::Doc { job, source })?;
-        let new_peer = held.meta.peers.insert(from);
-        let folded = persist(&self.store, &mut self.changed, held, compact_after, now_ms)?;
-        if new_peer || folded {
-            self.store.put_job_meta(&job, &held.meta)?;
-        }
-        self.store.flush()?;
+        let folded = save_from_peer(&self.store, &mut self.changed, held, from, compact_after, now_ms)?;
         self.stats.changes_applied += new as u64;
         self.stats.records_folded += u64::from(folded);
         Ok(new)
@@ -260,7 +255,6 @@ impl Jobs {
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn sync_step(
         &mut self,
         peer: NodeId,
@@ -280,12 +274,8 @@ impl Jobs {
             let before = held.doc.heads();
             held.doc.receive_sync(session, bytes).map_err(|source| JobError::Doc { job, source })?;
             if held.doc.heads() != before {
-                let new_peer = held.meta.peers.insert(peer);
-                let folded = persist(&self.store, &mut self.changed, held, compact_after, now_ms)?;
-                if new_peer {
-                    self.store.put_job_meta(&job, &held.meta)?;
-                }
-                self.store.flush()?;
+                let folded =
+                    save_from_peer(&self.store, &mut self.changed, held, peer, compact_after, now_ms)?;
                 self.stats.records_folded += u64::from(folded);
             }
         }
@@ -422,6 +412,26 @@ fn persist(
         held.meta.finished_at_ms = Some(now_ms);
         store.put_job_meta(&held.doc.job(), &held.meta)?;
     }
+    Ok(folded)
+}
+
+/// What a peer sent is in the document: `peer` becomes one of the job's
+/// peers, and all of it is durable before the caller answers. Returns
+/// whether the records were folded.
+fn save_from_peer(
+    store: &Store,
+    changed: &mut Vec<JobId>,
+    held: &mut HeldJob,
+    peer: NodeId,
+    compact_after: u64,
+    now_ms: u64,
+) -> Result<bool, JobError> {
+    let new_peer = held.meta.peers.insert(peer);
+    let folded = persist(store, changed, held, compact_after, now_ms)?;
+    if new_peer {
+        store.put_job_meta(&held.doc.job(), &held.meta)?;
+    }
+    store.flush()?;
     Ok(folded)
 }
 
