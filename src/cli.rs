@@ -94,9 +94,13 @@ pub enum Command {
         /// Discover peers on the local network with mDNS.
         #[arg(long)]
         mdns: bool,
-        /// Control API address (keep it on loopback: it is unauthenticated).
+        /// Control and job API address. Beyond loopback it needs a bearer
+        /// token: --api-token, or one generated into DATA_DIR/api.token.
         #[arg(long, default_value = "127.0.0.1:7480")]
         api: SocketAddr,
+        /// Bearer token the API requires (also read by `hivemesh` commands).
+        #[arg(long, env = "HIVEMESH_API_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+        api_token: Option<String>,
         /// Expected swarm size; tunes how long updates are gossiped and how
         /// long a suspect has to refute.
         #[arg(long, default_value_t = 50)]
@@ -110,6 +114,15 @@ pub enum Command {
         /// rule over the peers' views; above it, the registry.
         #[arg(long, default_value_t = 25)]
         majority_threshold: usize,
+        /// Take no part in LLM jobs (no model is loaded or called); the node
+        /// still relays membership and state.
+        #[arg(long)]
+        no_jobs: bool,
+        /// The provider answering this node's share of jobs.
+        #[command(flatten)]
+        llm: LlmArgs,
+        #[command(flatten)]
+        limits: JobLimitArgs,
     },
     /// Change what a running node advertises in the registry (models, role,
     /// GPU); the new entry is signed, stored and pushed to every member.
@@ -192,15 +205,31 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Ask a question: runs the Hive pipeline (Generator, then Refiner and
-    /// Validator in parallel, then Curator) on this machine, streaming the
-    /// curator's answer to stdout and stage progress to stderr.
+    /// Ask a question, here or across the mesh.
     ///
-    /// The default provider is the embedded model (SmolLM2-135M, pulled on
+    /// With --node or --mode, the question goes to a running node (the one at
+    /// --node, else the one started on this data dir) as a federated job:
+    /// progress and tokens stream to stderr (a live display on a terminal,
+    /// plain lines otherwise), the answer goes to stdout, and Ctrl-C cancels
+    /// the job on every participant.
+    ///
+    /// Otherwise the Hive pipeline (Generator, then Refiner and Validator in
+    /// parallel, then Curator) runs on this machine with the provider given
+    /// here; the default is the embedded model (SmolLM2-135M, pulled on
     /// first use). Example: hivemesh ask "What is the capital of France?"
     Ask {
         /// The question.
         question: String,
+        /// Ask the node at this API URL (e.g. http://127.0.0.1:7480).
+        #[arg(long, value_name = "URL")]
+        node: Option<String>,
+        /// council (several nodes answer and vote) or pipeline (the stages
+        /// spread over nodes); implies asking a node.
+        #[arg(long)]
+        mode: Option<String>,
+        /// With a node: council size, the asking node included (0: every live member).
+        #[arg(long, default_value_t = 3)]
+        peers: usize,
         #[command(flatten)]
         llm: LlmArgs,
         /// fast, balanced, quality, or one defined in --profiles.
@@ -215,6 +244,18 @@ pub enum Command {
         /// Print the outcome (answer and every stage) as JSON at the end.
         #[arg(long)]
         json: bool,
+    },
+    /// List a running node's recent jobs, or show one job in full.
+    Jobs {
+        /// A job id: print its whole state and result as JSON.
+        id: Option<String>,
+        /// How many recent jobs to list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "URL")]
+        node: Option<String>,
     },
     /// The embedded offline model: fetch it, show where it is, measure it.
     Model {
@@ -275,6 +316,20 @@ pub struct LlmArgs {
     /// A TOML file of extra profiles ([profiles.NAME] tables); default DATA_DIR/profiles.toml if present.
     #[arg(long, value_name = "FILE")]
     pub profiles: Option<PathBuf>,
+}
+
+/// How much of the node's capacity jobs may take.
+#[derive(clap::Args, Debug, Clone)]
+pub struct JobLimitArgs {
+    /// Jobs this node asks at once; beyond it a submission is refused as busy.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_jobs: usize,
+    /// Model calls this node runs at once; the rest wait in line.
+    #[arg(long, default_value_t = 4)]
+    pub max_calls: usize,
+    /// Most completion tokens one model call of a job may produce.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: u32,
 }
 
 /// What a node offers, on `run` and `advertise`.

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use hivemesh::node::api::ApiClient;
 use hivemesh::node::keystore;
 use hivemesh::protocol::identity::hex;
 
@@ -11,6 +12,7 @@ mod llm_cmd;
 mod mesh_ask;
 mod mesh_cmd;
 mod node_cmd;
+mod remote_ask;
 mod sim_cmd;
 mod tally_cmd;
 use cli::{Cli, Command, ModelAction};
@@ -58,20 +60,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bootstrap,
             mdns,
             api,
+            api_token,
             expected_size,
             advertise,
             anti_entropy_ms,
             majority_threshold,
+            no_jobs,
+            llm,
+            limits,
         } => {
             let args = node_cmd::RunArgs {
                 listen: listen.clone(),
                 bootstrap: bootstrap.clone(),
                 mdns: *mdns,
                 api: *api,
+                api_token: api_token.clone(),
                 expected_size: *expected_size,
                 profile: node_cmd::given_profile(advertise)?,
                 anti_entropy: std::time::Duration::from_millis(*anti_entropy_ms),
                 majority_threshold: *majority_threshold,
+                llm: (!no_jobs).then(|| llm.clone()),
+                limits: limits.clone(),
             };
             let dir = data_dir()?;
             runtime()?.block_on(node_cmd::run(&dir, args))?;
@@ -120,7 +129,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sim_cmd::run(config, *json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ask { question, llm, profile, seed, budget_usd, json } => {
+        Command::Ask { question, node, mode, peers, llm, profile, seed, budget_usd, json } => {
+            if node.is_some() || mode.is_some() {
+                anyhow::ensure!(
+                    seed.is_none() && budget_usd.is_none(),
+                    "--seed and --budget-usd apply to the pipeline run here, not to a job asked of a node"
+                );
+                let api = ApiClient::resolve(node.as_deref(), &data_dir()?).map_err(anyhow::Error::msg)?;
+                let request = remote_ask::Request {
+                    question,
+                    mode: mode.as_deref().unwrap_or("council"),
+                    profile,
+                    peers: *peers,
+                    json: *json,
+                };
+                let done = runtime()?.block_on(remote_ask::ask(&api, request))?;
+                return Ok(if done { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            }
             let args = llm_cmd::AskArgs {
                 question,
                 llm,
@@ -130,6 +155,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 json: *json,
             };
             runtime()?.block_on(llm_cmd::ask(args, &data_dir()?))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs { id, limit, json, node } => {
+            let api = ApiClient::resolve(node.as_deref(), &data_dir()?).map_err(anyhow::Error::msg)?;
+            runtime()?.block_on(remote_ask::jobs(&api, id.as_deref(), *limit, *json))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Model { action } => {

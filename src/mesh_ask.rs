@@ -15,14 +15,16 @@ use hivemesh::node::federation::{FederationConfig, Submission};
 use hivemesh::node::replica::ViewKind;
 use hivemesh::protocol::{Ballot, Envelope, NodeId, TallyRule, decode_message, open};
 
+use crate::cli::LlmArgs;
 use crate::mesh_cmd::MeshArgs;
 
-/// The federation setup every mesh node shares, and the model names it offers.
-pub async fn federation(args: &MeshArgs, data_dir: &Path) -> anyhow::Result<(FederationConfig, Vec<String>)> {
-    let client = crate::llm_cmd::build_client(&args.llm, data_dir).await?;
+/// How a node takes part in jobs with the provider named on the command
+/// line, and the model names it offers.
+pub async fn federation(llm: &LlmArgs, data_dir: &Path) -> anyhow::Result<(FederationConfig, Vec<String>)> {
+    let client = crate::llm_cmd::build_client(llm, data_dir).await?;
     let tally = Arc::new(TallyEngine::new(BackendChoice::Auto).context("cannot set up tallying")?);
     let mut config = FederationConfig::new(client.clone(), tally);
-    config.profiles = crate::llm_cmd::load_profiles(&args.llm, data_dir)?;
+    config.profiles = crate::llm_cmd::load_profiles(llm, data_dir)?;
     let offered = vec![client.resolve_model("default").to_string()];
     Ok((config, offered))
 }

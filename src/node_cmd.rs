@@ -5,23 +5,29 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use hivemesh::node::api::{Method, api_addr_file, call, call_with, resolve_api_url};
+use hivemesh::node::api::client::api_token_file;
+use hivemesh::node::api::{ApiClient, Method, api_addr_file};
+use hivemesh::node::federation::Limits;
 use hivemesh::node::membership::MembershipConfig;
 use hivemesh::node::replica::{Profile, ViewReport};
 use hivemesh::node::{Multiaddr, NodeConfig, ReplicationConfig, spawn_node};
 use hivemesh::protocol::{GpuInfo, Role};
 
-use crate::cli::AdvertiseArgs;
+use crate::cli::{AdvertiseArgs, JobLimitArgs, LlmArgs};
 
 pub struct RunArgs {
     pub listen: Vec<Multiaddr>,
     pub bootstrap: Vec<Multiaddr>,
     pub mdns: bool,
     pub api: SocketAddr,
+    pub api_token: Option<String>,
     pub expected_size: u32,
     pub profile: Option<Profile>,
     pub anti_entropy: Duration,
     pub majority_threshold: usize,
+    /// The provider for this node's share of jobs; `None` takes no part.
+    pub llm: Option<LlmArgs>,
+    pub limits: JobLimitArgs,
 }
 
 /// The profile given by `--models`, `--role` and `--gpu`; `None` when no
@@ -62,20 +68,41 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     } else {
         args.listen
     };
+    let mut profile = args.profile;
+    let federation = match &args.llm {
+        None => None,
+        Some(llm) => {
+            let (mut setup, offered) = crate::mesh_ask::federation(llm, data_dir).await?;
+            setup.limits = Limits {
+                max_asked_jobs: args.limits.max_jobs,
+                max_running_calls: args.limits.max_calls.max(1),
+                max_tokens_per_call: args.limits.max_tokens,
+                ..Limits::default()
+            };
+            // Placement prefers peers offering a model: say which, unless told.
+            let advertised = profile.get_or_insert_with(Profile::default);
+            if advertised.models.is_empty() {
+                advertised.models = offered;
+            }
+            Some(setup)
+        }
+    };
+    let api_token = api_token(data_dir, args.api, args.api_token)?;
     let config = NodeConfig {
         data_dir: data_dir.to_path_buf(),
         listen,
         bootstrap: args.bootstrap,
         mdns: args.mdns,
         api: Some(args.api),
+        api_token,
         membership: MembershipConfig::lan(args.expected_size),
         replication: ReplicationConfig {
             anti_entropy: args.anti_entropy,
             majority_threshold: args.majority_threshold,
-            profile: args.profile,
+            profile,
             jobs: Default::default(),
         },
-        federation: None,
+        federation,
     };
     let mut node = spawn_node(config).await.context("could not start the node")?;
     println!("peer id: {}", node.peer_id);
@@ -84,6 +111,9 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(api) = node.api {
         println!("control API: http://{api} (try `hivemesh members`)");
+        if node.federation().is_some() {
+            println!("jobs: hivemesh ask --node http://{api} --mode council \"QUESTION\"");
+        }
     }
     println!("ready in {} ms; Ctrl-C leaves the swarm gracefully", node.ready_in.as_millis());
     tokio::select! {
@@ -95,6 +125,36 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(api_addr_file(data_dir));
     Ok(())
+}
+
+/// The token the API will require: the one given, else (only when the API
+/// is reachable beyond loopback) the one in DATA_DIR/api.token, generated
+/// there on first use, readable by this user only.
+fn api_token(data_dir: &Path, api: SocketAddr, given: Option<String>) -> anyhow::Result<Option<String>> {
+    if given.is_some() || api.ip().is_loopback() {
+        return Ok(given.filter(|token| !token.is_empty()));
+    }
+    let file = api_token_file(data_dir);
+    if let Ok(token) = std::fs::read_to_string(&file) {
+        let token = token.trim();
+        anyhow::ensure!(!token.is_empty(), "{} is empty; delete it to get a new token", file.display());
+        return Ok(Some(token.to_string()));
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow!("no randomness for an API token: {e}"))?;
+    let token = hex::encode(bytes);
+    write_private(&file, &token).with_context(|| format!("cannot write {}", file.display()))?;
+    println!("the API on {api} needs a bearer token; it is in {}", file.display());
+    Ok(Some(token))
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(text.as_bytes())
 }
 
 /// Ctrl-C or SIGTERM.
@@ -126,12 +186,12 @@ pub async fn members(
     view: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let base = resolve_api_url(node, data_dir).map_err(|e| anyhow!(e))?;
-    let url = match view {
-        Some(view) => format!("{base}/v1/members?view={view}"),
-        None => format!("{base}/v1/members"),
+    let api = ApiClient::resolve(node, data_dir).map_err(|e| anyhow!(e))?;
+    let path = match view {
+        Some(view) => format!("/v1/members?view={view}"),
+        None => "/v1/members".to_string(),
     };
-    let report = call(Method::GET, &url).await.map_err(|e| anyhow!(e))?;
+    let report = api.call(Method::GET, &path, None).await.map_err(|e| anyhow!(e))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -176,9 +236,9 @@ pub async fn members(
 }
 
 pub async fn advertise(data_dir: &Path, node: Option<&str>, profile: &Profile) -> anyhow::Result<()> {
-    let base = resolve_api_url(node, data_dir).map_err(|e| anyhow!(e))?;
+    let api = ApiClient::resolve(node, data_dir).map_err(|e| anyhow!(e))?;
     let body = serde_json::to_value(profile)?;
-    call_with(Method::POST, &format!("{base}/v1/advertise"), Some(&body)).await.map_err(|e| anyhow!(e))?;
+    api.call(Method::POST, "/v1/advertise", Some(&body)).await.map_err(|e| anyhow!(e))?;
     println!("advertised: role {:?}, models [{}]", profile.role, profile.models.join(", "));
     Ok(())
 }
@@ -191,8 +251,8 @@ fn format_age(unix_ms: u64) -> String {
 }
 
 pub async fn leave(data_dir: &Path, node: Option<&str>) -> anyhow::Result<()> {
-    let base = resolve_api_url(node, data_dir).map_err(|e| anyhow!(e))?;
-    call(Method::POST, &format!("{base}/v1/leave")).await.map_err(|e| anyhow!(e))?;
-    println!("the node at {base} is leaving the swarm");
+    let api = ApiClient::resolve(node, data_dir).map_err(|e| anyhow!(e))?;
+    api.call(Method::POST, "/v1/leave", None).await.map_err(|e| anyhow!(e))?;
+    println!("the node at {} is leaving the swarm", api.base);
     Ok(())
 }

@@ -48,7 +48,14 @@ fn sim_is_reproducible_and_reports_convergence() {
 fn run_then_members_then_leave() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut node = Command::new(env!("CARGO_BIN_EXE_hivemesh"))
-        .args(["run", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args([
+            "run",
+            "--no-jobs",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
         .args(["--api", "127.0.0.1:0"])
         .env("HIVEMESH_DATA_DIR", dir.path())
         .env_remove("RUST_LOG")
@@ -85,7 +92,7 @@ fn run_then_members_then_leave() {
 fn start_node(dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
     let _ = std::fs::remove_file(dir.join("api.addr"));
     let child = Command::new(env!("CARGO_BIN_EXE_hivemesh"))
-        .args(["run", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--api", "127.0.0.1:0"])
+        .args(["run", "--no-jobs", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--api", "127.0.0.1:0"])
         .args(extra)
         .env("HIVEMESH_DATA_DIR", dir)
         .env_remove("RUST_LOG")

@@ -4,121 +4,20 @@
 //! an outcome, cancellation reaching every participant, a node killed
 //! mid-job, and a peer that equivocates and forges ballots.
 
+#[path = "support/mesh.rs"]
+mod mesh;
 #[path = "../llm/tests/common/mod.rs"]
 mod sse_server;
 
-use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use hivemesh::gpu::engine::{BackendChoice, TallyEngine};
-use hivemesh::llm::provider::openai::{OpenAiConfig, OpenAiProvider};
-use hivemesh::llm::{LlmClient, ResilienceConfig};
-use hivemesh::node::federation::FederationConfig;
-use hivemesh::node::membership::MembershipConfig;
-use hivemesh::node::replica::{Profile, ViewKind};
-use hivemesh::node::{Multiaddr, NodeConfig, NodeHandle, load_or_create, spawn_node};
-use hivemesh::protocol::{Ballot, BallotChoice, JobId, NodeIdentity, Role, TallyRule, encode_message, seal};
+use hivemesh::node::NodeHandle;
+use hivemesh::node::load_or_create;
+use hivemesh::protocol::{Ballot, BallotChoice, JobId, NodeIdentity, TallyRule, encode_message, seal};
+use mesh::{LIMIT, Mesh};
 use serde_json::{Value, json};
-use sse_server::{Reply, TestServer};
-
-const LIMIT: Duration = Duration::from_secs(60);
-
-/// A provider that answers `candidate` as a generator and `final` as the
-/// curator, each piece `delay` apart.
-async fn provider(candidate: &'static str, delay: Duration) -> TestServer {
-    TestServer::responding(move |body| {
-        let system = body["messages"][0]["content"].as_str().unwrap_or_default();
-        let text =
-            if system.contains("the Curator") { "Final: Paris is the capital of France." } else { candidate };
-        let pieces: Vec<String> = text.split_inclusive(' ').map(String::from).collect();
-        Reply::Stream { pieces, delay, usage: None, keepalive: false }
-    })
-    .await
-}
-
-async fn start(dir: &Path, bootstrap: Option<Multiaddr>, server: &TestServer, speedup: u32) -> NodeHandle {
-    let mut config = NodeConfig::loopback(dir.to_path_buf());
-    config.membership = MembershipConfig::lan(3).faster(speedup);
-    config.bootstrap = bootstrap.into_iter().collect();
-    config.replication.anti_entropy = Duration::from_millis(200);
-    config.replication.profile =
-        Some(Profile { role: Role::Worker, models: vec!["canned".into()], gpu: None });
-    let provider =
-        OpenAiProvider::new(OpenAiConfig::new("test", server.base_url(), "canned")).expect("provider");
-    let resilience = ResilienceConfig { max_attempts: 1, cache_entries: 0, ..ResilienceConfig::default() };
-    let client = Arc::new(LlmClient::new(Arc::new(provider), resilience));
-    let tally = Arc::new(TallyEngine::new(BackendChoice::Cpu).expect("cpu tally"));
-    let mut federation = FederationConfig::new(client, tally);
-    federation.tick = Duration::from_millis(100);
-    federation.default_deadline = Duration::from_secs(30);
-    config.federation = Some(federation);
-    spawn_node(config).await.expect("node starts")
-}
-
-struct Mesh {
-    nodes: Vec<NodeHandle>,
-    servers: Vec<TestServer>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-impl Mesh {
-    /// `speedup` divides the membership periods: more means faster failure
-    /// detection and, on a loaded machine, more false suspicion.
-    async fn new(answers: [&'static str; 3], delays: [Duration; 3], speedup: u32) -> Self {
-        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
-        let mut servers = Vec::new();
-        for (answer, delay) in answers.into_iter().zip(delays) {
-            servers.push(provider(answer, delay).await);
-        }
-        let a = start(dirs[0].path(), None, &servers[0], speedup).await;
-        let b = start(dirs[1].path(), a.address("quic-v1"), &servers[1], speedup).await;
-        let c = start(dirs[2].path(), a.address("tcp"), &servers[2], speedup).await;
-        let nodes = vec![a, b, c];
-        for node in &nodes {
-            let deadline = Instant::now() + LIMIT;
-            while node.client().view(Some(ViewKind::Registry)).await.expect("view").members.len() < 2 {
-                assert!(Instant::now() < deadline, "registry did not spread");
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-        }
-        Self { nodes, servers, _dirs: dirs }
-    }
-
-    fn api(&self, i: usize) -> String {
-        format!("http://{}", self.nodes[i].api.expect("api"))
-    }
-
-    async fn submit(&self, body: Value) -> String {
-        let response = reqwest::Client::new()
-            .post(format!("{}/v1/jobs", self.api(0)))
-            .json(&body)
-            .send()
-            .await
-            .expect("post");
-        assert_eq!(response.status(), 202, "{:?}", response.text().await);
-        let body: Value = response.json().await.expect("json");
-        body["id"].as_str().expect("id").to_string()
-    }
-
-    async fn job(&self, id: &str) -> Value {
-        reqwest::get(format!("{}/v1/jobs/{id}", self.api(0))).await.expect("get").json().await.expect("json")
-    }
-
-    async fn wait_status(&self, id: &str, done: impl Fn(&str) -> bool) -> Value {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let job = self.job(id).await;
-            if done(job["status"].as_str().unwrap_or_default()) {
-                return job;
-            }
-            assert!(Instant::now() < deadline, "job stuck: {job:#}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
 
 fn peer(node: &NodeHandle) -> String {
     node.peer_id.to_string()

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use hivemesh_node::api::{ApiClient, Method};
 use hivemesh_node::membership::MembershipConfig;
 use hivemesh_node::{MembersReport, Multiaddr, NodeConfig, NodeHandle, spawn_node};
 use libp2p::PeerId;
@@ -97,14 +98,36 @@ async fn control_api_serves_members_as_json() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start(dir.path(), None).await;
     let api = node.api.expect("api enabled");
-    let url = format!("http://{api}/v1/members");
-    let body = hivemesh_node::api::call(hivemesh_node::api::Method::GET, &url).await.expect("API answers");
+    let api_client = ApiClient::new(format!("http://{api}"), None).expect("client");
+    let body = api_client.call(Method::GET, "/v1/members", None).await.expect("API answers");
     assert_eq!(body["me"]["peer_id"], node.peer_id.to_string());
     assert!(body["members"].as_array().is_some_and(|m| m.is_empty()));
     let recorded = std::fs::read_to_string(hivemesh_node::api::api_addr_file(dir.path())).expect("api.addr");
     assert_eq!(recorded, api.to_string());
-    let missing =
-        hivemesh_node::api::call(hivemesh_node::api::Method::GET, &format!("http://{api}/v1/nope")).await;
+    let missing = api_client.call(Method::GET, "/v1/nope", None).await;
     assert!(missing.is_err());
     node.leave(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_api_with_a_token_refuses_requests_without_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = NodeConfig::loopback(dir.path().to_path_buf());
+    config.api_token = Some("s3cret".into());
+    let node = spawn_node(config).await.expect("node starts");
+    let base = format!("http://{}", node.api.expect("api enabled"));
+    let anonymous = ApiClient::new(base.clone(), None).expect("client");
+    let error = anonymous.call(Method::GET, "/v1/members", None).await.expect_err("refused");
+    assert!(error.contains("401") && error.contains("Bearer"), "{error}");
+    let wrong = ApiClient::new(base.clone(), Some("guess".into())).expect("client");
+    let error = wrong.call(Method::GET, "/metrics", None).await.expect_err("refused");
+    assert!(error.contains("wrong bearer token"), "{error}");
+    let right = ApiClient::new(base, Some("s3cret".into())).expect("client");
+    right.call(Method::GET, "/v1/members", None).await.expect("accepted");
+    node.leave(Duration::from_secs(1)).await;
+
+    let mut open_to_all = NodeConfig::loopback(dir.path().to_path_buf());
+    open_to_all.api = Some("0.0.0.0:0".parse().expect("address"));
+    let error = spawn_node(open_to_all).await.map(|_| ()).expect_err("a public API needs a token");
+    assert!(error.to_string().contains("bearer token"), "{error}");
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
@@ -12,11 +13,13 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use tokio::task::JoinHandle;
 
-pub use reqwest::Method;
+pub use client::{ApiClient, Method};
 
 use crate::federation::FederationHandle;
 use crate::net::{NodeClient, NodeError};
 
+mod auth;
+pub mod client;
 mod jobs;
 mod metrics;
 mod openai;
@@ -46,12 +49,21 @@ pub fn api_addr_file(data_dir: &Path) -> PathBuf {
     data_dir.join("api.addr")
 }
 
-pub async fn serve(
-    address: SocketAddr,
-    client: NodeClient,
-    jobs: Option<FederationHandle>,
-    data_dir: &Path,
-) -> Result<(SocketAddr, JoinHandle<()>), NodeError> {
+/// What the API serves and where.
+pub struct ApiConfig<'a> {
+    pub address: SocketAddr,
+    /// Bearer token every request must carry (required off loopback).
+    pub token: Option<String>,
+    pub client: NodeClient,
+    pub jobs: Option<FederationHandle>,
+    pub data_dir: &'a Path,
+}
+
+pub async fn serve(config: ApiConfig<'_>) -> Result<(SocketAddr, JoinHandle<()>), NodeError> {
+    let ApiConfig { address, token, client, jobs, data_dir } = config;
+    if !address.ip().is_loopback() && token.is_none() {
+        return Err(NodeError::ApiTokenRequired(address));
+    }
     let listener = match tokio::net::TcpListener::bind(address).await {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && address.port() == DEFAULT_API_PORT => {
@@ -79,6 +91,7 @@ pub async fn serve(
         .route("/v1/models", get(openai::models))
         .route("/metrics", get(metrics::render))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(token.map(Arc::<str>::from), auth::require_token))
         .with_state(AppState { client, jobs });
     // Without TCP_NODELAY a streamed response stalls on Nagle's algorithm.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -151,51 +164,4 @@ async fn leave(State(client): State<NodeClient>) -> Response {
         let _ = client.leave(Duration::from_secs(3)).await;
     });
     (StatusCode::ACCEPTED, Json(serde_json::json!({ "status": "leaving" }))).into_response()
-}
-
-/// The control API's base URL: `explicit`, or the address the node running
-/// on `data_dir` recorded when it started.
-pub fn resolve_api_url(explicit: Option<&str>, data_dir: &Path) -> Result<String, String> {
-    if let Some(url) = explicit {
-        return Ok(url.trim_end_matches('/').to_string());
-    }
-    let file = api_addr_file(data_dir);
-    match std::fs::read_to_string(&file) {
-        Ok(addr) => Ok(format!("http://{}", addr.trim())),
-        Err(e) => Err(format!(
-            "no running node found: cannot read {} ({e}); start one with `hivemesh run` or pass --node URL",
-            file.display()
-        )),
-    }
-}
-
-/// Calls the control API of a running node.
-pub async fn call(method: Method, url: &str) -> Result<serde_json::Value, String> {
-    call_with(method, url, None).await
-}
-
-/// Calls the control API with an optional JSON body.
-pub async fn call_with(
-    method: Method,
-    url: &str,
-    body: Option<&serde_json::Value>,
-) -> Result<serde_json::Value, String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
-    let mut request = client.request(method, url);
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("no node answering at {url}: {e} (is `hivemesh run` running?)"))?;
-    let status = response.status();
-    let body: serde_json::Value = response
-        .json()
-        .await
-        .map_err(|e| format!("{url} answered {status} with a body that is not JSON: {e}"))?;
-    if status.is_success() { Ok(body) } else { Err(format!("{url} answered {status}: {body}")) }
 }

@@ -59,6 +59,7 @@ pub fn spawn(
         running: HashMap::new(),
         watched: HashMap::new(),
         asked: HashSet::new(),
+        peered: HashSet::new(),
         done_tx,
         live: HashSet::new(),
         live_read: None,
@@ -80,6 +81,8 @@ struct Reactor {
     watched: HashMap<JobId, u64>,
     /// Unfinished jobs this node asked.
     asked: HashSet<JobId>,
+    /// Unfinished jobs whose every participant this node pushes to.
+    peered: HashSet<JobId>,
     done_tx: mpsc::UnboundedSender<(JobId, String)>,
     live: HashSet<NodeId>,
     live_read: Option<Instant>,
@@ -187,6 +190,15 @@ impl Reactor {
         if !asker && !spec.participants.contains(&self.me) && !spec.stages.contains(&self.me) {
             return;
         }
+        if facts.outcome.is_none() && self.peered.insert(job) {
+            // Push to every participant, not only to whoever pushed here:
+            // otherwise a change that depends on a third peer's change waits
+            // in automerge's queue for the next sync round.
+            let peers: Vec<NodeId> = spec.participants.iter().chain(&spec.stages).copied().collect();
+            if let Err(error) = self.node.open_job(job, peers).await {
+                tracing::warn!(%job, %error, "cannot record the job's peers");
+            }
+        }
         self.refresh_live().await;
         let me = self.me;
         let live = |peer: &NodeId| *peer == me || self.live.contains(peer);
@@ -220,6 +232,7 @@ impl Reactor {
         }
         if forget {
             self.watched.remove(&job);
+            self.peered.remove(&job);
         }
     }
 

@@ -32,6 +32,9 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Where the HTTP control API listens; `None` for no API.
     pub api: Option<SocketAddr>,
+    /// Bearer token every API request must carry; required when the API is
+    /// bound beyond loopback.
+    pub api_token: Option<String>,
     pub membership: MembershipConfig,
     pub replication: ReplicationConfig,
     /// Taking part in LLM jobs; `None` for a node that only relays state.
@@ -77,6 +80,7 @@ impl NodeConfig {
             bootstrap: Vec::new(),
             mdns: false,
             api: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            api_token: None,
             membership: MembershipConfig::lan(16),
             replication: ReplicationConfig::default(),
             federation: None,
@@ -94,6 +98,8 @@ pub enum NodeError {
     Listen { address: Multiaddr, reason: String },
     #[error("cannot bind the control API on {address}: {source}")]
     Api { address: SocketAddr, source: std::io::Error },
+    #[error("the control API on {0} is reachable beyond loopback: it needs a bearer token")]
+    ApiTokenRequired(SocketAddr),
     #[error("the node has stopped")]
     Stopped,
     #[error("cannot open the node's state: {0}")]
@@ -362,6 +368,9 @@ impl NodeHandle {
 /// control API, and begins joining through the bootstrap peers.
 pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let started = Instant::now();
+    if let Some(address) = config.api.filter(|a| !a.ip().is_loopback() && config.api_token.is_none()) {
+        return Err(NodeError::ApiTokenRequired(address));
+    }
     let stored = load_or_create(&config.data_dir)?;
     let identity = stored.identity;
     let keypair = identity.to_libp2p_keypair();
@@ -420,7 +429,14 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (api, api_task) = match config.api {
         Some(address) => {
             let jobs = federation.as_ref().map(|(handle, _)| handle.clone());
-            let (bound, task) = crate::api::serve(address, client.clone(), jobs, &config.data_dir).await?;
+            let (bound, task) = crate::api::serve(crate::api::ApiConfig {
+                address,
+                token: config.api_token.clone(),
+                client: client.clone(),
+                jobs,
+                data_dir: &config.data_dir,
+            })
+            .await?;
             (Some(bound), Some(task))
         }
         None => (None, None),

@@ -1,0 +1,31 @@
+//! Bearer-token check for an API reachable beyond loopback.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use subtle::ConstantTimeEq;
+
+use super::error;
+
+/// Lets a request through when no token is configured, or when it carries
+/// `Authorization: Bearer TOKEN` (compared in constant time).
+pub(super) async fn require_token(
+    State(token): State<Option<Arc<str>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = token else { return next.run(request).await };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match given {
+        Some(given) if bool::from(given.as_bytes().ct_eq(token.as_bytes())) => next.run(request).await,
+        Some(_) => error(StatusCode::UNAUTHORIZED, "wrong bearer token"),
+        None => error(StatusCode::UNAUTHORIZED, "this API needs `Authorization: Bearer TOKEN`"),
+    }
+}

@@ -1,0 +1,100 @@
+//! How local commands (`hivemesh members`, `ask --node`, `jobs`, ...) reach a
+//! running node's API: its address and, when it has one, its bearer token.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use reqwest::Method;
+use serde_json::Value;
+
+use super::api_addr_file;
+
+/// Environment variable holding the API's bearer token, for both the node
+/// and the commands that call it.
+pub const API_TOKEN_ENV: &str = "HIVEMESH_API_TOKEN";
+
+/// File in the data dir holding the token a node generated for itself.
+pub fn api_token_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("api.token")
+}
+
+/// A running node's API.
+#[derive(Clone, Debug)]
+pub struct ApiClient {
+    pub base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// The node at `explicit` (a base URL), or the one running on
+    /// `data_dir`; the token from $HIVEMESH_API_TOKEN, else DATA_DIR/api.token.
+    pub fn resolve(explicit: Option<&str>, data_dir: &Path) -> Result<Self, String> {
+        let base = match explicit {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => {
+                let file = api_addr_file(data_dir);
+                let addr = std::fs::read_to_string(&file).map_err(|e| {
+                    format!(
+                        "no running node found: cannot read {} ({e}); start one with `hivemesh run` or pass --node URL",
+                        file.display()
+                    )
+                })?;
+                format!("http://{}", addr.trim())
+            }
+        };
+        let token = std::env::var(API_TOKEN_ENV)
+            .ok()
+            .or_else(|| std::fs::read_to_string(api_token_file(data_dir)).ok())
+            .map(|token| token.trim().to_string())
+            .filter(|token| !token.is_empty());
+        Self::new(base, token)
+    }
+
+    pub fn new(base: String, token: Option<String>) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+        Ok(Self { base, token, http })
+    }
+
+    /// A request to `path` (e.g. "/v1/jobs") with the token attached; no
+    /// overall timeout, so it suits streams.
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// A JSON call that must answer within 10 s.
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, String> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.request(method, path).timeout(Duration::from_secs(10));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("no node answering at {url}: {e} (is `hivemesh run` running?)"))?;
+        json_body(&url, response).await
+    }
+}
+
+/// The JSON body of a response, or an error naming the status and what the
+/// node said.
+pub async fn json_body(url: &str, response: reqwest::Response) -> Result<Value, String> {
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .map_err(|e| format!("{url} answered {status} with a body that is not JSON: {e}"))?;
+    if status.is_success() {
+        return Ok(body);
+    }
+    let message = body.get("error").and_then(Value::as_str).map_or_else(|| body.to_string(), str::to_string);
+    Err(format!("{url} answered {status}: {message}"))
+}

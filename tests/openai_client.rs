@@ -1,0 +1,101 @@
+//! The OpenAI-compatible endpoint driven by the official `openai` Python
+//! package (pinned; fetched once into the target dir, like a crate), in
+//! plain and streaming mode, against three real nodes on loopback.
+
+#[path = "support/mesh.rs"]
+mod mesh;
+#[path = "../llm/tests/common/mod.rs"]
+mod sse_server;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use mesh::Mesh;
+use serde_json::Value;
+
+const OPENAI_PACKAGE: &str = "openai==2.54.0";
+
+/// A directory holding the pinned `openai` package, installed on first use.
+fn openai_package() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-openai-2.54.0");
+    let importable = |dir: &Path| {
+        Command::new("python3")
+            .args(["-c", "import openai"])
+            .env("PYTHONPATH", dir)
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if importable(&dir) {
+        return dir;
+    }
+    let partial = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    let install = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+        .arg(&partial)
+        .arg(OPENAI_PACKAGE)
+        .output()
+        .expect("python3 runs (install Python 3 with pip)");
+    assert!(
+        install.status.success(),
+        "could not install {OPENAI_PACKAGE} for this test (needs pip and PyPI once): {}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&partial, &dir).expect("move the package into place");
+    assert!(importable(&dir), "{OPENAI_PACKAGE} installed but does not import");
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_client_uses_the_mesh_as_one_model() {
+    let package = tokio::task::spawn_blocking(openai_package).await.expect("install");
+    let mesh = Mesh::new(
+        ["Paris is the capital of France.", "The capital of France is Paris.", "Bananas are yellow."],
+        [Duration::from_millis(1); 3],
+        1,
+    )
+    .await;
+    let base_url = format!("{}/v1", mesh.api(0));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_client.py");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(script)
+            .arg(base_url)
+            .env("PYTHONPATH", package)
+            .output()
+            .expect("python3")
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the client script failed: {stderr}");
+    let seen: Value = serde_json::from_slice(&output.stdout).expect("the script prints JSON");
+
+    let models = seen["models"].as_array().expect("models");
+    for id in ["council", "hivemesh", "pipeline"] {
+        assert!(models.iter().any(|m| m == id), "{id} listed: {models:?}");
+    }
+
+    let plain = &seen["plain"];
+    assert_eq!(plain["content"], "Final: Paris is the capital of France.", "{seen:#}");
+    assert_eq!(plain["finish_reason"], "stop");
+    let meta = &plain["hivemesh"];
+    assert_eq!(meta["outcome"]["status"], "done", "consensus metadata rides along: {seen:#}");
+    assert_eq!(meta["outcome"]["ballot_file"]["ballots"].as_array().map(Vec::len), Some(3));
+
+    let streamed = &seen["streamed"];
+    assert_eq!(streamed["content"], "Final: Paris is the capital of France.", "{seen:#}");
+    assert!(streamed["chunks"].as_u64().unwrap_or(0) >= 2, "the answer came in chunks: {seen:#}");
+    assert_eq!(
+        streamed["hivemesh"]["outcome"]["contributions"].as_array().map(Vec::len),
+        Some(4),
+        "{seen:#}"
+    );
+
+    // An unknown profile is an unknown model, as OpenAI answers one: 404.
+    let unknown = &seen["unknown_profile"];
+    assert_eq!(unknown["status"], 404, "{seen:#}");
+    assert!(unknown["message"].as_str().unwrap_or_default().contains("no-such-profile"), "{seen:#}");
+}
