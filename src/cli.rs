@@ -313,6 +313,10 @@ pub struct LlmArgs {
     /// OPENROUTER_API_KEY for openrouter, HIVEMESH_API_KEY for a URL).
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
+    /// With an HTTP provider: its embedding model (`/embeddings`); council
+    /// votes then rank candidates by embedding similarity instead of word overlap.
+    #[arg(long, value_name = "NAME")]
+    pub embedding_model: Option<String>,
     /// A TOML file of extra profiles ([profiles.NAME] tables); default DATA_DIR/profiles.toml if present.
     #[arg(long, value_name = "FILE")]
     pub profiles: Option<PathBuf>,

@@ -60,6 +60,7 @@ pub async fn build_client(args: &LlmArgs, data_dir: &Path) -> anyhow::Result<Arc
             let key_var = args.api_key_env.as_deref().unwrap_or(key_var);
             let mut config = OpenAiConfig::new(name, base_url, &args.provider_model);
             config.api_key = std::env::var(key_var).ok().filter(|key| !key.is_empty());
+            config.embedding_model = args.embedding_model.clone();
             if other == "openrouter" && config.api_key.is_none() {
                 bail!("--provider openrouter needs an API key in ${key_var}");
             }

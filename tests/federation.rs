@@ -9,6 +9,7 @@ mod mesh;
 #[path = "../llm/tests/common/mod.rs"]
 mod sse_server;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -169,10 +170,12 @@ async fn a_node_killed_mid_job_is_left_out_and_the_job_says_so() {
     let mesh = Mesh::new(
         ["Paris is the capital.", "The capital is Paris.", "never finished"],
         [Duration::from_millis(1), Duration::from_millis(1), Duration::from_secs(5)],
-        4,
+        // Fast enough to see c die in a few seconds, slow enough that a
+        // loaded CI machine does not falsely declare b down as well.
+        2,
     )
     .await;
-    let Mesh { mut nodes, servers: _servers, _dirs } = mesh;
+    let Mesh { mut nodes, servers: _servers, _dirs, _serial } = mesh;
     let c = nodes.pop().expect("c");
     let c_peer = peer(&c);
     let body = json!({ "question": "Capital?", "peers": 3, "quorum": 2 });
@@ -241,4 +244,71 @@ async fn an_equivocating_and_forging_peer_has_its_ballots_excluded() {
     assert!(excluded.contains("equivocation"), "{excluded}");
     assert!(excluded.contains("inside"), "the forged ballot is named: {excluded}");
     assert_eq!(outcome["tally"]["result"]["ballots"], 2, "only a's and b's ballots count");
+}
+
+/// A provider whose embeddings know that two differently worded answers
+/// both say Paris, and that the third does not.
+fn concept_embedding(text: &str) -> Vec<f32> {
+    let text = text.to_lowercase();
+    vec![f32::from(u8::from(text.contains("paris"))), f32::from(u8::from(text.contains("banana")))]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voters_with_an_embedding_model_rank_by_meaning() {
+    use hivemesh::llm::provider::openai::{OpenAiConfig, OpenAiProvider};
+    use hivemesh::llm::{LlmClient, ResilienceConfig};
+    use hivemesh::protocol::{Envelope, decode_message, open};
+    // By word overlap the last two agree best and "Paris." is the outlier;
+    // by meaning the first two agree and the bananas are the outlier.
+    let answers = ["Paris.", "It is Paris, the French capital city.", "The capital of France is bananas."];
+    let serial = mesh::serial().await;
+    let mut servers = Vec::new();
+    let mut nodes: Vec<NodeHandle> = Vec::new();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    for (answer, dir) in answers.into_iter().zip(&dirs) {
+        let server =
+            mesh::provider(answer, Duration::from_millis(1)).await.with_embeddings(concept_embedding);
+        let mut config = OpenAiConfig::new("test", server.base_url(), "canned");
+        config.embedding_model = Some("concepts".into());
+        let resilience =
+            ResilienceConfig { max_attempts: 1, cache_entries: 0, ..ResilienceConfig::default() };
+        let client =
+            Arc::new(LlmClient::new(Arc::new(OpenAiProvider::new(config).expect("provider")), resilience));
+        let bootstrap = nodes.first().and_then(|first| first.address("quic-v1"));
+        nodes.push(mesh::start_with_client(dir.path(), bootstrap, client, 1, |_| {}).await);
+        servers.push(server);
+    }
+    mesh::wait_for_registry(&nodes).await;
+    let mesh = Mesh { nodes, servers, _dirs: dirs, _serial: serial };
+    let id = mesh.submit(json!({ "question": "What is the capital of France?", "peers": 3 })).await;
+    let job = mesh.wait_status(&id, |s| s != "running" && s != "voting").await;
+    let outcome = &job["outcome"];
+    assert_eq!(outcome["status"], "done", "{job:#}");
+
+    let outlier = peer(&mesh.nodes[2]);
+    let candidates: Vec<&str> = outcome["ballot_file"]["candidates"]
+        .as_array()
+        .expect("candidates")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let outlier_index =
+        candidates.iter().position(|c| *c == outlier).expect("the outlier is a candidate") as u32;
+    let ballots = outcome["ballot_file"]["ballots"].as_array().expect("ballots");
+    assert_eq!(ballots.len(), 3);
+    for hex_ballot in ballots {
+        let bytes = hex::decode(hex_ballot.as_str().expect("hex")).expect("hex");
+        let envelope: Envelope = decode_message(&bytes).expect("envelope");
+        let ballot: Ballot = open(&envelope).expect("signed ballot");
+        let BallotChoice::Rank(ranking) = &ballot.choice else { panic!("a ranking: {ballot:?}") };
+        assert_eq!(
+            ranking.last(),
+            Some(&outlier_index),
+            "the bananas rank last on every ballot: {ranking:?}"
+        );
+    }
+    assert_ne!(outcome["winner"], outlier.as_str());
+    let metrics =
+        reqwest::get(format!("{}/metrics", mesh.api(1))).await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("hivemesh_votes_total{method=\"embeddings\"} 1"), "{metrics}");
 }

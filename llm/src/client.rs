@@ -111,6 +111,15 @@ impl LlmClient {
         if requested.is_empty() || requested == "default" { self.provider.default_model() } else { requested }
     }
 
+    /// One embedding per text from the provider's embedding model; `None`
+    /// when it has none. Rate-limited like completions.
+    pub async fn embed(&self, texts: Vec<String>) -> Result<Option<Vec<Vec<f32>>>, LlmError> {
+        if let Some(limiter) = &self.limiter {
+            limiter.until_ready().await;
+        }
+        self.provider.embed(texts).await
+    }
+
     pub fn stats(&self) -> ClientStats {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let mut breakers: Vec<_> = self

@@ -2,10 +2,10 @@
 //! answers by agreement, and the order candidates are shown in.
 //!
 //! The agreement score of a candidate is its mean cosine similarity to the
-//! other candidates over word-count vectors (a lexical embedding): the answer
-//! most of the council agrees with ranks first, an outlier last. It needs no
-//! model call, so every voter, however small its model, ranks the same texts
-//! the same way; a model-based judge can replace it without changing ballots.
+//! other candidates: over the voter's provider's embeddings when it has an
+//! embedding model, otherwise over word-count vectors (a lexical embedding
+//! that needs no model call, so even a tiny model's voter ranks sensibly).
+//! The answer most of the council agrees with ranks first, an outlier last.
 
 use std::collections::HashMap;
 
@@ -15,16 +15,33 @@ use sha2::{Digest, Sha256};
 /// to the lower index, so the ranking is deterministic.
 pub fn rank_by_agreement(candidates: &[&str]) -> Vec<u32> {
     let vectors: Vec<HashMap<String, f64>> = candidates.iter().map(|text| word_counts(text)).collect();
-    let scores: Vec<f64> = (0..vectors.len())
+    rank_by(vectors.len(), |i, j| cosine(&vectors[i], &vectors[j]))
+}
+
+/// The same ranking over embeddings (one per candidate, in order): what a
+/// voter whose provider has an embedding model uses, so paraphrases agree.
+pub fn rank_by_similarity(embeddings: &[Vec<f32>]) -> Vec<u32> {
+    rank_by(embeddings.len(), |i, j| dense_cosine(&embeddings[i], &embeddings[j]))
+}
+
+/// Ranks by mean similarity to the other candidates, best first.
+fn rank_by(count: usize, similarity: impl Fn(usize, usize) -> f64) -> Vec<u32> {
+    let scores: Vec<f64> = (0..count)
         .map(|i| {
-            let others = (0..vectors.len()).filter(|&j| j != i);
-            let total: f64 = others.map(|j| cosine(&vectors[i], &vectors[j])).sum();
-            total / (vectors.len().saturating_sub(1).max(1)) as f64
+            let total: f64 = (0..count).filter(|&j| j != i).map(|j| similarity(i, j)).sum();
+            total / (count.saturating_sub(1).max(1)) as f64
         })
         .collect();
-    let mut order: Vec<u32> = (0..candidates.len() as u32).collect();
+    let mut order: Vec<u32> = (0..count as u32).collect();
     order.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
     order
+}
+
+fn dense_cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let denominator = norm(a) * norm(b);
+    if denominator == 0.0 || a.len() != b.len() { 0.0 } else { dot / denominator }
 }
 
 /// The order candidates are presented in: by a hash of the job and the
@@ -76,6 +93,17 @@ mod tests {
         assert_eq!(ranking.last(), Some(&0), "{ranking:?}");
         assert!([1, 2].contains(&ranking[0]), "{ranking:?}");
         assert_eq!(ranking.len(), 4);
+    }
+
+    #[test]
+    fn embeddings_rank_paraphrases_together_where_words_differ() {
+        // Words say 0 and 1 agree; the embeddings say 1 and 2 do.
+        let texts = ["Paris is it.", "Paris is the capital.", "France's seat of government: Paris"];
+        assert_eq!(rank_by_agreement(&texts).last(), Some(&2));
+        let embeddings = [vec![0.0, 1.0, 0.1], vec![1.0, 0.1, 0.0], vec![0.9, 0.2, 0.0]];
+        let ranking = rank_by_similarity(&embeddings);
+        assert_eq!(ranking.last(), Some(&0), "{ranking:?}");
+        assert_eq!(rank_by_similarity(&[vec![1.0], vec![1.0, 0.0]]), vec![0, 1], "mismatched sizes score 0");
     }
 
     #[test]

@@ -246,3 +246,30 @@ async fn an_unreachable_server_is_a_connect_error_after_retries() {
     assert!(matches!(error, LlmError::Connect { .. }), "{error:?}");
     assert_eq!(client.stats().attempts, 3);
 }
+
+#[tokio::test]
+async fn embeddings_come_back_in_input_order_and_only_with_an_embedding_model() {
+    let server = TestServer::scripted(vec![Reply::text(&["ok"])])
+        .await
+        .with_embeddings(|text| vec![text.len() as f32, 1.0]);
+    let mut config = OpenAiConfig::new("test", server.base_url(), "chat-model");
+    let without =
+        LlmClient::new(Arc::new(OpenAiProvider::new(config.clone()).expect("provider")), fast_config());
+    assert_eq!(without.embed(vec!["a".into()]).await.expect("no call"), None, "no embedding model: no call");
+    assert!(server.seen().is_empty());
+
+    config.embedding_model = Some("embed-small".into());
+    let with =
+        LlmClient::new(Arc::new(OpenAiProvider::new(config.clone()).expect("provider")), fast_config());
+    let vectors = with.embed(vec!["a".into(), "abc".into(), "ab".into()]).await.expect("embeddings");
+    // The server lists them in reverse; the client puts them back by index.
+    assert_eq!(vectors, Some(vec![vec![1.0, 1.0], vec![3.0, 1.0], vec![2.0, 1.0]]));
+    assert_eq!(server.seen()[0].body["model"], "embed-small");
+
+    let plain = TestServer::scripted(vec![Reply::text(&["ok"])]).await;
+    let mut config = OpenAiConfig::new("plain", plain.base_url(), "chat-model");
+    config.embedding_model = Some("missing".into());
+    let client = LlmClient::new(Arc::new(OpenAiProvider::new(config).expect("provider")), fast_config());
+    let error = client.embed(vec!["a".into()]).await.expect_err("a 404");
+    assert!(matches!(error, LlmError::Status { status: 404, .. }), "{error}");
+}

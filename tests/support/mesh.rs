@@ -106,6 +106,17 @@ pub struct Mesh {
     pub nodes: Vec<NodeHandle>,
     pub servers: Vec<TestServer>,
     pub _dirs: Vec<tempfile::TempDir>,
+    pub _serial: Serial,
+}
+
+/// Held for a mesh's lifetime: one mesh at a time per test binary, so that
+/// six meshes' worth of nodes on a 2-core machine do not starve each other's
+/// failure detectors into false suspicion.
+pub type Serial = tokio::sync::MutexGuard<'static, ()>;
+
+pub async fn serial() -> Serial {
+    static ONE_MESH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE_MESH.lock().await
 }
 
 impl Mesh {
@@ -122,6 +133,7 @@ impl Mesh {
     /// One node per provider, joined through the first; returns once every
     /// node holds every other's registry entry (placement reads it).
     pub async fn with_servers(servers: Vec<TestServer>, speedup: u32) -> Self {
+        let serial = serial().await;
         let dirs: Vec<tempfile::TempDir> =
             servers.iter().map(|_| tempfile::tempdir().expect("tempdir")).collect();
         let mut nodes: Vec<NodeHandle> = Vec::new();
@@ -131,7 +143,7 @@ impl Mesh {
             nodes.push(start(dirs[i].path(), bootstrap, server, speedup).await);
         }
         wait_for_registry(&nodes).await;
-        Self { nodes, servers, _dirs: dirs }
+        Self { nodes, servers, _dirs: dirs, _serial: serial }
     }
 
     pub fn api(&self, i: usize) -> String {

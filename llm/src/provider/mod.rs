@@ -27,4 +27,10 @@ pub trait Provider: Send + Sync + 'static {
     /// Starts a completion. Resolves once the provider has accepted the request
     /// (HTTP status checked, or model loaded), so that retries can wrap exactly this step.
     fn open(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChunkStream, LlmError>>;
+
+    /// One embedding per text, in order; `None` when this provider has no
+    /// embedding model (callers then fall back to something else).
+    fn embed(&self, _texts: Vec<String>) -> BoxFuture<'_, Result<Option<Vec<Vec<f32>>>, LlmError>> {
+        Box::pin(async { Ok(None) })
+    }
 }

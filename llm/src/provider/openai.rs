@@ -14,6 +14,8 @@ use super::sse::{EventOutcome, error_body_message, parse_event};
 use super::{ChunkStream, Provider};
 use crate::{ChatMessage, ChatRequest, Chunk, LlmError};
 
+mod embeddings;
+
 /// OpenRouter's OpenAI-compatible endpoint.
 pub const OPENROUTER_BASE_URL: &str = "https://openrouter.ai/api/v1";
 
@@ -34,6 +36,9 @@ pub struct OpenAiConfig {
     pub response_timeout: Duration,
     /// Longest silence inside a stream; keep-alive comments count as activity.
     pub idle_timeout: Duration,
+    /// The server's embedding model (`/embeddings`), if it has one: council
+    /// voters then rank candidates by embedding similarity.
+    pub embedding_model: Option<String>,
 }
 
 impl OpenAiConfig {
@@ -52,6 +57,7 @@ impl OpenAiConfig {
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
+            embedding_model: None,
         }
     }
 
@@ -161,6 +167,15 @@ impl Provider for OpenAiProvider {
 
     fn open(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChunkStream, LlmError>> {
         Box::pin(self.start(request))
+    }
+
+    fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Option<Vec<Vec<f32>>>, LlmError>> {
+        Box::pin(async move {
+            match &self.config.embedding_model {
+                Some(model) => self.embeddings(model, &texts).await.map(Some),
+                None => Ok(None),
+            }
+        })
     }
 }
 

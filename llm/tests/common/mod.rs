@@ -64,6 +64,7 @@ pub struct Seen {
 }
 
 type Responder = dyn Fn(&Value) -> Reply + Send + Sync;
+type Embedder = dyn Fn(&str) -> Vec<f32> + Send + Sync;
 
 struct Shared {
     script: Mutex<VecDeque<Reply>>,
@@ -71,6 +72,8 @@ struct Shared {
     seen: Mutex<Vec<Seen>>,
     /// When a response stream was dropped before it finished (a client hang-up).
     hangups: Mutex<Vec<Instant>>,
+    /// What `/v1/embeddings` answers with; without one it is a 404.
+    embedder: Mutex<Option<Arc<Embedder>>>,
 }
 
 pub struct TestServer {
@@ -95,9 +98,11 @@ impl TestServer {
             responder,
             seen: Mutex::default(),
             hangups: Mutex::default(),
+            embedder: Mutex::default(),
         });
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(completions))
+            .route("/v1/embeddings", axum::routing::post(embeddings))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
@@ -123,6 +128,38 @@ impl TestServer {
     pub fn hangups(&self) -> Vec<Instant> {
         self.shared.hangups.lock().expect("lock").clone()
     }
+
+    /// Serves `/v1/embeddings` (OpenAI's shape, data listed in reverse to
+    /// check clients order by `index`) with `embed` applied to each input.
+    pub fn with_embeddings(self, embed: impl Fn(&str) -> Vec<f32> + Send + Sync + 'static) -> Self {
+        *self.shared.embedder.lock().expect("lock") = Some(Arc::new(embed));
+        self
+    }
+}
+
+async fn embeddings(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    shared.seen.lock().expect("lock").push(Seen { headers, body: body.clone(), at: Instant::now() });
+    let embedder = shared.embedder.lock().expect("lock").clone();
+    let Some(embed) = embedder else {
+        return Response::builder()
+            .status(404)
+            .body(Body::from(r#"{"error":{"message":"no embeddings"}}"#))
+            .expect("response");
+    };
+    let inputs: Vec<&str> =
+        body["input"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(index, text)| json!({ "object": "embedding", "index": index, "embedding": embed(text) }))
+        .collect();
+    let reply = json!({ "object": "list", "data": data, "model": body["model"] });
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from(reply.to_string()))
+        .expect("response")
 }
 
 async fn completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {

@@ -120,6 +120,11 @@ pub async fn render(State(state): State<AppState>) -> Response {
         registry.register("model_calls_now", "Model calls running or waiting now", running);
         registry.register("model_call_seconds", "Model call latency by part", stats.call_seconds.clone());
         registry.register("tally_ballots", "Ballots per tally, by backend", stats.tally_ballots.clone());
+        registry.register(
+            "votes",
+            "Ballots cast here, by how candidates were ranked",
+            stats.votes_by_method.clone(),
+        );
     }
 
     let mut text = String::new();

@@ -134,6 +134,8 @@ fn batch_histogram() -> Histogram {
 pub struct FederationStats {
     pub call_seconds: Family<PartLabel, Histogram, fn() -> Histogram>,
     pub tally_ballots: Family<PartLabel, Histogram, fn() -> Histogram>,
+    /// Ballots by how the voter ranked: `embeddings` or `lexical`.
+    pub votes_by_method: Family<PartLabel, prometheus_client::metrics::counter::Counter>,
     pub submitted: AtomicU64,
     pub finished: AtomicU64,
     pub failed: AtomicU64,
@@ -152,6 +154,7 @@ impl Default for FederationStats {
         Self {
             call_seconds: Family::new_with_constructor(latency_histogram),
             tally_ballots: Family::new_with_constructor(batch_histogram),
+            votes_by_method: Family::default(),
             submitted: AtomicU64::default(),
             finished: AtomicU64::default(),
             failed: AtomicU64::default(),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use hivemesh_gpu::ballot_box::{JobSpec as BallotSpec, Quorum, validate};
 use hivemesh_gpu::engine::TallyEngine;
-use hivemesh_llm::council::rank_by_agreement;
+use hivemesh_llm::council::{rank_by_agreement, rank_by_similarity};
 use hivemesh_llm::pipeline::{Profiles, Stage, TokenBatcher, stage_messages};
 use hivemesh_llm::{Budget, ChatMessage, ChatRequest, LlmClient};
 use hivemesh_protocol::{
@@ -197,7 +197,7 @@ async fn vote(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> R
         .iter()
         .map(|peer| facts.candidate_of(peer).map_or("", |o| o.text.as_str()))
         .collect();
-    let ranking = rank_by_agreement(&texts);
+    let ranking = agreement_ranking(ctx, job, &texts).await;
     let choice = match spec.rule {
         TallyRule::Plurality | TallyRule::WeightedPlurality => BallotChoice::Single(ranking[0]),
         TallyRule::Approval => BallotChoice::Approve(ranking[..ranking.len().div_ceil(2)].to_vec()),
@@ -210,6 +210,26 @@ async fn vote(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> R
     ctx.node.contribute(job, spec::BALLOT, bytes).await.map_err(|e| e.to_string())?;
     FederationStats::bump(&ctx.stats.ballots_cast);
     Ok(())
+}
+
+/// By the provider's embeddings when it has an embedding model, else (or
+/// when that call fails) by word overlap; either way the ballot is the same
+/// shape, and the tally does not care how a voter made up its mind.
+async fn agreement_ranking(ctx: &WorkContext, job: JobId, texts: &[&str]) -> Vec<u32> {
+    let owned: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+    let (ranking, method) = match ctx.client.embed(owned).await {
+        Ok(Some(embeddings)) if embeddings.len() == texts.len() => {
+            (rank_by_similarity(&embeddings), "embeddings")
+        }
+        Ok(_) => (rank_by_agreement(texts), "lexical"),
+        Err(error) => {
+            tracing::warn!(%job, %error, "embeddings failed; ranking by word overlap");
+            (rank_by_agreement(texts), "lexical")
+        }
+    };
+    let label = vec![("method".to_string(), method.to_string())];
+    ctx.stats.votes_by_method.get_or_create(&label).inc();
+    ranking
 }
 
 /// Validates and tallies the ballots, hands the winner and the runner-up to
