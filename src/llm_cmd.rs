@@ -7,10 +7,12 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use hivemesh::gpu::engine::{BackendChoice, TallyEngine};
 use hivemesh::llm::pipeline::{Pipeline, PipelineEvent, PipelineOptions, Profiles, Stage};
 use hivemesh::llm::provider::embedded::{EmbeddedModel, EmbeddedOptions, EmbeddedProvider};
 use hivemesh::llm::provider::openai::{OPENROUTER_BASE_URL, OpenAiConfig, OpenAiProvider};
 use hivemesh::llm::{Budget, ChatMessage, ChatRequest, LlmClient, ResilienceConfig, model_file};
+use hivemesh::node::federation::FederationConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::LlmArgs;
@@ -79,6 +81,17 @@ pub fn load_profiles(args: &LlmArgs, data_dir: &Path) -> anyhow::Result<Profiles
     let Some(file) = file else { return Ok(Profiles::default()) };
     let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
     Profiles::default().with_toml(&text).map_err(|err| anyhow::anyhow!("{}: {err}", file.display()))
+}
+
+/// How a node takes part in jobs with the provider named on the command
+/// line, and the model names it offers.
+pub async fn federation(llm: &LlmArgs, data_dir: &Path) -> anyhow::Result<(FederationConfig, Vec<String>)> {
+    let client = build_client(llm, data_dir).await?;
+    let tally = Arc::new(TallyEngine::new(BackendChoice::Auto).context("cannot set up tallying")?);
+    let mut config = FederationConfig::new(client.clone(), tally);
+    config.profiles = load_profiles(llm, data_dir)?;
+    let offered = vec![client.resolve_model("default").to_string()];
+    Ok((config, offered))
 }
 
 pub struct AskArgs<'a> {

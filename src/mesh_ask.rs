@@ -2,32 +2,17 @@
 //! step as the job's document fills in.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use hivemesh::gpu::engine::{BackendChoice, TallyEngine};
 use hivemesh::llm::ChatMessage;
 use hivemesh::node::NodeHandle;
+use hivemesh::node::federation::Submission;
 use hivemesh::node::federation::spec::{Facts, Mode};
-use hivemesh::node::federation::{FederationConfig, Submission};
 use hivemesh::node::replica::ViewKind;
 use hivemesh::protocol::{Ballot, Envelope, NodeId, TallyRule, decode_message, open};
 
-use crate::cli::LlmArgs;
 use crate::mesh_cmd::MeshArgs;
-
-/// How a node takes part in jobs with the provider named on the command
-/// line, and the model names it offers.
-pub async fn federation(llm: &LlmArgs, data_dir: &Path) -> anyhow::Result<(FederationConfig, Vec<String>)> {
-    let client = crate::llm_cmd::build_client(llm, data_dir).await?;
-    let tally = Arc::new(TallyEngine::new(BackendChoice::Auto).context("cannot set up tallying")?);
-    let mut config = FederationConfig::new(client.clone(), tally);
-    config.profiles = crate::llm_cmd::load_profiles(llm, data_dir)?;
-    let offered = vec![client.resolve_model("default").to_string()];
-    Ok((config, offered))
-}
 
 pub async fn ask(nodes: &[NodeHandle], question: &str, args: &MeshArgs) -> anyhow::Result<()> {
     let mode: Mode = args.mode.parse().map_err(anyhow::Error::msg)?;

@@ -28,7 +28,7 @@ pub async fn run(data_dir: &Path, args: MeshArgs) -> anyhow::Result<()> {
     // Every node takes part in jobs with its own client; in one process they
     // share one model client (and so one copy of the embedded model).
     let federation =
-        if args.measure { None } else { Some(crate::mesh_ask::federation(&args.llm, data_dir).await?) };
+        if args.measure { None } else { Some(crate::llm_cmd::federation(&args.llm, data_dir).await?) };
     let started = Instant::now();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut nodes: Vec<NodeHandle> = Vec::with_capacity(n);

@@ -72,7 +72,7 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     let federation = match &args.llm {
         None => None,
         Some(llm) => {
-            let (mut setup, offered) = crate::mesh_ask::federation(llm, data_dir).await?;
+            let (mut setup, offered) = crate::llm_cmd::federation(llm, data_dir).await?;
             setup.limits = Limits {
                 max_asked_jobs: args.limits.max_jobs,
                 max_running_calls: args.limits.max_calls.max(1),

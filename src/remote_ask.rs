@@ -118,6 +118,7 @@ impl Display {
         }
         let peer = short_peer(data["peer"].as_str().unwrap_or_default());
         let body = &data["body"];
+        let text = |value: &Value| value.as_str().map_or_else(|| value.to_string(), str::to_string);
         let detail = match name {
             "candidate" | "stage" => format!(
                 "{} from {peer}: {} tokens in {} ms",
@@ -129,11 +130,11 @@ impl Display {
             "ballot" => format!("ballot from {peer}"),
             "reassigned" => format!(
                 "{} reassigned to {}: {}",
-                data["kind"],
+                text(&data["kind"]),
                 short_peer(body["peer"].as_str().unwrap_or_default()),
-                body["reason"]
+                text(&body["reason"])
             ),
-            "failure" => format!("{} failed on {peer}: {}", body["part"], body["reason"]),
+            "failure" => format!("{} failed on {peer}: {}", text(&body["part"]), text(&body["reason"])),
             "cancelled" => "cancelled".to_string(),
             "outcome" => {
                 format!("{} in {} ms", body["status"].as_str().unwrap_or("ended"), body["elapsed_ms"])

@@ -3,6 +3,8 @@
 //! loopback, each with its own OpenAI-compatible provider (a loopback SSE
 //! server with its own canned answer).
 
+#[path = "support/mesh.rs"]
+mod mesh;
 #[path = "../llm/tests/common/mod.rs"]
 mod sse_server;
 
@@ -12,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sse_server::{Reply, TestServer};
+use sse_server::TestServer;
 
 /// Kills its node process however the test ends.
 struct NodeProcess {
@@ -26,17 +28,6 @@ impl Drop for NodeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-async fn provider(candidate: &'static str) -> TestServer {
-    TestServer::responding(move |body| {
-        let system = body["messages"][0]["content"].as_str().unwrap_or_default();
-        let text =
-            if system.contains("the Curator") { "Final: Paris is the capital of France." } else { candidate };
-        let pieces: Vec<String> = text.split_inclusive(' ').map(String::from).collect();
-        Reply::Stream { pieces, delay: Duration::from_millis(2), usage: None, keepalive: false }
-    })
-    .await
 }
 
 fn start(dir: &Path, server: &TestServer, bootstrap: Option<&str>) -> NodeProcess {
@@ -97,9 +88,9 @@ fn strings(args: &[&str]) -> Vec<String> {
 async fn nodes_started_with_run_answer_jobs_asked_from_the_command_line() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
     let servers = [
-        provider("Paris is the capital of France.").await,
-        provider("The capital of France is Paris.").await,
-        provider("Bananas are yellow.").await,
+        mesh::provider("Paris is the capital of France.", Duration::from_millis(2)).await,
+        mesh::provider("The capital of France is Paris.", Duration::from_millis(2)).await,
+        mesh::provider("Bananas are yellow.", Duration::from_millis(2)).await,
     ];
     let a = start(dirs[0].path(), &servers[0], None);
     let b = start(dirs[1].path(), &servers[1], Some(&a.listen));

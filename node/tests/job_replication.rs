@@ -2,6 +2,7 @@
 //! contributions converge to the same heads; a crashed node comes back with
 //! everything it acknowledged (read from sled), and after a partition in
 //! which both sides kept writing, sync rounds bring both to the same heads.
+//! And a push reaches a peer restarted on new ports at once.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -121,4 +122,50 @@ async fn job_documents_converge_survive_a_crash_and_heal_after_a_partition() {
     }
     let stats = a.status().await.expect("status").replication.jobs;
     assert!(stats.sync_rounds > 0 && stats.rejected.is_empty(), "{stats:?}");
+}
+
+/// Restarted on new ports, a node's peers still hold its old addresses. A
+/// push must not wait behind a dial to those (a QUIC handshake to a dead port
+/// takes 5 s to fail, and every request queued behind it fails with it): the
+/// member's current addresses, learned through gossip, are dialled at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_reaches_a_peer_restarted_on_new_ports_without_waiting_for_sync() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    // A chain a <- b <- c, so that a learns c's addresses from gossip only.
+    let chain = |first: Option<&NodeHandle>| first.and_then(|node| node.address("quic-v1"));
+    let start_slow_sync = async |dir: &Path, bootstrap: Option<Multiaddr>| {
+        let mut config = NodeConfig::loopback(dir.to_path_buf());
+        config.membership = MembershipConfig::lan(3).faster(4);
+        config.bootstrap = bootstrap.into_iter().collect();
+        // No sync round can repair a lost push within this test.
+        config.replication.anti_entropy = Duration::from_secs(600);
+        spawn_node(config).await.expect("node starts")
+    };
+    for round in 0..2 {
+        let a = start_slow_sync(dirs[0].path(), None).await;
+        let b = start_slow_sync(dirs[1].path(), chain(Some(&a))).await;
+        let c = start_slow_sync(dirs[2].path(), chain(Some(&b))).await;
+        for node in [&a, &b, &c] {
+            wait_alive(node, 2).await;
+        }
+        if round == 0 {
+            // Every node now remembers the others' addresses; all of them
+            // change on the restart.
+            for node in [a, b, c] {
+                node.leave(Duration::from_secs(1)).await;
+            }
+            continue;
+        }
+        a.client().open_job(JOB, vec![node_id(&c)]).await.expect("open");
+        a.client().contribute(JOB, "spec", b"{}".to_vec()).await.expect("contribute");
+        let pushed = Instant::now();
+        while view(&c.client()).await.is_none() {
+            assert!(pushed.elapsed() < Duration::from_secs(20), "the push never reached c");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        eprintln!("the push reached the restarted peer in {:?}", pushed.elapsed());
+        for node in [a, b, c] {
+            node.kill();
+        }
+    }
 }

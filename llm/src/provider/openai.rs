@@ -117,6 +117,35 @@ impl OpenAiProvider {
         &self.config
     }
 
+    /// Sends with the key attached, waiting at most `response_timeout` for
+    /// the headers; a non-success status becomes `LlmError::Status` with the
+    /// server's message and `Retry-After`.
+    async fn send(&self, mut builder: reqwest::RequestBuilder) -> Result<reqwest::Response, LlmError> {
+        if let Some(key) = &self.config.api_key {
+            builder = builder.bearer_auth(key);
+        }
+        let name = &self.config.name;
+        let response = tokio::time::timeout(self.config.response_timeout, builder.send())
+            .await
+            .map_err(|_| LlmError::Timeout {
+                provider: name.clone(),
+                message: format!("no response headers within {:?}", self.config.response_timeout),
+            })?
+            .map_err(|err| transport_error(name, &err))?;
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = response.headers().get(RETRY_AFTER).and_then(parse_retry_after);
+            let body = read_bounded(response).await;
+            return Err(LlmError::Status {
+                provider: name.clone(),
+                status: status.as_u16(),
+                message: error_body_message(&body),
+                retry_after,
+            });
+        }
+        Ok(response)
+    }
+
     async fn start(&self, request: ChatRequest) -> Result<ChunkStream, LlmError> {
         let model = if request.model.is_empty() { &self.config.default_model } else { &request.model };
         let body = WireRequest {
@@ -129,29 +158,9 @@ impl OpenAiProvider {
             stream_options: StreamOptions { include_usage: true },
         };
         let url = format!("{}/chat/completions", self.config.base_url);
-        let mut builder = self.http.post(&url).json(&body).header("Accept", "text/event-stream");
-        if let Some(key) = &self.config.api_key {
-            builder = builder.bearer_auth(key);
-        }
+        let response =
+            self.send(self.http.post(&url).json(&body).header("Accept", "text/event-stream")).await?;
         let name = self.config.name.clone();
-        let response = tokio::time::timeout(self.config.response_timeout, builder.send())
-            .await
-            .map_err(|_| LlmError::Timeout {
-                provider: name.clone(),
-                message: format!("no response headers within {:?}", self.config.response_timeout),
-            })?
-            .map_err(|err| transport_error(&name, &err))?;
-        let status = response.status();
-        if !status.is_success() {
-            let retry_after = response.headers().get(RETRY_AFTER).and_then(parse_retry_after);
-            let body = read_bounded(response).await;
-            return Err(LlmError::Status {
-                provider: name,
-                status: status.as_u16(),
-                message: error_body_message(&body),
-                retry_after,
-            });
-        }
         Ok(Box::pin(chunk_stream(name, response.bytes_stream())))
     }
 }

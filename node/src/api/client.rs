@@ -28,10 +28,12 @@ pub struct ApiClient {
 
 impl ApiClient {
     /// The node at `explicit` (a base URL), or the one running on
-    /// `data_dir`; the token from $HIVEMESH_API_TOKEN, else DATA_DIR/api.token.
+    /// `data_dir`. The token comes from $HIVEMESH_API_TOKEN, else (only for
+    /// the node on `data_dir`, never sent elsewhere) DATA_DIR/api.token.
     pub fn resolve(explicit: Option<&str>, data_dir: &Path) -> Result<Self, String> {
-        let base = match explicit {
-            Some(url) => url.trim_end_matches('/').to_string(),
+        let from_env = std::env::var(API_TOKEN_ENV).ok();
+        let (base, token) = match explicit {
+            Some(url) => (url.trim_end_matches('/').to_string(), from_env),
             None => {
                 let file = api_addr_file(data_dir);
                 let addr = std::fs::read_to_string(&file).map_err(|e| {
@@ -40,14 +42,11 @@ impl ApiClient {
                         file.display()
                     )
                 })?;
-                format!("http://{}", addr.trim())
+                let token = from_env.or_else(|| std::fs::read_to_string(api_token_file(data_dir)).ok());
+                (format!("http://{}", addr.trim()), token)
             }
         };
-        let token = std::env::var(API_TOKEN_ENV)
-            .ok()
-            .or_else(|| std::fs::read_to_string(api_token_file(data_dir)).ok())
-            .map(|token| token.trim().to_string())
-            .filter(|token| !token.is_empty());
+        let token = token.map(|token| token.trim().to_string()).filter(|token| !token.is_empty());
         Self::new(base, token)
     }
 
@@ -97,4 +96,29 @@ pub async fn json_body(url: &str, response: reqwest::Response) -> Result<Value, 
     }
     let message = body.get("error").and_then(Value::as_str).map_or_else(|| body.to_string(), str::to_string);
     Err(format!("{url} answered {status}: {message}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_local_token_file_is_sent_only_to_the_local_node() {
+        if std::env::var_os(API_TOKEN_ENV).is_some() {
+            return; // an explicit token applies everywhere; nothing to tell apart
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(api_addr_file(dir.path()), "127.0.0.1:7480\n").expect("addr");
+        std::fs::write(api_token_file(dir.path()), "local-secret\n").expect("token");
+        let local = ApiClient::resolve(None, dir.path()).expect("local node");
+        assert_eq!(
+            (local.base.as_str(), local.token.as_deref()),
+            ("http://127.0.0.1:7480", Some("local-secret"))
+        );
+        let remote = ApiClient::resolve(Some("http://192.0.2.1:7480/"), dir.path()).expect("remote node");
+        assert_eq!((remote.base.as_str(), remote.token.as_deref()), ("http://192.0.2.1:7480", None));
+        let nowhere = tempfile::tempdir().expect("tempdir");
+        let error = ApiClient::resolve(None, nowhere.path()).expect_err("no node");
+        assert!(error.contains("api.addr") && error.contains("--node"), "{error}");
+    }
 }

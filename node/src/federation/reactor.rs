@@ -242,6 +242,7 @@ impl Reactor {
         if parts.contains_key(&part) {
             return;
         }
+        tracing::debug!(%job, %part, me = %self.me, "starting job work");
         let (ctx, facts, done, label) = (self.ctx.clone(), facts.clone(), self.done_tx.clone(), part.clone());
         let task = tokio::spawn(async move {
             work::run(ctx, job, facts, action).await;

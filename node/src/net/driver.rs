@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libp2p::futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, request_response};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -199,11 +200,34 @@ impl Driver {
                 Output::Event(event) => {
                     log_event(&event);
                     if let MemberEvent::Up(member) | MemberEvent::Renamed { new: member, .. } = &event {
+                        self.dial_fresh_addresses(member);
                         self.on_member_up(member);
                     }
                     let _ = self.events.send(event);
                 }
             }
+        }
+    }
+
+    /// A member seen alive at its current addresses while we hold no
+    /// connection to it: dial those now. A dial already under way may be to
+    /// addresses remembered from before the member restarted on new ports (a
+    /// QUIC handshake to a dead port takes 5 s to fail), and every request
+    /// queued for the member would fail with it.
+    fn dial_fresh_addresses(&mut self, member: &MemberId) {
+        let Ok(peer) = member.node.to_peer_id() else { return };
+        if self.swarm.is_connected(&peer) {
+            return;
+        }
+        let addresses: Vec<Multiaddr> =
+            member.addresses.iter().filter_map(|bytes| Multiaddr::try_from(bytes.clone()).ok()).collect();
+        if addresses.is_empty() {
+            return;
+        }
+        let dial =
+            DialOpts::peer_id(peer).addresses(addresses).condition(PeerCondition::Disconnected).build();
+        if let Err(error) = self.swarm.dial(dial) {
+            tracing::debug!(%peer, %error, "could not dial a member's current addresses");
         }
     }
 
