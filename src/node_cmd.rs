@@ -9,7 +9,7 @@ use hivemesh::node::api::client::api_token_file;
 use hivemesh::node::api::{ApiClient, Method, api_addr_file};
 use hivemesh::node::federation::Limits;
 use hivemesh::node::membership::MembershipConfig;
-use hivemesh::node::replica::{Profile, ViewReport};
+use hivemesh::node::replica::{Profile, ViewKind, ViewReport};
 use hivemesh::node::{Multiaddr, NodeConfig, ReplicationConfig, spawn_node};
 use hivemesh::protocol::{GpuInfo, Role};
 
@@ -69,21 +69,23 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         args.listen
     };
     let mut profile = args.profile;
+    let mut offered = Vec::new();
     let federation = match &args.llm {
         None => None,
         Some(llm) => {
-            let (mut setup, offered) = crate::llm_cmd::federation(llm, data_dir).await?;
+            let (mut setup, models) = crate::llm_cmd::federation(llm, data_dir).await?;
             setup.limits = Limits {
                 max_asked_jobs: args.limits.max_jobs,
                 max_running_calls: args.limits.max_calls.max(1),
                 max_tokens_per_call: args.limits.max_tokens,
                 ..Limits::default()
             };
-            // Placement prefers peers offering a model: say which, unless told.
-            let advertised = profile.get_or_insert_with(Profile::default);
-            if advertised.models.is_empty() {
-                advertised.models = offered;
+            // Placement prefers peers offering a model: say which, unless
+            // `--models` did.
+            if let Some(given) = profile.as_mut().filter(|given| given.models.is_empty()) {
+                given.models = models.clone();
             }
+            offered = models;
             Some(setup)
         }
     };
@@ -105,6 +107,9 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         federation,
     };
     let mut node = spawn_node(config).await.context("could not start the node")?;
+    if !offered.is_empty() {
+        advertise_offered_models(&node, offered).await?;
+    }
     println!("peer id: {}", node.peer_id);
     for addr in &node.listen {
         println!("listening: {addr}/p2p/{}", node.peer_id);
@@ -125,6 +130,22 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(api_addr_file(data_dir));
     Ok(())
+}
+
+/// Without profile flags a restarted node keeps what it last advertised
+/// (its GPU, its role); it only gains the provider's model when that entry
+/// lists none.
+async fn advertise_offered_models(
+    node: &hivemesh::node::NodeHandle,
+    offered: Vec<String>,
+) -> anyhow::Result<()> {
+    let report = node.client().view(Some(ViewKind::Registry)).await?;
+    if !report.me.models.is_empty() {
+        return Ok(());
+    }
+    let me = report.me;
+    let profile = Profile { role: me.role.unwrap_or(Role::Worker), models: offered, gpu: me.gpu };
+    node.client().advertise(profile).await.context("could not advertise the provider's model")
 }
 
 /// The token the API will require: the one given, else (only when the API

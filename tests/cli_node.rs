@@ -133,3 +133,40 @@ fn an_acknowledged_advertisement_survives_sigkill() {
     node.kill().expect("SIGKILL");
     node.wait().expect("reap");
 }
+
+#[test]
+fn a_node_taking_jobs_advertises_its_model_and_keeps_what_it_advertised_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = start_node(dir.path(), &[]);
+    let advertised = hivemesh(&["advertise", "--gpu", "RTX 4090:24564"], dir.path());
+    assert!(advertised.status.success(), "{advertised:?}");
+    node.kill().expect("SIGKILL");
+    node.wait().expect("reap");
+    // Restarted with a provider (nothing listens there; no call is made at
+    // start) and no profile flags: the GPU stays, the provider's model joins.
+    let provider = ["--provider", "http://127.0.0.1:9/v1", "--provider-model", "llama-3-8b"];
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hivemesh"));
+    let _ = std::fs::remove_file(dir.path().join("api.addr"));
+    let mut node = command
+        .args(["run", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--api", "127.0.0.1:0"])
+        .args(provider)
+        .env("HIVEMESH_DATA_DIR", dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hivemesh run");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        let members = hivemesh(&["members", "--view", "registry", "--json"], dir.path());
+        let report: serde_json::Value = serde_json::from_slice(&members.stdout).unwrap_or_default();
+        if report["me"]["models"] == serde_json::json!(["llama-3-8b"]) {
+            break report;
+        }
+        assert!(Instant::now() < deadline, "the provider's model was not advertised: {report}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(report["me"]["gpu"]["memory_mb"], 24564, "{report}");
+    node.kill().expect("SIGKILL");
+    node.wait().expect("reap");
+}
