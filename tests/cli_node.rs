@@ -92,7 +92,7 @@ fn run_then_members_then_leave() {
 fn start_node(dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
     let _ = std::fs::remove_file(dir.join("api.addr"));
     let child = Command::new(env!("CARGO_BIN_EXE_hivemesh"))
-        .args(["run", "--no-jobs", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--api", "127.0.0.1:0"])
+        .args(["run", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--api", "127.0.0.1:0"])
         .args(extra)
         .env("HIVEMESH_DATA_DIR", dir)
         .env_remove("RUST_LOG")
@@ -111,7 +111,7 @@ fn start_node(dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
 #[test]
 fn an_acknowledged_advertisement_survives_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut node = start_node(dir.path(), &["--models", "llama-3-8b"]);
+    let mut node = start_node(dir.path(), &["--no-jobs", "--models", "llama-3-8b"]);
     let advertised =
         hivemesh(&["advertise", "--models", "qwen-7b,mistral-7b", "--gpu", "RTX 4090:24564"], dir.path());
     assert!(advertised.status.success(), "{advertised:?}");
@@ -120,7 +120,7 @@ fn an_acknowledged_advertisement_survives_sigkill() {
 
     // Restarted without profile flags, the node keeps what it last
     // advertised: read back from sled, then signed and published again.
-    let mut node = start_node(dir.path(), &[]);
+    let mut node = start_node(dir.path(), &["--no-jobs"]);
     let members = hivemesh(&["members", "--view", "registry", "--json"], dir.path());
     assert!(members.status.success(), "{members:?}");
     let report: serde_json::Value = serde_json::from_slice(&members.stdout).expect("JSON");
@@ -137,7 +137,7 @@ fn an_acknowledged_advertisement_survives_sigkill() {
 #[test]
 fn a_node_taking_jobs_advertises_its_model_and_keeps_what_it_advertised_before() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut node = start_node(dir.path(), &[]);
+    let mut node = start_node(dir.path(), &["--no-jobs"]);
     let advertised = hivemesh(&["advertise", "--gpu", "RTX 4090:24564"], dir.path());
     assert!(advertised.status.success(), "{advertised:?}");
     node.kill().expect("SIGKILL");
@@ -145,17 +145,7 @@ fn a_node_taking_jobs_advertises_its_model_and_keeps_what_it_advertised_before()
     // Restarted with a provider (nothing listens there; no call is made at
     // start) and no profile flags: the GPU stays, the provider's model joins.
     let provider = ["--provider", "http://127.0.0.1:9/v1", "--provider-model", "llama-3-8b"];
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hivemesh"));
-    let _ = std::fs::remove_file(dir.path().join("api.addr"));
-    let mut node = command
-        .args(["run", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--api", "127.0.0.1:0"])
-        .args(provider)
-        .env("HIVEMESH_DATA_DIR", dir.path())
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start hivemesh run");
+    let mut node = start_node(dir.path(), &provider);
     let deadline = Instant::now() + Duration::from_secs(30);
     let report = loop {
         let members = hivemesh(&["members", "--view", "registry", "--json"], dir.path());
