@@ -255,8 +255,7 @@ fn concept_embedding(text: &str) -> Vec<f32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn voters_with_an_embedding_model_rank_by_meaning() {
-    use hivemesh::llm::provider::openai::{OpenAiConfig, OpenAiProvider};
-    use hivemesh::llm::{LlmClient, ResilienceConfig};
+    use hivemesh::llm::provider::openai::OpenAiConfig;
     use hivemesh::protocol::{Envelope, decode_message, open};
     // By word overlap the last two agree best and "Paris." is the outlier;
     // by meaning the first two agree and the bananas are the outlier.
@@ -270,10 +269,7 @@ async fn voters_with_an_embedding_model_rank_by_meaning() {
             mesh::provider(answer, Duration::from_millis(1)).await.with_embeddings(concept_embedding);
         let mut config = OpenAiConfig::new("test", server.base_url(), "canned");
         config.embedding_model = Some("concepts".into());
-        let resilience =
-            ResilienceConfig { max_attempts: 1, cache_entries: 0, ..ResilienceConfig::default() };
-        let client =
-            Arc::new(LlmClient::new(Arc::new(OpenAiProvider::new(config).expect("provider")), resilience));
+        let client = Arc::new(mesh::client_for(config));
         let bootstrap = nodes.first().and_then(|first| first.address("quic-v1"));
         nodes.push(mesh::start_with_client(dir.path(), bootstrap, client, 1, |_| {}).await);
         servers.push(server);

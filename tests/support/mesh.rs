@@ -52,17 +52,20 @@ pub async fn start_with(
     speedup: u32,
     tweak: impl FnOnce(&mut FederationConfig),
 ) -> NodeHandle {
-    let provider =
-        OpenAiProvider::new(OpenAiConfig::new("test", server.base_url(), "canned")).expect("provider");
-    // No retries, cache or rate limit: each job's calls reach the server as made.
+    let client = Arc::new(client_for(OpenAiConfig::new("test", server.base_url(), "canned")));
+    start_with_client(dir, bootstrap, client, speedup, tweak).await
+}
+
+/// A client for a test provider with no retries, cache or rate limit:
+/// every call reaches the server as made.
+pub fn client_for(config: OpenAiConfig) -> LlmClient {
     let resilience = ResilienceConfig {
         max_attempts: 1,
         cache_entries: 0,
         rate_per_second: None,
         ..ResilienceConfig::default()
     };
-    let client = Arc::new(LlmClient::new(Arc::new(provider), resilience));
-    start_with_client(dir, bootstrap, client, speedup, tweak).await
+    LlmClient::new(Arc::new(OpenAiProvider::new(config).expect("provider")), resilience)
 }
 
 /// A node answering its share of jobs with `client`.
