@@ -2,7 +2,7 @@
 //! circuit breaker, rate limit, retries with jittered backoff.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,6 +14,7 @@ use futures_util::{Stream, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::breaker::{Breaker, BreakerState, Permit};
 use crate::provider::{ChunkStream, Provider};
@@ -33,9 +34,17 @@ pub struct ResilienceConfig {
     pub breaker_open_for: Duration,
     /// Calls per second to this provider; `None` for no limit (the embedded model).
     pub rate_per_second: Option<NonZeroU32>,
-    /// Cached completions kept; 0 disables the cache.
+    /// Cached completions kept; 0 disables the cache. Only accepted answers
+    /// are stored (see `Completion::is_cacheable`).
     pub cache_entries: u64,
     pub cache_ttl: Duration,
+    /// Requests open at once to this provider (completions, streams held
+    /// until they end, and embeddings); further calls queue in order. `None`
+    /// for no limit. Set `Some(1)` for a server that serves one request at a
+    /// time, such as llama-cpp-python's server with default settings, which
+    /// ends the running stream early when a second request arrives: the
+    /// pipeline's parallel refiner and validator then take turns.
+    pub max_concurrent_requests: Option<NonZeroUsize>,
 }
 
 impl Default for ResilienceConfig {
@@ -50,6 +59,7 @@ impl Default for ResilienceConfig {
             rate_per_second: NonZeroU32::new(20),
             cache_entries: 1024,
             cache_ttl: Duration::from_secs(600),
+            max_concurrent_requests: None,
         }
     }
 }
@@ -63,6 +73,8 @@ pub struct ClientStats {
     pub cache_hits: u64,
     pub breaker_rejections: u64,
     pub failures: u64,
+    /// Calls that waited for a free slot under `max_concurrent_requests`.
+    pub queued: u64,
     pub breakers: Vec<(String, BreakerState)>,
 }
 
@@ -74,6 +86,7 @@ struct Counters {
     cache_hits: AtomicU64,
     breaker_rejections: AtomicU64,
     failures: AtomicU64,
+    queued: AtomicU64,
 }
 
 /// Completed answers by request hash.
@@ -87,6 +100,8 @@ pub struct LlmClient {
     limiter: Option<DefaultDirectRateLimiter>,
     /// `None` when `cache_entries` is 0: no key is hashed, nothing is looked up.
     cache: Option<ResultCache>,
+    /// Slots under `max_concurrent_requests`.
+    slots: Option<Arc<Semaphore>>,
     counters: Arc<Counters>,
 }
 
@@ -99,7 +114,19 @@ impl LlmClient {
                 .time_to_live(config.cache_ttl)
                 .build()
         });
-        Self { provider, config, breakers: Mutex::default(), limiter, cache, counters: Arc::default() }
+        let slots = config.max_concurrent_requests.map(|limit| Arc::new(Semaphore::new(limit.get())));
+        Self { provider, config, breakers: Mutex::default(), limiter, cache, slots, counters: Arc::default() }
+    }
+
+    /// A slot under `max_concurrent_requests`, waiting in line for one; `None` without a limit.
+    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        let slots = self.slots.as_ref()?;
+        if let Ok(permit) = slots.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        self.counters.queued.fetch_add(1, Ordering::Relaxed);
+        // The semaphore is never closed, so acquiring cannot fail.
+        slots.clone().acquire_owned().await.ok()
     }
 
     pub fn provider_name(&self) -> &str {
@@ -114,10 +141,21 @@ impl LlmClient {
     /// One embedding per text from the provider's embedding model; `None`
     /// when it has none. Rate-limited like completions.
     pub async fn embed(&self, texts: Vec<String>) -> Result<Option<Vec<Vec<f32>>>, LlmError> {
+        let _slot = self.slot().await;
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
         self.provider.embed(texts).await
+    }
+
+    /// The provider's likelihood of each continuation as the reply to
+    /// `messages` (see [`Provider::score`]); `None` when it cannot score.
+    pub async fn score(
+        &self,
+        messages: Vec<crate::ChatMessage>,
+        continuations: Vec<String>,
+    ) -> Result<Option<Vec<f64>>, LlmError> {
+        self.provider.score(messages, continuations).await
     }
 
     pub fn stats(&self) -> ClientStats {
@@ -138,21 +176,47 @@ impl LlmClient {
             cache_hits: load(&counters.cache_hits),
             breaker_rejections: load(&counters.breaker_rejections),
             failures: load(&counters.failures),
+            queued: load(&counters.queued),
             breakers,
         }
     }
 
     /// Starts a streamed completion. The returned stream counts tokens against
     /// `budget`, and on its end settles the breaker, the cost and the cache.
-    pub async fn stream(&self, mut request: ChatRequest, budget: &Budget) -> Result<ChunkStream, LlmError> {
+    /// An identical earlier answer is replayed from the cache; a new answer
+    /// is stored only if it was accepted: it ended with a `finish_reason`
+    /// other than `length`, `content_filter` or `error`, carried no error,
+    /// and its text is not blank.
+    pub async fn stream(&self, request: ChatRequest, budget: &Budget) -> Result<ChunkStream, LlmError> {
+        self.stream_with(request, budget, Lookup::Cache).await
+    }
+
+    /// Like [`stream`](Self::stream), but never served from the cache: the
+    /// call reaches the provider. Use it for every retry (a retry exists
+    /// because an earlier answer was not accepted) and for calls that must be
+    /// independent of an identical one. An accepted answer is still stored.
+    pub async fn stream_fresh(&self, request: ChatRequest, budget: &Budget) -> Result<ChunkStream, LlmError> {
+        self.stream_with(request, budget, Lookup::Skip).await
+    }
+
+    async fn stream_with(
+        &self,
+        mut request: ChatRequest,
+        budget: &Budget,
+        lookup: Lookup,
+    ) -> Result<ChunkStream, LlmError> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         request.model = self.resolve_model(&request.model).to_string();
         let cache = self.cache.as_ref().map(|cache| (cache.clone(), self.cache_key(&request)));
-        if let Some(hit) = cache.as_ref().and_then(|(cache, key)| cache.get(key)) {
+        if lookup == Lookup::Cache
+            && let Some(hit) = cache.as_ref().and_then(|(cache, key)| cache.get(key))
+        {
             self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(replay(&hit));
         }
         budget.check()?;
+        // Held by the returned stream until it ends or is dropped.
+        let slot = self.slot().await;
         let breaker = self.breaker(&request.model);
         let attempt = || async {
             let Some(permit) = breaker.try_acquire() else {
@@ -202,6 +266,7 @@ impl LlmClient {
             Ok((stream, permit)) => Ok(Box::pin(Tracked {
                 inner: stream,
                 permit: Some(permit),
+                slot,
                 budget: budget.clone(),
                 collected: Completion::default(),
                 cache,
@@ -215,23 +280,28 @@ impl LlmClient {
         }
     }
 
-    /// A whole completion; `on_text` sees each piece as it arrives.
+    /// A whole completion; `on_text` sees each piece as it arrives. Fails
+    /// unless the stream finished cleanly (a `finish_reason`, no error).
     pub async fn complete(
         &self,
         request: ChatRequest,
         budget: &Budget,
-        mut on_text: impl FnMut(&str),
+        on_text: impl FnMut(&str),
     ) -> Result<Completion, LlmError> {
-        let mut stream = self.stream(request, budget).await?;
-        let mut completion = Completion::default();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            if let Chunk::Text(text) = &chunk {
-                on_text(text);
-            }
-            completion.absorb(&chunk);
-        }
-        Ok(completion)
+        let stream = self.stream(request, budget).await?;
+        collect(stream, on_text).await
+    }
+
+    /// Like [`complete`](Self::complete), but never served from the cache
+    /// (see [`stream_fresh`](Self::stream_fresh)).
+    pub async fn complete_fresh(
+        &self,
+        request: ChatRequest,
+        budget: &Budget,
+        on_text: impl FnMut(&str),
+    ) -> Result<Completion, LlmError> {
+        let stream = self.stream_fresh(request, budget).await?;
+        collect(stream, on_text).await
     }
 
     fn breaker(&self, model: &str) -> Breaker {
@@ -252,6 +322,36 @@ impl LlmClient {
     }
 }
 
+/// Whether the result cache consulted for a call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    Cache,
+    Skip,
+}
+
+/// Reads a stream to its end into one completion.
+async fn collect(mut stream: ChunkStream, mut on_text: impl FnMut(&str)) -> Result<Completion, LlmError> {
+    let mut completion = Completion::default();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if let Chunk::Text(text) = &chunk {
+            on_text(text);
+        }
+        completion.absorb(&chunk);
+    }
+    Ok(completion)
+}
+
+/// Whether a completion may be stored and replayed: whole (a `finish_reason`
+/// other than `length`, `content_filter` or `error`) and not blank.
+fn is_cacheable(completion: &Completion) -> bool {
+    let whole = completion
+        .finish_reason
+        .as_deref()
+        .is_some_and(|reason| !matches!(reason, "length" | "content_filter" | "error"));
+    whole && !completion.text.trim().is_empty()
+}
+
 /// A cached completion played back as a stream. It cost nothing this time.
 fn replay(hit: &Completion) -> ChunkStream {
     let mut chunks = vec![Ok(Chunk::Cached), Ok(Chunk::Text(hit.text.clone()))];
@@ -266,6 +366,8 @@ fn replay(hit: &Completion) -> ChunkStream {
 struct Tracked {
     inner: ChunkStream,
     permit: Option<Permit>,
+    /// The concurrency slot, released when the call ends.
+    slot: Option<OwnedSemaphorePermit>,
     budget: Budget,
     collected: Completion,
     cache: Option<(ResultCache, [u8; 32])>,
@@ -277,6 +379,7 @@ impl Tracked {
     /// Ends the call once: the budget is charged whatever the outcome.
     fn end(&mut self) -> Option<Permit> {
         self.ended = true;
+        self.slot = None;
         self.budget.record_call(self.collected.usage.and_then(|usage| usage.cost_usd));
         self.permit.take()
     }
@@ -294,7 +397,9 @@ impl Tracked {
         if let Some(permit) = self.end() {
             permit.success();
         }
-        if let Some((cache, key)) = self.cache.take() {
+        if let Some((cache, key)) = self.cache.take()
+            && is_cacheable(&self.collected)
+        {
             cache.insert(key, Arc::new(std::mem::take(&mut self.collected)));
         }
     }

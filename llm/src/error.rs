@@ -7,14 +7,36 @@ pub enum LlmError {
     /// The provider answered with a non-success HTTP status.
     #[error("{provider} answered HTTP {status}: {message}")]
     Status { provider: String, status: u16, message: String, retry_after: Option<Duration> },
-    /// An error event inside a 200 stream (OpenRouter's `finish_reason: "error"`).
+    /// An error reported under HTTP 200: an error event inside the stream, in
+    /// any shape (an `error` key, `object: "error"`, `event: error`,
+    /// `finish_reason: "error"`), or a JSON error body in place of the stream.
+    /// Text that came before it is not an answer.
     #[error("{provider} reported an error mid-stream: {message}")]
     MidStream { provider: String, message: String, code: Option<String> },
     #[error("could not reach {provider}: {message}")]
     Connect { provider: String, message: String },
     #[error("{provider} timed out: {message}")]
     Timeout { provider: String, message: String },
-    /// The stream broke off or carried something that is not a chat-completions chunk.
+    /// The connection closed before the response was complete (a reset, or
+    /// a body cut short mid-stream). Retryable.
+    #[error("{provider} dropped the connection: {message}")]
+    Disconnected { provider: String, message: String },
+    /// The stream ended without a `finish_reason`: the answer is not known to
+    /// be whole (a server that serves one request at a time ends the current
+    /// stream this way when another request arrives). Retryable.
+    #[error("{provider} ended the stream without finishing the answer: {message}")]
+    Incomplete { provider: String, message: String },
+    /// HTTP 200, then the body closed without a single event. llama.cpp's
+    /// server does this when the prompt does not fit its context. Not retried.
+    #[error(
+        "{provider} answered 200 but the stream carried no events; the prompt may be longer than the model's context window"
+    )]
+    EmptyStream { provider: String },
+    /// The server says the prompt does not fit the model's context window
+    /// (its 400 `context_length_exceeded` or equivalent). Not retried.
+    #[error("{provider}: the prompt is longer than the model's context window: {message}")]
+    ContextLengthExceeded { provider: String, message: String },
+    /// The stream carried something that is not a chat-completions chunk.
     #[error("{provider} sent a malformed stream: {message}")]
     Malformed { provider: String, message: String },
     #[error("circuit open for {provider} model {model}: too many recent failures; retry later")]
@@ -36,13 +58,16 @@ pub enum LlmError {
 }
 
 impl LlmError {
-    /// Worth another try: throttling, server errors, timeouts and broken connections.
-    /// 400, 401, 402 and 403 are the caller's problem and are never retried.
+    /// Worth another try: throttling, server errors, timeouts, dropped
+    /// connections and streams that stopped short. 400, 401, 402 and 403 are
+    /// the caller's problem and are never retried, nor is an in-stream error
+    /// whose code is one of those, nor a prompt over the context window.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Status { status, .. } => *status == 429 || *status >= 500,
-            Self::Connect { .. } | Self::Timeout { .. } | Self::MidStream { .. } => true,
-            Self::Malformed { .. } => true,
+            Self::MidStream { code, .. } => !code.as_deref().is_some_and(is_client_error_code),
+            Self::Connect { .. } | Self::Timeout { .. } | Self::Disconnected { .. } => true,
+            Self::Incomplete { .. } | Self::Malformed { .. } => true,
             _ => false,
         }
     }
@@ -59,4 +84,9 @@ impl LlmError {
     pub fn trips_breaker(&self) -> bool {
         self.is_retryable()
     }
+}
+
+/// A 4xx code other than 408 (timeout) and 429 (throttled), as an in-stream error may carry.
+fn is_client_error_code(code: &str) -> bool {
+    code.parse::<u16>().is_ok_and(|code| (400..500).contains(&code) && code != 408 && code != 429)
 }

@@ -140,7 +140,11 @@ async fn malformed_streams_get_errors_naming_the_problem() {
     let broken = client.complete(question("a"), &Budget::unlimited(), |_| {}).await.expect_err("broken JSON");
     assert!(broken.to_string().contains("not a chat-completions chunk"), "{broken}");
     let cut = client.complete(question("b"), &Budget::unlimited(), |_| {}).await.expect_err("no [DONE]");
-    assert!(cut.to_string().contains("stream ended before [DONE]"), "{cut}");
+    assert!(matches!(cut, LlmError::Incomplete { .. }), "{cut:?}");
+    assert!(
+        cut.to_string().contains("closed before [DONE] after 1 text chunk(s) but without a finish_reason"),
+        "{cut}"
+    );
 }
 
 #[tokio::test]

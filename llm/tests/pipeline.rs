@@ -15,17 +15,17 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Which stage sent a request, from its role prompt.
+/// Which stage sent a request, from its role prompt (the generator's names no role).
 fn stage_of(body: &Value) -> Stage {
     let system = body["messages"][0]["content"].as_str().unwrap_or_default();
-    Stage::ALL
+    [Stage::Refiner, Stage::Validator, Stage::Curator]
         .into_iter()
         .find(|stage| {
             let role = stage.as_str();
             let title = format!("the {}{}", role[..1].to_uppercase(), &role[1..]);
             system.contains(&title)
         })
-        .expect("a stage's role prompt")
+        .unwrap_or(Stage::Generator)
 }
 
 fn pieces(stage: Stage) -> Vec<String> {
@@ -41,10 +41,41 @@ fn reply(stage: Stage, delay: Duration) -> Reply {
 }
 
 fn pipeline(server: &TestServer, attempts: usize) -> Pipeline {
+    let config = ResilienceConfig { max_attempts: attempts, cache_entries: 0, ..ResilienceConfig::default() };
+    pipeline_with(server, config)
+}
+
+fn pipeline_with(server: &TestServer, config: ResilienceConfig) -> Pipeline {
     let provider =
         OpenAiProvider::new(OpenAiConfig::new("loopback", server.base_url(), "m")).expect("client");
-    let config = ResilienceConfig { max_attempts: attempts, cache_entries: 0, ..ResilienceConfig::default() };
     Pipeline::new(Arc::new(LlmClient::new(Arc::new(provider), config)))
+}
+
+/// What a consumer that honours `Retracted` still shows of `wanted`'s tokens.
+fn shown(events: &[PipelineEvent], wanted: Stage) -> String {
+    let mut text = String::new();
+    for event in events {
+        match event {
+            PipelineEvent::StageStarted { stage, .. } | PipelineEvent::Retracted { stage, .. }
+                if *stage == wanted =>
+            {
+                text.clear()
+            }
+            PipelineEvent::Tokens { stage, text: frame, .. } if *stage == wanted => text.push_str(frame),
+            _ => {}
+        }
+    }
+    text
+}
+
+/// Index of the first event matching `wanted`.
+fn position(events: &[PipelineEvent], wanted: impl Fn(&PipelineEvent) -> bool) -> usize {
+    events.iter().position(wanted).expect("the event")
+}
+
+/// One SSE text chunk, as a literal.
+fn text_event(text: &str) -> String {
+    format!("data: {}\n\n", serde_json::json!({"choices": [{"index": 0, "delta": {"content": text}}]}))
 }
 
 struct Run {
@@ -161,6 +192,135 @@ async fn a_stage_that_breaks_mid_stream_is_retried_and_the_job_still_succeeds() 
         event,
         PipelineEvent::StageStarted { stage: Stage::Validator, attempt: 2, .. }
     )));
+    // The half answer it showed was withdrawn before the retry.
+    let events = &outcome.events;
+    let retracted = position(events, |e| {
+        matches!(e, PipelineEvent::Retracted { stage: Stage::Validator, attempt: 1, .. })
+    });
+    let error = position(events, |e| matches!(e, PipelineEvent::Error { stage: Stage::Validator, .. }));
+    let retry = position(events, |e| {
+        matches!(e, PipelineEvent::StageStarted { stage: Stage::Validator, attempt: 2, .. })
+    });
+    assert!(retracted < error && error < retry, "Retracted, then Error, then the retry");
+    assert_eq!(shown(events, Stage::Validator), stage_text(Stage::Validator));
+}
+
+#[tokio::test]
+async fn a_curator_whose_connection_resets_after_one_event_is_retracted_and_only_the_final_answer_stands() {
+    let curator_calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let calls = curator_calls.clone();
+    let server = TestServer::responding(move |body| match stage_of(body) {
+        Stage::Curator if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 => {
+            Reply::Reset(vec![text_event("The capital is Lyon")])
+        }
+        stage => reply(stage, Duration::ZERO),
+    })
+    .await;
+    let outcome = run(&pipeline(&server, 1), &CancellationToken::new(), "fast").await;
+    let result = outcome.result.expect("retried");
+    let events = &outcome.events;
+    assert!(events.iter().any(
+        |e| matches!(e, PipelineEvent::Tokens { stage: Stage::Curator, text, .. } if text.contains("Lyon"))
+    ));
+    let retracted =
+        position(events, |e| matches!(e, PipelineEvent::Retracted { stage: Stage::Curator, attempt: 1, .. }));
+    let retry = position(events, |e| {
+        matches!(e, PipelineEvent::StageStarted { stage: Stage::Curator, attempt: 2, .. })
+    });
+    assert!(retracted < retry);
+    assert!(events.iter().any(|e| matches!(
+        e,
+        PipelineEvent::Error { stage: Stage::Curator, will_retry: true, message, .. } if message.contains("dropped the connection")
+    )));
+    // What a consumer shows is exactly the answer.
+    assert_eq!(shown(events, Stage::Curator).trim(), result.answer);
+    assert!(matches!(events.last(), Some(PipelineEvent::Done { answer, .. }) if *answer == result.answer));
+}
+
+#[tokio::test]
+async fn a_curator_that_always_fails_after_partial_text_leaves_nothing_shown() {
+    let server = TestServer::responding(|body| match stage_of(body) {
+        Stage::Curator => Reply::Raw(format!(
+            "{}data: {{\"choices\":[{{\"delta\":{{}},\"finish_reason\":\"error\"}}]}}\n\n",
+            text_event("Paris is the cap")
+        )),
+        stage => reply(stage, Duration::ZERO),
+    })
+    .await;
+    let outcome = run(&pipeline(&server, 1), &CancellationToken::new(), "fast").await;
+    assert!(
+        matches!(outcome.result, Err(PipelineError::StageFailed { stage: Stage::Curator, attempts: 2, .. })),
+        "{:?}",
+        outcome.result
+    );
+    let retractions = outcome
+        .events
+        .iter()
+        .filter(|e| matches!(e, PipelineEvent::Retracted { stage: Stage::Curator, .. }))
+        .count();
+    assert_eq!(retractions, 2, "each failed attempt withdrew its text");
+    assert_eq!(shown(&outcome.events, Stage::Curator), "", "no partial answer stands");
+    assert!(!outcome.events.iter().any(|e| matches!(e, PipelineEvent::Done { .. })));
+}
+
+#[tokio::test]
+async fn a_stage_retry_after_an_empty_done_stream_reaches_the_server_not_the_cache() {
+    let validator_calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let calls = validator_calls.clone();
+    let server = TestServer::responding(move |body| match stage_of(body) {
+        // vLLM when it fails before the first token.
+        Stage::Validator if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 => {
+            Reply::Raw("data: [DONE]\n\n".into())
+        }
+        stage => reply(stage, Duration::ZERO),
+    })
+    .await;
+    // The result cache on, as `hivemesh ask` has it.
+    let config = ResilienceConfig { max_attempts: 1, ..ResilienceConfig::default() };
+    let outcome = run(&pipeline_with(&server, config), &CancellationToken::new(), "fast").await;
+    let result = outcome.result.expect("the retry got the answer");
+    let validator = result.stage(Stage::Validator).expect("validator");
+    assert_eq!((validator.attempts, validator.text.as_str()), (2, stage_text(Stage::Validator).as_str()));
+    assert_eq!(validator_calls.load(std::sync::atomic::Ordering::SeqCst), 2, "the retry reached the server");
+    assert!(!outcome.events.iter().any(|e| matches!(e, PipelineEvent::StageFinished { cached: true, .. })));
+}
+
+#[tokio::test]
+async fn a_one_request_at_a_time_server_gets_the_whole_pipeline_through_with_a_limit_of_one() {
+    let server = TestServer::responding(|body| Reply::OneAtATime {
+        pieces: pieces(stage_of(body)),
+        delay: Duration::from_millis(5),
+    })
+    .await;
+    let config = ResilienceConfig {
+        max_attempts: 1,
+        cache_entries: 0,
+        max_concurrent_requests: std::num::NonZeroUsize::new(1),
+        ..ResilienceConfig::default()
+    };
+    let outcome = run(&pipeline_with(&server, config), &CancellationToken::new(), "balanced").await;
+    let result = outcome.result.expect("the pipeline got through");
+    assert_eq!(result.answer, stage_text(Stage::Curator).trim());
+    assert_eq!(server.interrupted(), 0, "no stream was cut by another request");
+    assert_eq!(server.most_open(), 1, "refiner and validator took turns");
+    assert_eq!(server.seen().len(), 4, "one call per stage");
+}
+
+#[tokio::test]
+async fn an_empty_200_stream_fails_the_stage_at_once_naming_the_context_window() {
+    let server = TestServer::responding(|body| match stage_of(body) {
+        Stage::Generator => Reply::Raw(String::new()),
+        stage => reply(stage, Duration::ZERO),
+    })
+    .await;
+    let outcome = run(&pipeline(&server, 3), &CancellationToken::new(), "fast").await;
+    match outcome.result {
+        Err(PipelineError::StageFailed { stage: Stage::Generator, attempts: 1, reason }) => {
+            assert!(reason.to_string().contains("context window"), "{reason}");
+        }
+        other => panic!("expected the generator to fail at once, got {other:?}"),
+    }
+    assert_eq!(server.seen().len(), 1, "no pointless retries");
 }
 
 #[tokio::test]

@@ -6,6 +6,14 @@ use serde::{Deserialize, Serialize};
 use super::Stage;
 
 /// Times are milliseconds since the pipeline started.
+///
+/// The rule for consumers: what is printed or streamed as the answer is
+/// exactly the final answer. A stage's `Tokens` are provisional until its
+/// `StageFinished`: when an attempt fails after some of its tokens went out,
+/// a `Retracted` for that stage and attempt comes first, before the attempt's
+/// `Error` and before any retry's `StageStarted`; erase everything that
+/// attempt showed. The answer is `Done::answer`; a run without `Done` (a
+/// `PipelineError`) has no answer, and nothing it showed stands.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PipelineEvent {
@@ -29,6 +37,17 @@ pub enum PipelineEvent {
         cost_usd: f64,
         latency_ms: f64,
         cached: bool,
+        at_ms: f64,
+    },
+    /// Withdraws every `Tokens` frame of `stage` since its `StageStarted`
+    /// with this `attempt`: the attempt failed after showing them (a dropped
+    /// connection, an error event after some text, an empty answer). Always
+    /// followed by that attempt's `Error`. A consumer that printed those
+    /// frames erases them; nothing of the attempt is part of any answer.
+    /// Serialised as `{"type":"retracted","stage":"curator","attempt":1,"at_ms":812.5}`.
+    Retracted {
+        stage: Stage,
+        attempt: u32,
         at_ms: f64,
     },
     /// A stage attempt failed; `will_retry` says whether another attempt follows.

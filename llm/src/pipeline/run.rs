@@ -176,7 +176,10 @@ impl Pipeline {
             })
             .await;
             let started = Instant::now();
-            let outcome = self.attempt(run, stage, client, request.clone()).await;
+            // A retry exists because the last answer was not accepted: it must reach the provider.
+            let fresh = attempt > 1;
+            let mut shown = false;
+            let outcome = self.attempt(run, stage, client, request.clone(), fresh, &mut shown).await;
             let error = match outcome {
                 Ok(completion) => {
                     let latency = started.elapsed();
@@ -205,6 +208,9 @@ impl Pipeline {
                 Err(error) => error,
             };
             let will_retry = attempt < attempts && error.is_retryable();
+            if shown {
+                run.emit(PipelineEvent::Retracted { stage, attempt, at_ms: run.at_ms() }).await;
+            }
             run.emit(PipelineEvent::Error {
                 stage,
                 message: error.to_string(),
@@ -223,17 +229,28 @@ impl Pipeline {
         unreachable!("the last attempt either returns its output or its error")
     }
 
-    /// One attempt of one stage, streaming token frames as they come.
+    /// One attempt of one stage, streaming token frames as they come; `shown`
+    /// turns true once a frame went out. `fresh` skips the result cache.
     async fn attempt(
         &self,
         run: &Run<'_>,
         stage: Stage,
         client: &LlmClient,
         request: ChatRequest,
+        fresh: bool,
+        shown: &mut bool,
     ) -> Result<Completion, LlmError> {
+        let budget = &run.options.budget;
+        let opening = async {
+            if fresh {
+                client.stream_fresh(request, budget).await
+            } else {
+                client.stream(request, budget).await
+            }
+        };
         let mut stream = tokio::select! {
             _ = run.cancel.cancelled() => return Err(LlmError::Cancelled),
-            opened = client.stream(request, &run.options.budget) => opened?,
+            opened = opening => opened?,
         };
         let mut batcher = TokenBatcher::new(run.options.frame_interval);
         let mut ticker = tokio::time::interval(run.options.frame_interval);
@@ -258,10 +275,12 @@ impl Pipeline {
                 _ = ticker.tick() => batcher.flush_due(Instant::now()),
             };
             if let Some(text) = frame {
+                *shown = true;
                 run.emit(PipelineEvent::Tokens { stage, text, at_ms: run.at_ms() }).await;
             }
         }
         if let Some(text) = batcher.finish() {
+            *shown = true;
             run.emit(PipelineEvent::Tokens { stage, text, at_ms: run.at_ms() }).await;
         }
         if completion.text.trim().is_empty() {

@@ -4,17 +4,18 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use eventsource_stream::Eventsource;
 use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
 
-use super::sse::{EventOutcome, error_body_message, parse_event};
+use self::wire::{EventOutcome, ServerError, error_body, parse_body, parse_event};
+use super::sse::{SseEvent, SseParser};
 use super::{ChunkStream, Provider};
 use crate::{ChatMessage, ChatRequest, Chunk, LlmError};
 
 mod embeddings;
+mod wire;
 
 /// OpenRouter's OpenAI-compatible endpoint.
 pub const OPENROUTER_BASE_URL: &str = "https://openrouter.ai/api/v1";
@@ -136,10 +137,17 @@ impl OpenAiProvider {
         if !status.is_success() {
             let retry_after = response.headers().get(RETRY_AFTER).and_then(parse_retry_after);
             let body = read_bounded(response).await;
+            let error = error_body(&body);
+            if error.is_context_overflow() {
+                return Err(LlmError::ContextLengthExceeded {
+                    provider: name.clone(),
+                    message: format!("HTTP {}: {}", status.as_u16(), error.describe()),
+                });
+            }
             return Err(LlmError::Status {
                 provider: name.clone(),
                 status: status.as_u16(),
-                message: error_body_message(&body),
+                message: error.describe(),
                 retry_after,
             });
         }
@@ -188,15 +196,27 @@ impl Provider for OpenAiProvider {
     }
 }
 
+/// A failure of the HTTP exchange itself: a timeout, a refused connection, or
+/// a connection that closed early (named a dropped connection, never a
+/// malformed stream).
 fn transport_error(provider: &str, err: &reqwest::Error) -> LlmError {
     let message = error_chain(err);
-    if err.is_timeout() {
+    if err.is_timeout() || message.contains("operation timed out") {
         LlmError::Timeout { provider: provider.into(), message }
     } else if err.is_connect() {
         LlmError::Connect { provider: provider.into(), message }
     } else {
-        LlmError::Malformed { provider: provider.into(), message }
+        LlmError::Disconnected { provider: provider.into(), message }
     }
+}
+
+/// An error the server reported, as the caller's error: a context overflow
+/// is named as such.
+fn reported(provider: &str, error: ServerError) -> LlmError {
+    if error.is_context_overflow() {
+        return LlmError::ContextLengthExceeded { provider: provider.into(), message: error.describe() };
+    }
+    LlmError::MidStream { provider: provider.into(), message: error.message, code: error.code }
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -228,78 +248,192 @@ async fn read_bounded(mut response: reqwest::Response) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
+/// Bytes kept from the start of a body that has produced no event yet, to
+/// read it as JSON (an error or a non-streamed completion) if it never does.
+const MAX_HEAD: usize = 4 * 1024 * 1024;
+
 struct StreamState<S> {
-    events: S,
-    pending: VecDeque<Chunk>,
+    provider: String,
+    bytes: S,
+    parser: SseParser,
+    events: VecDeque<SseEvent>,
+    pending: VecDeque<Result<Chunk, LlmError>>,
+    head: Vec<u8>,
+    events_seen: u64,
+    text_chunks: u64,
+    /// A `finish_reason` arrived.
     finished: bool,
-    done: bool,
+    /// The body ended.
+    eof: bool,
+    /// Nothing more will be yielded after `pending`.
+    over: bool,
 }
 
-/// Flattens SSE events into chunks. Comment lines (keep-alives) never reach here:
-/// the SSE parser drops them. The stream ends at `[DONE]`.
+impl<S> StreamState<S> {
+    fn fail(&mut self, error: LlmError) {
+        self.over = true;
+        self.pending.push_back(Err(error));
+    }
+
+    fn push_chunks(&mut self, chunks: Vec<Chunk>) {
+        for chunk in chunks {
+            match &chunk {
+                Chunk::Finished { .. } => self.finished = true,
+                Chunk::Text(_) => self.text_chunks += 1,
+                _ => {}
+            }
+            self.pending.push_back(Ok(chunk));
+        }
+    }
+
+    fn incomplete(&self, what: &str) -> LlmError {
+        let message = if self.text_chunks == 0 {
+            format!(
+                "{what} with no text and no finish_reason (a server that serves one request at a time \
+                 ends a stream this way when another request arrives)"
+            )
+        } else {
+            format!("{what} after {} text chunk(s) but without a finish_reason", self.text_chunks)
+        };
+        LlmError::Incomplete { provider: self.provider.clone(), message }
+    }
+
+    fn on_event(&mut self, event: SseEvent) {
+        self.events_seen += 1;
+        if event.data.trim().is_empty() && event.event != "error" {
+            return;
+        }
+        match parse_event(&event.event, &event.data) {
+            Ok(EventOutcome::Chunks(chunks)) => self.push_chunks(chunks),
+            Ok(EventOutcome::Done) => {
+                self.over = true;
+                if !self.finished {
+                    let error = self.incomplete("[DONE] arrived");
+                    self.pending.push_back(Err(error));
+                }
+            }
+            Ok(EventOutcome::Error(error)) => {
+                let error = reported(&self.provider, error);
+                self.fail(error);
+            }
+            Err(message) => {
+                let provider = self.provider.clone();
+                self.fail(LlmError::Malformed { provider, message });
+            }
+        }
+    }
+
+    /// The body ended without `[DONE]`.
+    fn on_eof(&mut self) {
+        self.over = true;
+        if self.finished {
+            return;
+        }
+        let provider = self.provider.clone();
+        if self.events_seen > 0 {
+            let error = self.incomplete("the stream closed before [DONE]");
+            self.pending.push_back(Err(error));
+            return;
+        }
+        let head = String::from_utf8_lossy(&self.head).into_owned();
+        if head.trim().is_empty() {
+            self.pending.push_back(Err(LlmError::EmptyStream { provider }));
+            return;
+        }
+        // A JSON body in place of the stream: an error, or a whole completion.
+        match parse_body(&head) {
+            Ok(EventOutcome::Chunks(chunks)) => {
+                self.push_chunks(chunks);
+                if !self.finished {
+                    let error = self.incomplete("a JSON completion in place of a stream ended");
+                    self.pending.push_back(Err(error));
+                }
+            }
+            Ok(EventOutcome::Error(error)) => {
+                let error = reported(&provider, error);
+                self.pending.push_back(Err(error));
+            }
+            Ok(EventOutcome::Done) => {
+                let error = self.incomplete("a bare [DONE]");
+                self.pending.push_back(Err(error));
+            }
+            Err(message) => self.pending.push_back(Err(LlmError::Malformed { provider, message })),
+        }
+    }
+}
+
+/// Flattens SSE events into chunks. Comment lines (keep-alives) never reach
+/// here: the SSE parser drops them. A stream succeeds only if it carried a
+/// `finish_reason` and no error; it ends at `[DONE]` (or when the body ends
+/// after a `finish_reason`).
 fn chunk_stream(
     provider: String,
     bytes: impl Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
 ) -> impl Stream<Item = Result<Chunk, LlmError>> + Send {
     let state = StreamState {
-        events: Box::pin(bytes.eventsource()),
+        provider,
+        bytes: Box::pin(bytes),
+        parser: SseParser::new(),
+        events: VecDeque::new(),
         pending: VecDeque::new(),
+        head: Vec::new(),
+        events_seen: 0,
+        text_chunks: 0,
         finished: false,
-        done: false,
+        eof: false,
+        over: false,
     };
-    futures_util::stream::unfold(state, move |mut state| {
-        let provider = provider.clone();
-        async move {
-            loop {
-                if let Some(chunk) = state.pending.pop_front() {
-                    if matches!(chunk, Chunk::Finished { .. }) {
-                        state.finished = true;
+    futures_util::stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(item) = state.pending.pop_front() {
+                return Some((item, state));
+            }
+            if state.over {
+                return None;
+            }
+            if let Some(event) = state.events.pop_front() {
+                state.on_event(event);
+                continue;
+            }
+            if state.eof {
+                state.on_eof();
+                continue;
+            }
+            let mut events = Vec::new();
+            match state.bytes.next().await {
+                Some(Ok(bytes)) => {
+                    if state.events_seen == 0 && state.head.len() < MAX_HEAD {
+                        state.head.extend_from_slice(&bytes);
                     }
-                    return Some((Ok(chunk), state));
+                    state.parser.feed(&bytes, &mut events);
                 }
-                if state.done {
-                    return None;
-                }
-                let Some(event) = state.events.next().await else {
-                    state.done = true;
-                    if state.finished {
-                        return None;
-                    }
-                    let message = "stream ended before [DONE]".to_string();
-                    return Some((Err(LlmError::Malformed { provider, message }), state));
-                };
-                let event = match event {
-                    Ok(event) => event,
-                    Err(err) => {
-                        state.done = true;
-                        let message = error_chain(&err);
-                        let error = if message.contains("operation timed out") {
-                            LlmError::Timeout { provider, message }
+                Some(Err(err)) => {
+                    let mut error = transport_error(&state.provider, &err);
+                    if let LlmError::Disconnected { message, .. } = &mut error {
+                        *message = if state.events_seen == 0 {
+                            format!(
+                                "the body closed before any event ({message}); if this repeats, \
+                                 the prompt may be longer than the model's context window"
+                            )
                         } else {
-                            LlmError::Malformed { provider, message }
+                            format!("mid-stream, after {} text chunk(s) ({message})", state.text_chunks)
                         };
-                        return Some((Err(error), state));
                     }
-                };
-                if event.data.trim().is_empty() {
+                    if state.finished {
+                        // The answer was whole; only the trailer (usage, [DONE]) was lost.
+                        tracing::debug!(provider = %state.provider, %error, "connection closed after finish_reason");
+                        state.over = true;
+                    } else {
+                        state.fail(error);
+                    }
                     continue;
                 }
-                match parse_event(&event.data) {
-                    Ok(EventOutcome::Chunks(chunks)) => state.pending.extend(chunks),
-                    Ok(EventOutcome::Done) => {
-                        state.done = true;
-                        state.finished = true;
-                    }
-                    Ok(EventOutcome::Error { message, code }) => {
-                        state.done = true;
-                        return Some((Err(LlmError::MidStream { provider, message, code }), state));
-                    }
-                    Err(message) => {
-                        state.done = true;
-                        return Some((Err(LlmError::Malformed { provider, message }), state));
-                    }
+                None => {
+                    state.parser.finish(&mut events);
+                    state.eof = true;
                 }
             }
+            state.events.extend(events);
         }
     })
 }

@@ -1,169 +1,181 @@
-//! Turning an OpenAI-style SSE event into chunks. Pure: no I/O, so it is
-//! tested on literal payloads.
+//! A server-sent events parser over raw bytes, per the WHATWG event-stream
+//! format: lines end in `\n`, `\r\n` or `\r`; `data:` lines of one event are
+//! joined with `\n`; `event:` names the event; lines starting with `:` are
+//! comments (keep-alives); a blank line dispatches the event. Each line is
+//! decoded as UTF-8 with U+FFFD for invalid bytes, so one bad byte costs one
+//! character, never the stream.
+//!
+//! One deliberate leniency: an event still pending when the body ends (no
+//! closing blank line) is dispatched rather than dropped, since some servers
+//! end with `data: [DONE]\n`.
 
-use serde::Deserialize;
-
-use crate::{Chunk, Usage};
-
-/// What one `data:` event means.
-#[derive(Debug, PartialEq)]
-pub enum EventOutcome {
-    Chunks(Vec<Chunk>),
-    /// `data: [DONE]`.
-    Done,
-    /// An error object inside the stream.
-    Error {
-        message: String,
-        code: Option<String>,
-    },
+/// One dispatched event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` field; empty when absent (the standard's `message`).
+    pub event: String,
+    /// The `data:` lines, joined with `\n`.
+    pub data: String,
 }
 
-#[derive(Deserialize)]
-struct StreamChunk {
-    #[serde(default)]
-    choices: Vec<StreamChoice>,
-    usage: Option<WireUsage>,
-    error: Option<WireError>,
+/// Incremental parser: feed it bytes as they arrive, in chunks of any size.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    /// Bytes of a line not yet ended.
+    line: Vec<u8>,
+    /// The previous chunk ended in `\r`: a `\n` opening the next one belongs to it.
+    after_cr: bool,
+    /// Still at the very start of the stream, where a UTF-8 BOM is skipped.
+    at_start: bool,
+    event: String,
+    data: String,
+    /// At least one `data:` line since the last dispatch.
+    has_data: bool,
 }
 
-#[derive(Deserialize)]
-struct StreamChoice {
-    delta: Option<Delta>,
-    finish_reason: Option<String>,
-    error: Option<WireError>,
-}
-
-#[derive(Deserialize)]
-struct Delta {
-    content: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WireUsage {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-    cost: Option<f64>,
-}
-
-#[derive(Deserialize)]
-pub struct WireError {
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default)]
-    code: Option<serde_json::Value>,
-}
-
-impl WireError {
-    fn into_parts(self) -> (String, Option<String>) {
-        let code = self.code.map(|code| match code {
-            serde_json::Value::String(text) => text,
-            other => other.to_string(),
-        });
-        (self.message.unwrap_or_else(|| "unspecified error".into()), code)
+impl SseParser {
+    pub fn new() -> Self {
+        Self { at_start: true, ..Self::default() }
     }
-}
 
-/// Parses the `data` of one event. Errors name what was wrong with the payload.
-pub fn parse_event(data: &str) -> Result<EventOutcome, String> {
-    let data = data.trim();
-    if data == "[DONE]" {
-        return Ok(EventOutcome::Done);
-    }
-    let chunk: StreamChunk = serde_json::from_str(data)
-        .map_err(|err| format!("event is not a chat-completions chunk ({err}): {}", preview(data)))?;
-    if let Some(error) = chunk.error {
-        let (message, code) = error.into_parts();
-        return Ok(EventOutcome::Error { message, code });
-    }
-    let mut chunks = Vec::new();
-    for choice in chunk.choices {
-        if let Some(error) = choice.error {
-            let (message, code) = error.into_parts();
-            return Ok(EventOutcome::Error { message, code });
-        }
-        if let Some(text) = choice.delta.and_then(|delta| delta.content).filter(|text| !text.is_empty()) {
-            chunks.push(Chunk::Text(text));
-        }
-        match choice.finish_reason {
-            Some(reason) if reason == "error" => {
-                return Ok(EventOutcome::Error { message: "finish_reason \"error\"".into(), code: None });
+    /// Parses `bytes`, appending each completed event to `out`.
+    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<SseEvent>) {
+        if self.after_cr {
+            self.after_cr = false;
+            if let Some(rest) = bytes.strip_prefix(b"\n") {
+                bytes = rest;
             }
-            Some(reason) => chunks.push(Chunk::Finished { reason }),
-            None => {}
+        }
+        while let Some(end) = bytes.iter().position(|&byte| byte == b'\n' || byte == b'\r') {
+            self.line.extend_from_slice(&bytes[..end]);
+            let line = std::mem::take(&mut self.line);
+            self.line_ended(&line, out);
+            let terminator = bytes[end];
+            bytes = &bytes[end + 1..];
+            if terminator == b'\r' {
+                match bytes.first() {
+                    Some(b'\n') => bytes = &bytes[1..],
+                    Some(_) => {}
+                    None => self.after_cr = true,
+                }
+            }
+        }
+        self.line.extend_from_slice(bytes);
+    }
+
+    /// The body ended: the last line and a pending event are taken as complete.
+    pub fn finish(&mut self, out: &mut Vec<SseEvent>) {
+        if !self.line.is_empty() {
+            let line = std::mem::take(&mut self.line);
+            self.line_ended(&line, out);
+        }
+        self.dispatch(out);
+    }
+
+    fn line_ended(&mut self, line: &[u8], out: &mut Vec<SseEvent>) {
+        let mut line = line;
+        if std::mem::take(&mut self.at_start) {
+            line = line.strip_prefix("\u{feff}".as_bytes()).unwrap_or(line);
+        }
+        if line.is_empty() {
+            self.dispatch(out);
+            return;
+        }
+        if line.starts_with(b":") {
+            return;
+        }
+        let (name, value) = match line.iter().position(|&byte| byte == b':') {
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &[][..]),
+        };
+        match name {
+            b"data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(&String::from_utf8_lossy(value));
+                self.has_data = true;
+            }
+            b"event" => self.event = String::from_utf8_lossy(value).into_owned(),
+            // `id` and `retry` matter only to reconnecting browsers.
+            _ => {}
         }
     }
-    if let Some(usage) = chunk.usage {
-        chunks.push(Chunk::Usage(Usage {
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-            cost_usd: usage.cost,
-        }));
-    }
-    Ok(EventOutcome::Chunks(chunks))
-}
 
-/// The message of a non-streamed error body (`{"error": {"message": ...}}`), or the body itself.
-pub fn error_body_message(body: &str) -> String {
-    #[derive(Deserialize)]
-    struct Body {
-        error: WireError,
+    fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
+        let event = std::mem::take(&mut self.event);
+        if std::mem::take(&mut self.has_data) {
+            out.push(SseEvent { event, data: std::mem::take(&mut self.data) });
+        }
     }
-    match serde_json::from_str::<Body>(body) {
-        Ok(parsed) => parsed.error.into_parts().0,
-        Err(_) if body.trim().is_empty() => "(empty body)".into(),
-        Err(_) => preview(body),
-    }
-}
-
-fn preview(text: &str) -> String {
-    const LIMIT: usize = 200;
-    if text.len() <= LIMIT {
-        return text.to_string();
-    }
-    let mut end = LIMIT;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn text_finish_and_usage_with_cost() {
-        let outcome =
-            parse_event(r#"{"choices":[{"delta":{"content":"Par"},"finish_reason":null}]}"#).expect("chunk");
-        assert_eq!(outcome, EventOutcome::Chunks(vec![Chunk::Text("Par".into())]));
-        let last = parse_event(
-            r#"{"choices":[{"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3,"cost":0.00042}}"#,
-        )
-        .expect("chunk");
-        assert_eq!(
-            last,
-            EventOutcome::Chunks(vec![
-                Chunk::Finished { reason: "stop".into() },
-                Chunk::Usage(Usage { prompt_tokens: 9, completion_tokens: 3, cost_usd: Some(0.00042) }),
-            ])
-        );
+    fn parse_in_pieces(pieces: &[&[u8]]) -> Vec<SseEvent> {
+        let mut parser = SseParser::new();
+        let mut out = Vec::new();
+        for piece in pieces {
+            parser.feed(piece, &mut out);
+        }
+        parser.finish(&mut out);
+        out
+    }
+
+    fn data(text: &str) -> SseEvent {
+        SseEvent { event: String::new(), data: text.into() }
     }
 
     #[test]
-    fn done_and_errors() {
-        assert_eq!(parse_event(" [DONE] "), Ok(EventOutcome::Done));
-        let error = parse_event(
-            r#"{"error":{"message":"Provider disconnected","code":502},"choices":[{"delta":{"content":""},"finish_reason":"error"}]}"#,
-        );
+    fn all_three_line_endings_comments_and_multi_line_data() {
+        let body = b": keep-alive\n\ndata: one\r\n\r\ndata: two\r\rdata:a\ndata:  b\n\n";
+        assert_eq!(parse_in_pieces(&[body]), [data("one"), data("two"), data("a\n b")]);
+    }
+
+    #[test]
+    fn the_same_events_whatever_the_chunk_boundaries() {
+        let body: &[u8] = b"\xef\xbb\xbfdata: {\"a\":1}\r\n\r\nevent: error\ndata: boom\r\rdata: [DONE]\n\n";
+        let whole = parse_in_pieces(&[body]);
         assert_eq!(
-            error,
-            Ok(EventOutcome::Error { message: "Provider disconnected".into(), code: Some("502".into()) })
+            whole,
+            [data("{\"a\":1}"), SseEvent { event: "error".into(), data: "boom".into() }, data("[DONE]"),]
         );
-        let broken = parse_event("{\"choices\": [").expect_err("broken JSON");
-        assert!(broken.contains("not a chat-completions chunk"), "{broken}");
-        assert_eq!(error_body_message(r#"{"error":{"message":"No auth"}}"#), "No auth");
-        assert_eq!(error_body_message("plain text"), "plain text");
+        for split in 1..body.len() {
+            let (a, b) = body.split_at(split);
+            assert_eq!(parse_in_pieces(&[a, b]), whole, "split at byte {split}");
+        }
+        let bytewise: Vec<&[u8]> = body.chunks(1).collect();
+        assert_eq!(parse_in_pieces(&bytewise), whole);
+    }
+
+    #[test]
+    fn invalid_utf8_becomes_one_replacement_character_and_parsing_goes_on() {
+        let body = b"data: {\"content\":\"caf\xe9 ok\"}\n\ndata: [DONE]\n\n";
+        assert_eq!(parse_in_pieces(&[body]), [data("{\"content\":\"caf\u{fffd} ok\"}"), data("[DONE]")]);
+        // A valid multi-byte character split across two chunks stays whole.
+        let euro = "data: 5 \u{20ac}\n\n".as_bytes();
+        let split = euro.len() - 3;
+        assert_eq!(parse_in_pieces(&[&euro[..split], &euro[split..]]), [data("5 \u{20ac}")]);
+    }
+
+    #[test]
+    fn a_trailing_event_without_a_blank_line_is_kept_and_empty_events_are_not_dispatched() {
+        assert_eq!(parse_in_pieces(&[b"data: [DONE]"]), [data("[DONE]")]);
+        assert_eq!(parse_in_pieces(&[b"event: ping\n\n\n: only a comment\n\n"]), []);
+        assert_eq!(parse_in_pieces(&[b"data\n\n"]), [data("")]);
+    }
+
+    #[test]
+    fn event_names_reset_after_each_dispatch() {
+        let body = b"event: error\ndata: {}\n\ndata: next\n\n";
+        assert_eq!(
+            parse_in_pieces(&[body]),
+            [SseEvent { event: "error".into(), data: "{}".into() }, data("next")]
+        );
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::serve::ListenerExt;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 /// One scripted answer.
@@ -26,6 +28,16 @@ pub enum Reply {
     Status { code: u16, retry_after: Option<String>, body: String },
     /// A literal SSE body.
     Raw(String),
+    /// A literal body as bytes (for invalid UTF-8), served as SSE.
+    RawBytes(Vec<u8>),
+    /// These literal SSE pieces, then the connection is cut (no end of the
+    /// chunked body): what a reset or a crashed server looks like.
+    Reset(Vec<String>),
+    /// llama-cpp-python's server with default settings: a role chunk, then
+    /// one delta per piece after `delay` each, a finish_reason and [DONE];
+    /// but when another request arrives meanwhile, this stream ends at once
+    /// with only `data: [DONE]` (no text, no finish_reason).
+    OneAtATime { pieces: Vec<String>, delay: Duration },
     /// The inner reply, after a fixed wait (a provider's time to first token).
     AfterLatency(Duration, Box<Reply>),
 }
@@ -64,7 +76,7 @@ pub struct Seen {
 }
 
 type Responder = dyn Fn(&Value) -> Reply + Send + Sync;
-type Embedder = dyn Fn(&str) -> Vec<f32> + Send + Sync;
+type Embedder = dyn Fn(&str) -> Value + Send + Sync;
 
 struct Shared {
     script: Mutex<VecDeque<Reply>>,
@@ -74,6 +86,13 @@ struct Shared {
     hangups: Mutex<Vec<Instant>>,
     /// What `/v1/embeddings` answers with; without one it is a 404.
     embedder: Mutex<Option<Arc<Embedder>>>,
+    /// Completion requests received so far (numbering them).
+    requests: AtomicU64,
+    /// Response streams open now, and the most ever open at once.
+    open: AtomicUsize,
+    most_open: AtomicUsize,
+    /// Streams a `OneAtATime` reply cut short because another request came.
+    interrupted: AtomicUsize,
 }
 
 pub struct TestServer {
@@ -99,6 +118,10 @@ impl TestServer {
             seen: Mutex::default(),
             hangups: Mutex::default(),
             embedder: Mutex::default(),
+            requests: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            most_open: AtomicUsize::new(0),
+            interrupted: AtomicUsize::new(0),
         });
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(completions))
@@ -132,8 +155,24 @@ impl TestServer {
     /// Serves `/v1/embeddings` (OpenAI's shape, data listed in reverse to
     /// check clients order by `index`) with `embed` applied to each input.
     pub fn with_embeddings(self, embed: impl Fn(&str) -> Vec<f32> + Send + Sync + 'static) -> Self {
+        self.with_embedding_values(move |text| json!(embed(text)))
+    }
+
+    /// Like `with_embeddings`, with any JSON as each input's `embedding`
+    /// (one vector per token, a string, ...).
+    pub fn with_embedding_values(self, embed: impl Fn(&str) -> Value + Send + Sync + 'static) -> Self {
         *self.shared.embedder.lock().expect("lock") = Some(Arc::new(embed));
         self
+    }
+
+    /// The most response streams that were open at once.
+    pub fn most_open(&self) -> usize {
+        self.shared.most_open.load(Ordering::SeqCst)
+    }
+
+    /// How many `OneAtATime` streams were cut short by a second request.
+    pub fn interrupted(&self) -> usize {
+        self.shared.interrupted.load(Ordering::SeqCst)
     }
 }
 
@@ -165,6 +204,7 @@ async fn embeddings(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
 async fn completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     shared.seen.lock().expect("lock").push(Seen { headers, body: body.clone(), at: Instant::now() });
+    let number = shared.requests.fetch_add(1, Ordering::SeqCst) + 1;
     let reply = match &shared.responder {
         Some(responder) => responder(&body),
         None => {
@@ -191,6 +231,52 @@ async fn completions(State(shared): State<Arc<Shared>>, headers: HeaderMap, body
             response.body(Body::from(body)).expect("response")
         }
         Reply::Raw(text) => sse_response(Body::from(text)),
+        Reply::RawBytes(bytes) => sse_response(Body::from(bytes)),
+        Reply::Reset(pieces) => {
+            let guard = StreamGuard::open(shared.clone());
+            let stream = futures_util::stream::iter(pieces.into_iter().map(|piece| Ok(Bytes::from(piece))))
+                .chain(futures_util::stream::once(async move {
+                    // Let the pieces reach the client before the cut.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let mut guard = guard;
+                    guard.finish();
+                    drop(guard);
+                    Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by the test"))
+                }));
+            sse_response(Body::from_stream(stream))
+        }
+        Reply::OneAtATime { pieces, delay } => {
+            let guard = StreamGuard::open(shared.clone());
+            let state = (VecDeque::from(pieces), model, guard, 0_u8);
+            let stream =
+                futures_util::stream::unfold(state, move |(mut pieces, model, mut guard, step)| async move {
+                    let text = match step {
+                        0 => chunk(&model, json!({"role": "assistant", "content": ""}), None),
+                        3 => {
+                            guard.finish();
+                            return None;
+                        }
+                        _ => {
+                            if let Some(piece) = pieces.pop_front() {
+                                tokio::time::sleep(delay).await;
+                                if guard.shared.requests.load(Ordering::SeqCst) != number {
+                                    guard.shared.interrupted.fetch_add(1, Ordering::SeqCst);
+                                    return Some((
+                                        Ok::<_, std::io::Error>(Bytes::from("data: [DONE]\n\n")),
+                                        (pieces, model, guard, 3),
+                                    ));
+                                }
+                                let text = chunk(&model, json!({"content": piece}), None);
+                                return Some((Ok(Bytes::from(text)), (pieces, model, guard, 1)));
+                            }
+                            let text = format!("{}data: [DONE]\n\n", chunk(&model, json!({}), Some("stop")));
+                            return Some((Ok(Bytes::from(text)), (pieces, model, guard, 3)));
+                        }
+                    };
+                    Some((Ok(Bytes::from(text)), (pieces, model, guard, 1)))
+                });
+            sse_response(Body::from_stream(stream))
+        }
         Reply::Stream { pieces, delay, usage, keepalive } => {
             let mut events: Vec<(Duration, String)> = Vec::new();
             if keepalive {
@@ -247,14 +333,28 @@ fn sse_response(body: Body) -> Response {
         .expect("response")
 }
 
-/// Records the moment the stream is dropped unfinished.
-struct HangupGuard {
+/// Counts an open response stream, and records the moment it is dropped unfinished.
+struct StreamGuard {
     shared: Arc<Shared>,
     finished: bool,
 }
 
-impl Drop for HangupGuard {
+impl StreamGuard {
+    fn open(shared: Arc<Shared>) -> Self {
+        let open = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.most_open.fetch_max(open, Ordering::SeqCst);
+        Self { shared, finished: false }
+    }
+
+    /// The stream ended as the server meant it to (not a client hang-up).
+    fn finish(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for StreamGuard {
     fn drop(&mut self) {
+        self.shared.open.fetch_sub(1, Ordering::SeqCst);
         if !self.finished {
             self.shared.hangups.lock().expect("lock").push(Instant::now());
         }
@@ -262,7 +362,7 @@ impl Drop for HangupGuard {
 }
 
 fn paced(events: Vec<(Duration, String)>, shared: Arc<Shared>) -> Body {
-    let guard = HangupGuard { shared, finished: false };
+    let guard = StreamGuard::open(shared);
     let state = (VecDeque::from(events), guard);
     let stream = futures_util::stream::unfold(state, |(mut events, mut guard)| async move {
         let Some((delay, text)) = events.pop_front() else {
