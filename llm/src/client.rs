@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -45,6 +45,12 @@ pub struct ResilienceConfig {
     /// ends the running stream early when a second request arrives: the
     /// pipeline's parallel refiner and validator then take turns.
     pub max_concurrent_requests: Option<NonZeroUsize>,
+    /// Detect a server that serves one request at a time: when a stream ends
+    /// with no text and no `finish_reason` while another request to this
+    /// provider is open, later calls take turns (one open at a time) for the
+    /// rest of this client's life, and a warning says so. On by default, so
+    /// the pipeline gets through against such a server without configuration.
+    pub adapt_to_one_at_a_time: bool,
 }
 
 impl Default for ResilienceConfig {
@@ -60,6 +66,7 @@ impl Default for ResilienceConfig {
             cache_entries: 1024,
             cache_ttl: Duration::from_secs(600),
             max_concurrent_requests: None,
+            adapt_to_one_at_a_time: true,
         }
     }
 }
@@ -73,8 +80,12 @@ pub struct ClientStats {
     pub cache_hits: u64,
     pub breaker_rejections: u64,
     pub failures: u64,
-    /// Calls that waited for a free slot under `max_concurrent_requests`.
+    /// Calls that waited for a free slot under `max_concurrent_requests`
+    /// (or, once detected, for a server that serves one request at a time).
     pub queued: u64,
+    /// This client found its server serves one request at a time, and now
+    /// sends one at a time (see `ResilienceConfig::adapt_to_one_at_a_time`).
+    pub one_at_a_time: bool,
     pub breakers: Vec<(String, BreakerState)>,
 }
 
@@ -100,8 +111,7 @@ pub struct LlmClient {
     limiter: Option<DefaultDirectRateLimiter>,
     /// `None` when `cache_entries` is 0: no key is hashed, nothing is looked up.
     cache: Option<ResultCache>,
-    /// Slots under `max_concurrent_requests`.
-    slots: Option<Arc<Semaphore>>,
+    gate: Arc<Gate>,
     counters: Arc<Counters>,
 }
 
@@ -114,19 +124,41 @@ impl LlmClient {
                 .time_to_live(config.cache_ttl)
                 .build()
         });
-        let slots = config.max_concurrent_requests.map(|limit| Arc::new(Semaphore::new(limit.get())));
-        Self { provider, config, breakers: Mutex::default(), limiter, cache, slots, counters: Arc::default() }
+        let gate = Arc::new(Gate {
+            limit: config.max_concurrent_requests.map(|limit| Arc::new(Semaphore::new(limit.get()))),
+            serial: Arc::new(Semaphore::new(1)),
+            one_at_a_time: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+        });
+        Self { provider, config, breakers: Mutex::default(), limiter, cache, gate, counters: Arc::default() }
     }
 
-    /// A slot under `max_concurrent_requests`, waiting in line for one; `None` without a limit.
-    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
-        let slots = self.slots.as_ref()?;
-        if let Ok(permit) = slots.clone().try_acquire_owned() {
-            return Some(permit);
+    /// A place among the open requests: under `max_concurrent_requests`, and
+    /// alone once the server is known to serve one request at a time;
+    /// waits in line for it.
+    async fn slot(&self) -> Slot {
+        let mut queued = false;
+        let mut take = async |semaphore: &Arc<Semaphore>| {
+            if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+                return Some(permit);
+            }
+            queued = true;
+            // The semaphores are never closed, so acquiring cannot fail.
+            semaphore.clone().acquire_owned().await.ok()
+        };
+        let limit = match &self.gate.limit {
+            Some(semaphore) => take(semaphore).await,
+            None => None,
+        };
+        let serial = match self.gate.one_at_a_time.load(Ordering::SeqCst) {
+            true => take(&self.gate.serial).await,
+            false => None,
+        };
+        if queued {
+            self.counters.queued.fetch_add(1, Ordering::Relaxed);
         }
-        self.counters.queued.fetch_add(1, Ordering::Relaxed);
-        // The semaphore is never closed, so acquiring cannot fail.
-        slots.clone().acquire_owned().await.ok()
+        self.gate.open.fetch_add(1, Ordering::SeqCst);
+        Slot { gate: self.gate.clone(), _permits: (limit, serial) }
     }
 
     pub fn provider_name(&self) -> &str {
@@ -177,6 +209,7 @@ impl LlmClient {
             breaker_rejections: load(&counters.breaker_rejections),
             failures: load(&counters.failures),
             queued: load(&counters.queued),
+            one_at_a_time: self.gate.one_at_a_time.load(Ordering::SeqCst),
             breakers,
         }
     }
@@ -266,7 +299,8 @@ impl LlmClient {
             Ok((stream, permit)) => Ok(Box::pin(Tracked {
                 inner: stream,
                 permit: Some(permit),
-                slot,
+                slot: Some(slot),
+                adapt: self.config.adapt_to_one_at_a_time.then(|| self.provider.name().to_string()),
                 budget: budget.clone(),
                 collected: Completion::default(),
                 cache,
@@ -322,6 +356,29 @@ impl LlmClient {
     }
 }
 
+/// Who may open a request to the provider now.
+struct Gate {
+    /// `max_concurrent_requests`, when set.
+    limit: Option<Arc<Semaphore>>,
+    /// One permit, taken by every request once `one_at_a_time` is set.
+    serial: Arc<Semaphore>,
+    one_at_a_time: AtomicBool,
+    /// Requests open now.
+    open: AtomicUsize,
+}
+
+/// A request's place under the `Gate`, given back on drop.
+struct Slot {
+    gate: Arc<Gate>,
+    _permits: (Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>),
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gate.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Whether the result cache consulted for a call.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Lookup {
@@ -367,7 +424,9 @@ struct Tracked {
     inner: ChunkStream,
     permit: Option<Permit>,
     /// The concurrency slot, released when the call ends.
-    slot: Option<OwnedSemaphorePermit>,
+    slot: Option<Slot>,
+    /// The provider's name when one-at-a-time detection is on.
+    adapt: Option<String>,
     budget: Budget,
     collected: Completion,
     cache: Option<(ResultCache, [u8; 32])>,
@@ -386,6 +445,17 @@ impl Tracked {
 
     fn fail(&mut self, error: &LlmError) {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        if let (Some(provider), Some(slot), LlmError::Incomplete { .. }) = (&self.adapt, &self.slot, error)
+            && self.collected.text.trim().is_empty()
+            && slot.gate.open.load(Ordering::SeqCst) > 1
+            && !slot.gate.one_at_a_time.swap(true, Ordering::SeqCst)
+        {
+            tracing::warn!(
+                provider = %provider,
+                "a stream ended empty while another request was open: this server serves one request \
+                 at a time, so requests to it now take turns (set max_concurrent_requests to 1 to start so)"
+            );
+        }
         if let Some(permit) = self.end()
             && error.trips_breaker()
         {

@@ -307,6 +307,27 @@ async fn a_one_request_at_a_time_server_gets_the_whole_pipeline_through_with_a_l
 }
 
 #[tokio::test]
+async fn a_one_request_at_a_time_server_gets_the_whole_pipeline_through_with_default_settings() {
+    let server = TestServer::responding(|body| Reply::OneAtATime {
+        pieces: pieces(stage_of(body)),
+        delay: Duration::from_millis(20),
+    })
+    .await;
+    let provider =
+        OpenAiProvider::new(OpenAiConfig::new("llama-cpp", server.base_url(), "m")).expect("client");
+    let client = Arc::new(LlmClient::new(Arc::new(provider), ResilienceConfig::default()));
+    let outcome = run(&Pipeline::new(client.clone()), &CancellationToken::new(), "balanced").await;
+    let result = outcome.result.expect("the pipeline got through");
+    assert_eq!(result.answer, stage_text(Stage::Curator).trim());
+    for stage in Stage::ALL {
+        assert_eq!(result.stage(stage).expect("stage").text, stage_text(stage), "{stage}");
+    }
+    assert!(server.interrupted() >= 1, "the parallel refiner and validator collided once");
+    assert!(client.stats().one_at_a_time, "and then took turns");
+    assert_eq!(client.stats().cache_hits, 0);
+}
+
+#[tokio::test]
 async fn an_empty_200_stream_fails_the_stage_at_once_naming_the_context_window() {
     let server = TestServer::responding(|body| match stage_of(body) {
         Stage::Generator => Reply::Raw(String::new()),

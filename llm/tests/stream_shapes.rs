@@ -323,7 +323,7 @@ async fn a_prompt_over_the_context_is_named_as_such_and_not_retried() {
 }
 
 #[tokio::test]
-async fn a_one_request_at_a_time_server_cuts_the_first_stream_and_a_concurrency_limit_of_one_avoids_it() {
+async fn a_one_request_at_a_time_server_cuts_the_first_stream_then_requests_take_turns() {
     let pieces: Vec<String> = ["Paris", " is", " the", " capital."].iter().map(|p| p.to_string()).collect();
     let reply = Reply::OneAtATime { pieces, delay: Duration::from_millis(30) };
 
@@ -338,6 +338,14 @@ async fn a_one_request_at_a_time_server_cuts_the_first_stream_and_a_concurrency_
     assert!(error.to_string().contains("one request at a time"), "{error}");
     assert_eq!(second.expect("the second went through"), "Paris is the capital.");
     assert_eq!(server.interrupted(), 1);
+    // The client noticed: from now on its requests take turns.
+    assert!(unlimited.stats().one_at_a_time);
+    let (first, second) = tokio::join!(ask(&unlimited, "third"), ask(&unlimited, "fourth"));
+    assert_eq!(
+        (first.expect("third").as_str(), second.expect("fourth").as_str()),
+        ("Paris is the capital.", "Paris is the capital.")
+    );
+    assert_eq!(server.interrupted(), 1, "no stream was cut after the first");
 
     let server = TestServer::scripted(vec![reply]).await;
     let limited = client_with(
