@@ -99,3 +99,59 @@ async fn the_official_openai_client_uses_the_mesh_as_one_model() {
     assert_eq!(unknown["status"], 404, "{seen:#}");
     assert!(unknown["message"].as_str().unwrap_or_default().contains("no-such-profile"), "{seen:#}");
 }
+
+/// Providers that fail any call for a question containing FAIL (a 400, never
+/// retried) and otherwise answer like `mesh::provider`, reporting 12 prompt
+/// tokens per call.
+async fn fail_on_request() -> sse_server::TestServer {
+    use sse_server::Reply;
+    sse_server::TestServer::responding(|body| {
+        if body.to_string().contains("FAIL") {
+            return Reply::status(400, "this model refuses the question");
+        }
+        let system = body["messages"][0]["content"].as_str().unwrap_or_default();
+        let text = if system.contains("the Curator") {
+            "Final: Paris is the capital of France."
+        } else {
+            "Paris is the capital of France."
+        };
+        let pieces: Vec<String> = text.split_inclusive(' ').map(String::from).collect();
+        let completion = pieces.len() as u64;
+        Reply::Stream { pieces, delay: Duration::from_millis(1), usage: Some((12, completion, None)), keepalive: false }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_client_raises_on_failed_jobs_reads_usage_and_sends_tool_history() {
+    let package = tokio::task::spawn_blocking(openai_package).await.expect("install");
+    let servers = vec![fail_on_request().await, fail_on_request().await, fail_on_request().await];
+    let mesh = Mesh::with_servers(servers, 1).await;
+    let base_url = format!("{}/v1", mesh.api(0));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_fields.py");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("python3").arg(script).arg(base_url).env("PYTHONPATH", package).output().expect("python3")
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the client script failed: {stderr}");
+    let seen: Value = serde_json::from_slice(&output.stdout).expect("the script prints JSON");
+
+    let failed = &seen["failed_stream"];
+    assert_eq!(failed["raised"], "APIError", "a failed job raises in the SDK: {seen:#}");
+    assert!(failed["message"].as_str().unwrap_or_default().contains("failed"), "{seen:#}");
+    assert_eq!(seen["failed_plain"]["status"], 502, "{seen:#}");
+
+    let usage = &seen["usage"];
+    assert_eq!(usage["text"], "Final: Paris is the capital of France.", "{seen:#}");
+    assert_eq!(usage["usage"]["prompt_tokens"], 48, "four calls of 12 prompt tokens: {seen:#}");
+    assert_eq!(usage["usage"]["choices"], 0, "{seen:#}");
+
+    assert_eq!(seen["tools_history"]["content"], "Final: Paris is the capital of France.", "{seen:#}");
+    for field in ["n", "logprobs", "response_format"] {
+        let refused = &seen["refused"][field];
+        assert_eq!(refused["status"], 400, "{field}: {seen:#}");
+        assert_eq!(refused["param"], field, "{field}: {seen:#}");
+    }
+}

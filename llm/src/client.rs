@@ -248,8 +248,6 @@ impl LlmClient {
             return Ok(replay(&hit));
         }
         budget.check()?;
-        // Held by the returned stream until it ends or is dropped.
-        let slot = self.slot().await;
         let breaker = self.breaker(&request.model);
         let attempt = || async {
             let Some(permit) = breaker.try_acquire() else {
@@ -262,13 +260,31 @@ impl LlmClient {
                     None,
                 ));
             };
+            // Taken per attempt, so a retry after the server was found to
+            // serve one request at a time waits its turn. Held by the
+            // returned stream until it ends or is dropped.
+            let slot = self.slot().await;
             if let Some(limiter) = &self.limiter {
                 limiter.until_ready().await;
             }
             self.counters.attempts.fetch_add(1, Ordering::Relaxed);
-            match self.provider.open(request.clone()).await {
-                Ok(stream) => Ok((stream, permit)),
+            let opened = match self.provider.open(request.clone()).await {
+                // A stream that fails before its first chunk showed nothing to
+                // anyone: that is retried here like a failed request (a bare
+                // `[DONE]`, a JSON error body, a stream cut by another request).
+                Ok(mut stream) => match stream.next().await {
+                    Some(Err(error)) => Err(error),
+                    first => {
+                        let first = futures_util::stream::iter(first);
+                        Ok(Box::pin(first.chain(stream)) as ChunkStream)
+                    }
+                },
+                Err(error) => Err(error),
+            };
+            match opened {
+                Ok(stream) => Ok((stream, permit, slot)),
                 Err(error) => {
+                    self.gate.note_failure(&error, "", self.adapt_name());
                     if error.trips_breaker() {
                         permit.failure();
                     }
@@ -296,11 +312,11 @@ impl LlmClient {
             })
             .await;
         match opened {
-            Ok((stream, permit)) => Ok(Box::pin(Tracked {
+            Ok((stream, permit, slot)) => Ok(Box::pin(Tracked {
                 inner: stream,
                 permit: Some(permit),
                 slot: Some(slot),
-                adapt: self.config.adapt_to_one_at_a_time.then(|| self.provider.name().to_string()),
+                adapt: self.adapt_name().map(str::to_string),
                 budget: budget.clone(),
                 collected: Completion::default(),
                 cache,
@@ -338,6 +354,11 @@ impl LlmClient {
         collect(stream, on_text).await
     }
 
+    /// The provider's name when one-at-a-time detection is on.
+    fn adapt_name(&self) -> Option<&str> {
+        self.config.adapt_to_one_at_a_time.then(|| self.provider.name())
+    }
+
     fn breaker(&self, model: &str) -> Breaker {
         let mut breakers = self.breakers.lock().unwrap_or_else(PoisonError::into_inner);
         breakers
@@ -371,6 +392,26 @@ struct Gate {
 struct Slot {
     gate: Arc<Gate>,
     _permits: (Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>),
+}
+
+impl Gate {
+    /// Learns from a failed request (while its slot is still held) whether
+    /// the server serves one request at a time: its stream ended with no text
+    /// and no `finish_reason` while another request was open. `provider` is
+    /// `None` when detection is off.
+    fn note_failure(&self, error: &LlmError, text: &str, provider: Option<&str>) {
+        if let (Some(provider), LlmError::Incomplete { .. }) = (provider, error)
+            && text.trim().is_empty()
+            && self.open.load(Ordering::SeqCst) > 1
+            && !self.one_at_a_time.swap(true, Ordering::SeqCst)
+        {
+            tracing::warn!(
+                provider = %provider,
+                "a stream ended empty while another request was open: this server serves one request \
+                 at a time, so requests to it now take turns (set max_concurrent_requests to 1 to start so)"
+            );
+        }
+    }
 }
 
 impl Drop for Slot {
@@ -445,16 +486,8 @@ impl Tracked {
 
     fn fail(&mut self, error: &LlmError) {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
-        if let (Some(provider), Some(slot), LlmError::Incomplete { .. }) = (&self.adapt, &self.slot, error)
-            && self.collected.text.trim().is_empty()
-            && slot.gate.open.load(Ordering::SeqCst) > 1
-            && !slot.gate.one_at_a_time.swap(true, Ordering::SeqCst)
-        {
-            tracing::warn!(
-                provider = %provider,
-                "a stream ended empty while another request was open: this server serves one request \
-                 at a time, so requests to it now take turns (set max_concurrent_requests to 1 to start so)"
-            );
+        if let Some(slot) = &self.slot {
+            slot.gate.note_failure(error, &self.collected.text, self.adapt.as_deref());
         }
         if let Some(permit) = self.end()
             && error.trips_breaker()

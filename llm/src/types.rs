@@ -2,24 +2,62 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One chat message, as the OpenAI chat-completions API spells it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// One chat message, as the OpenAI chat-completions API spells it. The
+/// fields of a tool-using conversation (`tool_calls`, `tool_call_id`,
+/// `name`) travel with it unaltered; `content` null reads as empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub content: String,
+    /// The calls an assistant message asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// The author's name (a participant or a tool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// One tool call of an assistant message, as OpenAI spells it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    /// Always `function` today.
+    #[serde(rename = "type", default = "function_kind")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+/// The function a tool call names, with its arguments as the model wrote them (JSON text).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    #[serde(default)]
+    pub arguments: String,
+}
+
+fn function_kind() -> String {
+    "function".into()
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl ChatMessage {
     pub fn system(content: impl Into<String>) -> Self {
-        Self { role: "system".into(), content: content.into() }
+        Self { role: "system".into(), content: content.into(), ..Self::default() }
     }
 
     pub fn user(content: impl Into<String>) -> Self {
-        Self { role: "user".into(), content: content.into() }
+        Self { role: "user".into(), content: content.into(), ..Self::default() }
     }
 
     pub fn assistant(content: impl Into<String>) -> Self {
-        Self { role: "assistant".into(), content: content.into() }
+        Self { role: "assistant".into(), content: content.into(), ..Self::default() }
     }
 }
 
@@ -32,11 +70,33 @@ pub struct ChatRequest {
     pub max_tokens: u32,
     /// Sampling seed; the embedded model is reproducible under a fixed seed.
     pub seed: Option<u64>,
+    /// Nucleus sampling: only the tokens of this much probability mass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// Sequences at which the provider stops generating (not included in the text).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    /// OpenAI's presence penalty, -2.0 to 2.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    /// OpenAI's frequency penalty, -2.0 to 2.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
 }
 
 impl ChatRequest {
     pub fn new(model: impl Into<String>, messages: Vec<ChatMessage>) -> Self {
-        Self { model: model.into(), messages, temperature: 0.0, max_tokens: 256, seed: None }
+        Self {
+            model: model.into(),
+            messages,
+            temperature: 0.0,
+            max_tokens: 256,
+            seed: None,
+            top_p: None,
+            stop: Vec::new(),
+            presence_penalty: None,
+            frequency_penalty: None,
+        }
     }
 }
 

@@ -136,7 +136,8 @@ async fn malformed_streams_get_errors_naming_the_problem() {
         Reply::Raw(": ping\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"cut\"}}]}\n\n".into()),
     ])
     .await;
-    let client = client(&server, fast_config());
+    // No retries: a failure before the first chunk would be retried with the next reply.
+    let client = client(&server, ResilienceConfig { max_attempts: 1, ..fast_config() });
     let broken = client.complete(question("a"), &Budget::unlimited(), |_| {}).await.expect_err("broken JSON");
     assert!(broken.to_string().contains("not a chat-completions chunk"), "{broken}");
     let cut = client.complete(question("b"), &Budget::unlimited(), |_| {}).await.expect_err("no [DONE]");

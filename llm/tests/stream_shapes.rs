@@ -30,8 +30,9 @@ fn client_with(server: &TestServer, config: ResilienceConfig) -> LlmClient {
     LlmClient::new(Arc::new(OpenAiProvider::new(provider).expect("client")), config)
 }
 
+/// No retries inside the client, to see each stream's own outcome.
 fn client(server: &TestServer) -> LlmClient {
-    client_with(server, config())
+    client_with(server, ResilienceConfig { max_attempts: 1, ..config() })
 }
 
 fn question(text: &str) -> ChatRequest {
@@ -237,6 +238,36 @@ async fn a_stream_without_a_finish_reason_is_never_an_answer_nor_cached() {
 }
 
 #[tokio::test]
+async fn a_failure_before_the_first_chunk_is_retried_inside_the_client() {
+    let failures_before_any_text = [
+        Reply::Raw("data: [DONE]\n\n".into()),
+        Reply::Status {
+            code: 200,
+            retry_after: None,
+            body: r#"{"object":"error","message":"busy","code":503}"#.into(),
+        },
+        sse(&[r#"data: {"choices":[{"delta":{"role":"assistant"}}]}"#, "data: [DONE]"]),
+        sse(&["event: error\ndata: {\"message\":\"overloaded\"}"]),
+        Reply::Reset(Vec::new()),
+    ];
+    let count = failures_before_any_text.len();
+    let mut script = failures_before_any_text.to_vec();
+    script.push(Reply::Raw(GOOD.into()));
+    let server = TestServer::scripted(script).await;
+    let client = client_with(&server, ResilienceConfig { max_attempts: count + 1, ..config() });
+    assert_eq!(ask(&client, "q").await.expect("the last attempt answers"), "Paris.");
+    assert_eq!(server.seen().len(), count + 1);
+    assert_eq!(client.stats().retries, count as u64);
+    // Once text has been delivered, a failure is the caller's to retry (it showed the text).
+    let server =
+        TestServer::scripted(vec![Reply::Reset(vec![PARIS_IS_THE_CAP.into()]), Reply::Raw(GOOD.into())])
+            .await;
+    let client = client_with(&server, config());
+    assert!(matches!(ask(&client, "q").await, Err(LlmError::Disconnected { .. })));
+    assert_eq!(server.seen().len(), 1);
+}
+
+#[tokio::test]
 async fn null_reads_as_absent_in_every_field_of_a_chunk() {
     let server = TestServer::scripted(vec![sse(&[
         r#"data: {"id":null,"object":null,"created":null,"model":null,"choices":null}"#,
@@ -328,7 +359,7 @@ async fn a_one_request_at_a_time_server_cuts_the_first_stream_then_requests_take
     let reply = Reply::OneAtATime { pieces, delay: Duration::from_millis(30) };
 
     let server = TestServer::scripted(vec![reply.clone()]).await;
-    let unlimited = client_with(&server, ResilienceConfig { cache_entries: 0, ..config() });
+    let unlimited = client_with(&server, ResilienceConfig { max_attempts: 1, cache_entries: 0, ..config() });
     let (first, second) = tokio::join!(ask(&unlimited, "first"), async {
         tokio::time::sleep(Duration::from_millis(10)).await;
         ask(&unlimited, "second").await

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
-use super::error;
+use super::ApiError;
 
 /// Lets a request through when no token is configured, or when it carries
 /// `Authorization: Bearer TOKEN` (compared in constant time).
@@ -25,7 +25,11 @@ pub(super) async fn require_token(
         .and_then(|value| value.strip_prefix("Bearer "));
     match given {
         Some(given) if bool::from(given.as_bytes().ct_eq(token.as_bytes())) => next.run(request).await,
-        Some(_) => error(StatusCode::UNAUTHORIZED, "wrong bearer token"),
-        None => error(StatusCode::UNAUTHORIZED, "this API needs `Authorization: Bearer TOKEN`"),
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong bearer token")
+            .with_code("invalid_api_key")
+            .into_response(),
+        None => ApiError::new(StatusCode::UNAUTHORIZED, "this API needs `Authorization: Bearer TOKEN`")
+            .with_code("missing_api_key")
+            .into_response(),
     }
 }

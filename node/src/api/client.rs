@@ -94,7 +94,11 @@ pub async fn json_body(url: &str, response: reqwest::Response) -> Result<Value, 
     if status.is_success() {
         return Ok(body);
     }
-    let message = body.get("error").and_then(Value::as_str).map_or_else(|| body.to_string(), str::to_string);
+    // OpenAI's shape, `{"error": {"message", ...}}`; a bare string from older nodes.
+    let error = body.get("error");
+    let message = error
+        .and_then(|e| e.get("message").and_then(Value::as_str).or_else(|| e.as_str()))
+        .map_or_else(|| body.to_string(), str::to_string);
     Err(format!("{url} answered {status}: {message}"))
 }
 

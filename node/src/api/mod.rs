@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
@@ -30,6 +30,8 @@ mod openai;
 pub(crate) struct AppState {
     pub client: NodeClient,
     pub jobs: Option<FederationHandle>,
+    /// When the API started (seconds since the epoch): `created` of `/v1/models`.
+    pub started_s: u64,
 }
 
 impl axum::extract::FromRef<AppState> for NodeClient {
@@ -90,9 +92,11 @@ pub async fn serve(config: ApiConfig<'_>) -> Result<(SocketAddr, JoinHandle<()>)
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
         .route("/metrics", get(metrics::render))
+        .fallback(no_route)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(token.map(Arc::<str>::from), auth::require_token))
-        .with_state(AppState { client, jobs });
+        .layer(axum::middleware::from_fn(openai_errors))
+        .with_state(AppState { client, jobs, started_s: openai::unix_seconds() });
     // Without TCP_NODELAY a streamed response stalls on Nagle's algorithm.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
@@ -108,9 +112,114 @@ pub async fn serve(config: ApiConfig<'_>) -> Result<(SocketAddr, JoinHandle<()>)
 /// Largest request body accepted; a bigger one gets 413.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// A JSON error body naming the problem.
+/// An API error, answered on every route in OpenAI's shape:
+/// `{"error": {"message", "type", "param", "code"}}`, `param` naming the
+/// request field at fault and `code` a short stable string (both may be null).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    /// An error with no field and no code.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), param: None, code: None }
+    }
+
+    /// A 400 about one request field.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { param: Some(param.into()), code: Some("invalid_value"), ..Self::new(StatusCode::BAD_REQUEST, message) }
+    }
+
+    /// A 400 for a field this API does not support (or not with this value).
+    pub fn unsupported(param: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            param: Some(param.into()),
+            code: Some("unsupported_parameter"),
+            ..Self::new(StatusCode::BAD_REQUEST, message)
+        }
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// OpenAI's `type` for a status.
+    fn kind(&self) -> &'static str {
+        match self.status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            500..=599 => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    /// The JSON body alone (also sent as a streamed error event).
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "error": {
+            "message": self.message, "type": self.kind(), "param": self.param, "code": self.code,
+        } })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+/// An error body in OpenAI's shape naming the problem.
 pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+    ApiError::new(status, message).into_response()
+}
+
+/// Rewrites every error response that is not already JSON (axum's own
+/// rejections of a query string, a path, a body or a method, as plain text
+/// or empty) into OpenAI's error shape, keeping the status and the text.
+async fn openai_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_string();
+    let message = match (status, text.is_empty()) {
+        (StatusCode::METHOD_NOT_ALLOWED, _) => format!("{method} is not allowed on {path}"),
+        (StatusCode::PAYLOAD_TOO_LARGE, _) => {
+            format!("the request body is over the {MAX_BODY_BYTES}-byte limit")
+        }
+        (_, false) => text,
+        (_, true) => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let mut rewritten = ApiError::new(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            rewritten.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rewritten
+}
+
+async fn no_route(uri: axum::http::Uri) -> Response {
+    error(StatusCode::NOT_FOUND, format!("no route {}", uri.path()))
 }
 
 fn stopped(e: NodeError) -> Response {
@@ -127,7 +236,11 @@ struct ViewQuery {
 }
 
 /// `?view=majority|registry|swim`; without it, the node's active view.
-async fn members(State(client): State<NodeClient>, Query(query): Query<ViewQuery>) -> Response {
+async fn members(State(client): State<NodeClient>, query: Result<Query<ViewQuery>, QueryRejection>) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => return ApiError::invalid("view", rejection.body_text()).into_response(),
+    };
     let kind = match query.view.as_deref().map(str::parse::<ViewKind>).transpose() {
         Ok(kind) => kind,
         Err(message) => return bad_request(message),

@@ -75,6 +75,45 @@ pub struct JobSpec {
     pub deadline_ms: u64,
     /// Most completion tokens any one model call in this job may produce.
     pub max_tokens: u32,
+    /// Sampling parameters the asker gave, applied to every model call.
+    #[serde(default)]
+    pub sampling: Sampling,
+}
+
+/// Sampling parameters forwarded to every model call of a job (OpenAI's
+/// names); unset ones leave the profile's or the provider's default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// The asker's seed; each call gets its own seed derived from it, so
+    /// council members sample independently yet reproducibly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+}
+
+impl Sampling {
+    /// The seed for one call: the asker's seed mixed (FNV-1a) with the
+    /// calling peer and the part it plays, stable across runs and versions.
+    pub fn seed_for(&self, peer: &NodeId, part: &str) -> Option<u64> {
+        let seed = self.seed?;
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let bytes = seed.to_le_bytes();
+        let peer = peer.to_string();
+        for byte in bytes.iter().chain(peer.as_bytes()).chain(part.as_bytes()) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        Some(hash)
+    }
 }
 
 /// A model's answer: a council candidate or a pipeline stage's output.
@@ -84,6 +123,12 @@ pub struct Output {
     pub model: String,
     pub tokens: u64,
     pub elapsed_ms: u64,
+    /// Prompt tokens as the provider reported them (0 when it did not).
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Why the provider stopped (`stop`, `length`, ...), when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
 }
 
 /// The candidates put to the vote, in anonymous order, by author.
@@ -127,6 +172,12 @@ pub struct Outcome {
     pub excluded: Vec<serde_json::Value>,
     pub missing: Vec<Missing>,
     pub elapsed_ms: u64,
+    /// How the answer was made: `select` (a candidate as written: the vote
+    /// winner, or the pipeline curator's pick of draft or refined answer),
+    /// `rewrite` (the curator's model wrote it), or `fallback` (the curator
+    /// failed and the winner stands). Absent in outcomes of older nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curation: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +188,12 @@ pub struct Attributed {
     pub model: String,
     pub tokens: u64,
     pub elapsed_ms: u64,
+    /// Prompt tokens as the provider reported them (0 when it did not).
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Why the provider stopped (`stop`, `length`, ...), when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
 }
 
 /// A job's document read into typed parts; bodies that do not parse are

@@ -128,8 +128,14 @@ async fn call_model(
     let settings = profile.stage(stage);
     let max_tokens = settings.max_tokens.min(spec.max_tokens).min(ctx.limits.max_tokens_per_call);
     let mut request = ChatRequest::new(settings.model.clone(), messages);
-    request.temperature = settings.temperature;
+    let sampling = &spec.sampling;
+    request.temperature = sampling.temperature.unwrap_or(settings.temperature);
     request.max_tokens = max_tokens;
+    request.seed = sampling.seed_for(&ctx.me, part);
+    request.top_p = sampling.top_p;
+    request.stop = sampling.stop.clone();
+    request.presence_penalty = sampling.presence_penalty;
+    request.frequency_penalty = sampling.frequency_penalty;
     FederationStats::bump(&ctx.stats.queued_calls);
     let permit = ctx.calls.acquire().await;
     ctx.stats.queued_calls.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -163,6 +169,8 @@ async fn call_model(
             model: ctx.client.resolve_model(&settings.model).to_string(),
             tokens: completion.tokens(),
             elapsed_ms: started.elapsed().as_millis() as u64,
+            prompt_tokens: completion.usage.map_or(0, |usage| usage.prompt_tokens),
+            finish_reason: completion.finish_reason.clone(),
         }),
         Err(error) => {
             FederationStats::bump(&ctx.stats.model_call_failures);
@@ -353,6 +361,8 @@ fn attributed(part: &str, peer: &NodeId, output: &Output) -> Attributed {
         model: output.model.clone(),
         tokens: output.tokens,
         elapsed_ms: output.elapsed_ms,
+        prompt_tokens: output.prompt_tokens,
+        finish_reason: output.finish_reason.clone(),
     }
 }
 
