@@ -117,7 +117,12 @@ async fn fail_on_request() -> sse_server::TestServer {
         };
         let pieces: Vec<String> = text.split_inclusive(' ').map(String::from).collect();
         let completion = pieces.len() as u64;
-        Reply::Stream { pieces, delay: Duration::from_millis(1), usage: Some((12, completion, None)), keepalive: false }
+        Reply::Stream {
+            pieces,
+            delay: Duration::from_millis(1),
+            usage: Some((12, completion, None)),
+            keepalive: false,
+        }
     })
     .await
 }
@@ -130,7 +135,12 @@ async fn the_official_openai_client_raises_on_failed_jobs_reads_usage_and_sends_
     let base_url = format!("{}/v1", mesh.api(0));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_fields.py");
     let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3").arg(script).arg(base_url).env("PYTHONPATH", package).output().expect("python3")
+        Command::new("python3")
+            .arg(script)
+            .arg(base_url)
+            .env("PYTHONPATH", package)
+            .output()
+            .expect("python3")
     })
     .await
     .expect("join");

@@ -12,8 +12,8 @@ mod sse_server;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hivemesh::llm::{Budget, ChatMessage, ChatRequest, LlmClient, ResilienceConfig};
 use hivemesh::llm::provider::openai::{OpenAiConfig, OpenAiProvider};
+use hivemesh::llm::{Budget, ChatMessage, ChatRequest, LlmClient, ResilienceConfig};
 use mesh::{LIMIT, Mesh};
 use serde_json::{Value, json};
 use sse_server::{Reply, TestServer};
@@ -32,7 +32,12 @@ async fn reporting(prompt_tokens: u64) -> TestServer {
         let text = if is_curator(body) { FINAL } else { CANDIDATE };
         let pieces: Vec<String> = text.split_inclusive(' ').map(String::from).collect();
         let completion = pieces.len() as u64;
-        Reply::Stream { pieces, delay: Duration::ZERO, usage: Some((prompt_tokens, completion, None)), keepalive: false }
+        Reply::Stream {
+            pieces,
+            delay: Duration::ZERO,
+            usage: Some((prompt_tokens, completion, None)),
+            keepalive: false,
+        }
     })
     .await
 }
@@ -123,7 +128,8 @@ async fn usage_counts_every_calls_prompt_tokens_and_streams_a_final_usage_chunk(
     assert_eq!(last["usage"]["prompt_tokens"], 48, "{last}");
     assert!(last["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0, "{last}");
     // Without include_usage, no usage chunk.
-    let events = chat_stream(&mesh, json!({ "model": "council", "messages": question(), "stream": true })).await;
+    let events =
+        chat_stream(&mesh, json!({ "model": "council", "messages": question(), "stream": true })).await;
     let chunks: Vec<Value> =
         events.iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).expect("json")).collect();
     assert!(chunks.iter().all(|c| c["choices"] != json!([]) && c.get("usage").is_none()), "{chunks:#?}");
@@ -131,10 +137,10 @@ async fn usage_counts_every_calls_prompt_tokens_and_streams_a_final_usage_chunk(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_job_ends_its_stream_with_an_error_event_not_a_finish_reason() {
-    let failing =
-        || TestServer::scripted(vec![Reply::status(400, "the model refuses this request")]);
+    let failing = || TestServer::scripted(vec![Reply::status(400, "the model refuses this request")]);
     let mesh = mesh_of(vec![failing().await, failing().await, failing().await]).await;
-    let events = chat_stream(&mesh, json!({ "model": "council", "messages": question(), "stream": true })).await;
+    let events =
+        chat_stream(&mesh, json!({ "model": "council", "messages": question(), "stream": true })).await;
     let error: Value = serde_json::from_str(events.last().expect("an event")).expect("json");
     assert_openai_error("stream", &error);
     assert_eq!(error["error"]["code"], "job_failed", "{events:#?}");
@@ -163,10 +169,12 @@ async fn an_answer_cut_by_max_tokens_finishes_with_length() {
         })
     };
     let mesh = mesh_of(vec![server().await, server().await, server().await]).await;
-    let (status, body) = chat(&mesh, json!({ "model": "council", "messages": question(), "max_tokens": 5 })).await;
+    let (status, body) =
+        chat(&mesh, json!({ "model": "council", "messages": question(), "max_tokens": 5 })).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["choices"][0]["finish_reason"], "length", "{body:#}");
-    let events = chat_stream(&mesh, json!({ "model": "council", "messages": question(), "stream": true })).await;
+    let events =
+        chat_stream(&mesh, json!({ "model": "council", "messages": question(), "stream": true })).await;
     let finish: Vec<Value> = events
         .iter()
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
@@ -343,7 +351,14 @@ async fn unsupported_fields_are_refused_naming_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn models_have_created() {
     let mesh = quick_mesh().await;
-    let models: Value = http().get(format!("{}/v1/models", mesh.api(0))).send().await.expect("get").json().await.expect("json");
+    let models: Value = http()
+        .get(format!("{}/v1/models", mesh.api(0)))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     let data = models["data"].as_array().expect("data");
     assert!(data.len() >= 3);
     for model in data {
@@ -375,18 +390,44 @@ async fn every_error_on_every_route_has_openais_shape() {
         ("job cancel unknown", client.delete(format!("{api}/v1/jobs/{unknown_job}")), 404),
         ("job events bad id", client.get(format!("{api}/v1/jobs/zz/events")), 400),
         ("job events unknown", client.get(format!("{api}/v1/jobs/{unknown_job}/events")), 404),
-        ("job events bad query", client.get(format!("{api}/v1/jobs/{unknown_job}/events?cancel_on_disconnect=maybe")), 400),
+        (
+            "job events bad query",
+            client.get(format!("{api}/v1/jobs/{unknown_job}/events?cancel_on_disconnect=maybe")),
+            400,
+        ),
         ("chat broken json", json_post("/v1/chat/completions", "{"), 400),
         ("chat no model", json_post("/v1/chat/completions", "{\"messages\": []}"), 422),
-        ("chat unknown model", json_post("/v1/chat/completions", "{\"model\": \"gpt-9\", \"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}"), 404),
-        ("chat empty messages", json_post("/v1/chat/completions", "{\"model\": \"council\", \"messages\": []}"), 400),
-        ("chat image part", json_post("/v1/chat/completions", "{\"model\": \"council\", \"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\", \"image_url\": {\"url\": \"x\"}}]}]}"), 400),
+        (
+            "chat unknown model",
+            json_post(
+                "/v1/chat/completions",
+                "{\"model\": \"gpt-9\", \"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}",
+            ),
+            404,
+        ),
+        (
+            "chat empty messages",
+            json_post("/v1/chat/completions", "{\"model\": \"council\", \"messages\": []}"),
+            400,
+        ),
+        (
+            "chat image part",
+            json_post(
+                "/v1/chat/completions",
+                "{\"model\": \"council\", \"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\", \"image_url\": {\"url\": \"x\"}}]}]}",
+            ),
+            400,
+        ),
         ("chat GET", client.get(format!("{api}/v1/chat/completions")), 405),
         ("models POST", client.post(format!("{api}/v1/models")), 405),
         ("members bad view", client.get(format!("{api}/v1/members?view=bogus")), 400),
         ("advertise broken", json_post("/v1/advertise", "{"), 400),
         ("no such route", client.get(format!("{api}/v1/nothing")), 404),
-        ("too large", json_post("/v1/jobs", &format!("{{\"question\": \"{}\"}}", "a".repeat(300 * 1024))), 413),
+        (
+            "too large",
+            json_post("/v1/jobs", &format!("{{\"question\": \"{}\"}}", "a".repeat(300 * 1024))),
+            413,
+        ),
     ];
     for (what, request, status) in cases {
         let response = request.send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -462,7 +503,10 @@ async fn job_deadlines_and_token_limits_are_validated() {
         assert_openai_error(field, &body);
         assert_eq!(body["error"]["param"], field, "{body}");
         let message = body["error"]["message"].as_str().unwrap_or_default();
-        assert!(message.contains(field) && message.contains("between 1 and"), "the range is named: {message}");
+        assert!(
+            message.contains(field) && message.contains("between 1 and"),
+            "the range is named: {message}"
+        );
     }
     // The bounds themselves are accepted.
     let id = mesh.submit(json!({ "question": "What is the capital of France?", "deadline_ms": 3_600_000, "max_tokens": 1 })).await;
@@ -471,8 +515,11 @@ async fn job_deadlines_and_token_limits_are_validated() {
 
 /// A provider that takes its time: 200 pieces, 100 ms apart.
 async fn slow() -> TestServer {
-    TestServer::responding(|_| {
-        Reply::Stream { pieces: vec!["word ".into(); 200], delay: Duration::from_millis(100), usage: None, keepalive: false }
+    TestServer::responding(|_| Reply::Stream {
+        pieces: vec!["word ".into(); 200],
+        delay: Duration::from_millis(100),
+        usage: None,
+        keepalive: false,
     })
     .await
 }
@@ -484,8 +531,14 @@ async fn wait_cancelled(mesh: &Mesh, id: &str) -> Value {
 async fn latest_job(mesh: &Mesh) -> String {
     let deadline = Instant::now() + LIMIT;
     loop {
-        let jobs: Value =
-            http().get(format!("{}/v1/jobs?limit=1", mesh.api(0))).send().await.expect("get").json().await.expect("json");
+        let jobs: Value = http()
+            .get(format!("{}/v1/jobs?limit=1", mesh.api(0)))
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
         if let Some(id) = jobs["jobs"][0]["job"]["id"].as_str() {
             return id.to_string();
         }
@@ -558,8 +611,7 @@ async fn a_client_that_hangs_up_cancels_its_job_everywhere() {
 
     // Following without it cancels nothing.
     let id = mesh.submit(json!({ "question": "What is the capital of France?" })).await;
-    let mut events =
-        client.get(format!("{}/v1/jobs/{id}/events", mesh.api(0))).send().await.expect("get");
+    let mut events = client.get(format!("{}/v1/jobs/{id}/events", mesh.api(0))).send().await.expect("get");
     events.chunk().await.expect("read").expect("a first event");
     drop(events);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -595,7 +647,10 @@ async fn a_finished_jobs_replay_is_complete_and_typed() {
     assert_eq!(names.iter().filter(|n| **n == "round").count(), 1, "{names:?}");
     assert!(names.iter().filter(|n| **n == "ballot").count() >= 2, "{names:?}");
     let at = |name: &str| names.iter().position(|n| *n == name).expect(name);
-    assert!(at("job") < at("candidate") && at("candidate") < at("round") && at("round") < at("ballot"), "{names:?}");
+    assert!(
+        at("job") < at("candidate") && at("candidate") < at("round") && at("round") < at("ballot"),
+        "{names:?}"
+    );
     for (name, data) in &events {
         let event: Value = serde_json::from_str(data).expect("json");
         let body = &event["body"];
@@ -604,7 +659,9 @@ async fn a_finished_jobs_replay_is_complete_and_typed() {
                 let participants = body["participants"].as_array().expect("participants");
                 assert!(participants.len() == 3 && participants.iter().all(is_peer_id), "{body}");
             }
-            "round" => assert!(body["candidates"].as_array().expect("candidates").iter().all(is_peer_id), "{body}"),
+            "round" => {
+                assert!(body["candidates"].as_array().expect("candidates").iter().all(is_peer_id), "{body}")
+            }
             "ballot" => {
                 assert!(is_peer_id(&body["voter"]), "{body}");
                 assert_eq!(body["rule"], "schulze", "{body}");
@@ -628,7 +685,12 @@ async fn a_finished_jobs_replay_is_complete_and_typed() {
     );
     let stages: Vec<String> = events[1..5]
         .iter()
-        .map(|(_, data)| serde_json::from_str::<Value>(data).expect("json")["kind"].as_str().unwrap_or_default().to_string())
+        .map(|(_, data)| {
+            serde_json::from_str::<Value>(data).expect("json")["kind"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
         .collect();
     assert_eq!(stages[0], "stage.generator");
     assert_eq!(stages[3], "stage.curator");
@@ -641,7 +703,10 @@ async fn the_streamed_answer_is_exactly_the_jobs_answer() {
     let server = || {
         TestServer::responding(|body| {
             if is_curator(body) {
-                Reply::MidStreamError { pieces: vec!["A partial curator".into()], message: "upstream died".into() }
+                Reply::MidStreamError {
+                    pieces: vec!["A partial curator".into()],
+                    message: "upstream died".into(),
+                }
             } else {
                 Reply::text(&[CANDIDATE])
             }
@@ -649,9 +714,13 @@ async fn the_streamed_answer_is_exactly_the_jobs_answer() {
     };
     let mesh = mesh_of(vec![server().await, server().await, server().await]).await;
     for model in ["council"] {
-        let events = chat_stream(&mesh, json!({ "model": model, "messages": question(), "stream": true })).await;
-        let chunks: Vec<Value> =
-            events.iter().filter(|e| *e != "[DONE]").map(|e| serde_json::from_str(e).expect("json")).collect();
+        let events =
+            chat_stream(&mesh, json!({ "model": model, "messages": question(), "stream": true })).await;
+        let chunks: Vec<Value> = events
+            .iter()
+            .filter(|e| *e != "[DONE]")
+            .map(|e| serde_json::from_str(e).expect("json"))
+            .collect();
         let text: String =
             chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
         let outcome = chunks.iter().find_map(|c| c.get("hivemesh")).expect("the outcome rides along");

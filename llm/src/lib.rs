@@ -16,4 +16,4 @@ pub use breaker::BreakerState;
 pub use budget::{Account, Budget};
 pub use client::{ClientStats, LlmClient, ResilienceConfig};
 pub use error::LlmError;
-pub use types::{ChatMessage, ChatRequest, Chunk, Completion, Usage};
+pub use types::{ChatMessage, ChatRequest, Chunk, Completion, FunctionCall, ToolCall, Usage};

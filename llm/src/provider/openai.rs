@@ -83,6 +83,14 @@ struct WireRequest<'a> {
     max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f32>,
     stream: bool,
     stream_options: StreamOptions,
 }
@@ -162,6 +170,10 @@ impl OpenAiProvider {
             temperature: request.temperature,
             max_tokens: request.max_tokens,
             seed: request.seed,
+            top_p: request.top_p,
+            stop: (!request.stop.is_empty()).then_some(request.stop.as_slice()),
+            presence_penalty: request.presence_penalty,
+            frequency_penalty: request.frequency_penalty,
             stream: true,
             stream_options: StreamOptions { include_usage: true },
         };

@@ -10,8 +10,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Json, Response};
-use hivemesh_llm::ChatMessage;
 use hivemesh_crdt::job_doc::Verified;
+use hivemesh_llm::ChatMessage;
 use hivemesh_llm::pipeline::Stage;
 use hivemesh_protocol::{Ballot, Envelope, JobId, NodeId, TallyRule, decode_message, open};
 use serde::Deserialize;
@@ -64,12 +64,23 @@ impl JobRequest {
             (Some(_), Some(_)) => {
                 return Err(ApiError::invalid("messages", "give either question or messages, not both"));
             }
-            (None, None) => return Err(ApiError::invalid("question", "a job needs a question (or messages)")),
+            (None, None) => {
+                return Err(ApiError::invalid("question", "a job needs a question (or messages)"));
+            }
         };
         let question = check_messages(question)?;
-        let mode = self.mode.as_deref().unwrap_or("council").parse::<Mode>().map_err(|m| ApiError::invalid("mode", m))?;
-        let rule =
-            self.rule.as_deref().unwrap_or("schulze").parse::<TallyRule>().map_err(|m| ApiError::invalid("rule", m))?;
+        let mode = self
+            .mode
+            .as_deref()
+            .unwrap_or("council")
+            .parse::<Mode>()
+            .map_err(|m| ApiError::invalid("mode", m))?;
+        let rule = self
+            .rule
+            .as_deref()
+            .unwrap_or("schulze")
+            .parse::<TallyRule>()
+            .map_err(|m| ApiError::invalid("rule", m))?;
         let deadline = self.deadline_ms.map(check_deadline).transpose()?;
         let max_tokens = self.max_tokens.map(|n| check_max_tokens("max_tokens", n, limits)).transpose()?;
         check_context(&question, max_tokens.unwrap_or(limits.max_tokens_per_call))?;
@@ -91,7 +102,10 @@ pub(crate) fn check_deadline(ms: u64) -> Result<Duration, ApiError> {
     if (1..=MAX_DEADLINE_MS).contains(&ms) {
         Ok(Duration::from_millis(ms))
     } else {
-        Err(ApiError::invalid("deadline_ms", format!("deadline_ms must be between 1 and {MAX_DEADLINE_MS} (ms); got {ms}")))
+        Err(ApiError::invalid(
+            "deadline_ms",
+            format!("deadline_ms must be between 1 and {MAX_DEADLINE_MS} (ms); got {ms}"),
+        ))
     }
 }
 
@@ -101,7 +115,10 @@ pub(crate) fn check_max_tokens(field: &str, n: u32, limits: &Limits) -> Result<u
     if (1..=most).contains(&n) {
         Ok(n)
     } else {
-        Err(ApiError::invalid(field, format!("{field} must be between 1 and {most} (this node's limit per model call); got {n}")))
+        Err(ApiError::invalid(
+            field,
+            format!("{field} must be between 1 and {most} (this node's limit per model call); got {n}"),
+        ))
     }
 }
 
@@ -114,7 +131,10 @@ pub(crate) fn check_messages(messages: Vec<ChatMessage>) -> Result<Vec<ChatMessa
             match message.role.as_str() {
                 "developer" => message.role = "system".into(),
                 "tool" if message.tool_call_id.is_none() => {
-                    return Err(ApiError::invalid(format!("messages[{i}].tool_call_id"), format!("messages[{i}]: a tool message needs tool_call_id")));
+                    return Err(ApiError::invalid(
+                        format!("messages[{i}].tool_call_id"),
+                        format!("messages[{i}]: a tool message needs tool_call_id"),
+                    ));
                 }
                 role if !ROLES.contains(&role) => {
                     return Err(ApiError::invalid(
@@ -125,7 +145,10 @@ pub(crate) fn check_messages(messages: Vec<ChatMessage>) -> Result<Vec<ChatMessa
                 _ => {}
             }
             if message.tool_calls.is_some() && message.role != "assistant" {
-                return Err(ApiError::invalid(format!("messages[{i}].tool_calls"), format!("messages[{i}]: only an assistant message has tool_calls")));
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].tool_calls"),
+                    format!("messages[{i}]: only an assistant message has tool_calls"),
+                ));
             }
             Ok(message)
         })
@@ -138,7 +161,12 @@ pub(crate) fn check_context(messages: &[ChatMessage], max_tokens: u32) -> Result
     let chars: usize = messages
         .iter()
         .map(|m| {
-            let calls: usize = m.tool_calls.iter().flatten().map(|c| c.function.name.len() + c.function.arguments.len()).sum();
+            let calls: usize = m
+                .tool_calls
+                .iter()
+                .flatten()
+                .map(|c| c.function.name.len() + c.function.arguments.len())
+                .sum();
             m.content.chars().count() + calls
         })
         .sum();
@@ -169,7 +197,9 @@ pub(crate) fn federation(state: &AppState) -> Result<&FederationHandle, Box<Resp
 pub(crate) fn submit_error(error_: SubmitError) -> Response {
     match error_ {
         SubmitError::Busy(message) => {
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("busy: {message}")).with_code("busy").into_response()
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, format!("busy: {message}"))
+                .with_code("busy")
+                .into_response()
         }
         SubmitError::Invalid(message) => error(StatusCode::BAD_REQUEST, message),
         SubmitError::Node(NodeError::Job(job)) => job_error(job),
@@ -180,7 +210,9 @@ pub(crate) fn submit_error(error_: SubmitError) -> Response {
 fn job_error(error_: JobError) -> Response {
     match error_ {
         JobError::Unknown(job) => error(StatusCode::NOT_FOUND, format!("no job {job} on this node")),
-        JobError::Busy { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, error_.to_string()).with_code("busy").into_response(),
+        JobError::Busy { .. } => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, error_.to_string()).with_code("busy").into_response()
+        }
         other => error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
     }
 }
@@ -227,12 +259,18 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-pub async fn list(State(state): State<AppState>, query: Result<Query<ListQuery>, QueryRejection>) -> Response {
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Response {
     let query = match query {
         Ok(Query(query)) => query,
         Err(rejection) => {
-            return ApiError::invalid("limit", format!("{}: limit is a count from 0 to 1000", rejection.body_text()))
-                .into_response();
+            return ApiError::invalid(
+                "limit",
+                format!("{}: limit is a count from 0 to 1000", rejection.body_text()),
+            )
+            .into_response();
         }
     };
     let limit = query.limit.unwrap_or(20).min(1000);
@@ -343,7 +381,9 @@ pub async fn events(
 ) -> Response {
     let query = match query {
         Ok(Query(query)) => query,
-        Err(rejection) => return ApiError::invalid("cancel_on_disconnect", rejection.body_text()).into_response(),
+        Err(rejection) => {
+            return ApiError::invalid("cancel_on_disconnect", rejection.body_text()).into_response();
+        }
     };
     let job = match parse_id(&id) {
         Ok(job) => job,
@@ -421,7 +461,8 @@ async fn follow(
             view.contributions.iter().filter(|c| seen.insert((c.kind.clone(), c.author))).collect();
         fresh.sort_by_key(|c| replay_rank(&c.kind));
         for c in fresh {
-            let data = json!({ "kind": c.kind, "peer": c.author.to_string(), "body": typed_body(&c.kind, &c.body) });
+            let data =
+                json!({ "kind": c.kind, "peer": c.author.to_string(), "body": typed_body(&c.kind, &c.body) });
             if tx.send(Event::default().event(event_name(&c.kind)).data(data.to_string())).await.is_err() {
                 return false;
             }

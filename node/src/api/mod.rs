@@ -132,7 +132,11 @@ impl ApiError {
 
     /// A 400 about one request field.
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { param: Some(param.into()), code: Some("invalid_value"), ..Self::new(StatusCode::BAD_REQUEST, message) }
+        Self {
+            param: Some(param.into()),
+            code: Some("invalid_value"),
+            ..Self::new(StatusCode::BAD_REQUEST, message)
+        }
     }
 
     /// A 400 for a field this API does not support (or not with this value).
@@ -236,7 +240,10 @@ struct ViewQuery {
 }
 
 /// `?view=majority|registry|swim`; without it, the node's active view.
-async fn members(State(client): State<NodeClient>, query: Result<Query<ViewQuery>, QueryRejection>) -> Response {
+async fn members(
+    State(client): State<NodeClient>,
+    query: Result<Query<ViewQuery>, QueryRejection>,
+) -> Response {
     let query = match query {
         Ok(Query(query)) => query,
         Err(rejection) => return ApiError::invalid("view", rejection.body_text()).into_response(),

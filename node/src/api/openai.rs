@@ -23,7 +23,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, mpsc};
 
-use super::jobs::{CancelOnDrop, KEEP_ALIVE, check_context, check_max_tokens, check_messages, federation, submit_error};
+use super::jobs::{
+    CancelOnDrop, KEEP_ALIVE, check_context, check_max_tokens, check_messages, federation, submit_error,
+};
 use super::{ApiError, AppState};
 use crate::federation::spec::{Facts, Mode, Outcome, Sampling};
 use crate::federation::{FederationHandle, Submission};
@@ -213,7 +215,9 @@ fn message_of(index: usize, message: IncomingMessage) -> Result<ChatMessage, Api
     if content.is_none() && !(message.role == "assistant" && has_calls) {
         return Err(ApiError::invalid(
             format!("messages[{index}].content"),
-            format!("messages[{index}].content is required (only an assistant message with tool_calls may omit it)"),
+            format!(
+                "messages[{index}].content is required (only an assistant message with tool_calls may omit it)"
+            ),
         ));
     }
     Ok(ChatMessage {
@@ -245,7 +249,10 @@ fn refuse_unsupported(body: &ChatBody) -> Result<(), ApiError> {
     if let Some(format) = &body.response_format {
         let kind = format.get("type").and_then(Value::as_str).unwrap_or("?");
         if kind != "text" {
-            return refuse("response_format", &format!("only {{\"type\": \"text\"}} is supported, not {kind:?}"));
+            return refuse(
+                "response_format",
+                &format!("only {{\"type\": \"text\"}} is supported, not {kind:?}"),
+            );
         }
     }
     if body.tools.as_ref().is_some_and(|tools| !tools.is_empty()) {
@@ -254,10 +261,16 @@ fn refuse_unsupported(body: &ChatBody) -> Result<(), ApiError> {
     if let Some(choice) = &body.tool_choice
         && !(choice.is_null() || choice == "none" || choice == "auto")
     {
-        return refuse("tool_choice", "tool calling is not supported; only \"none\" or \"auto\" without tools");
+        return refuse(
+            "tool_choice",
+            "tool calling is not supported; only \"none\" or \"auto\" without tools",
+        );
     }
     if body.logprobs == Some(true) {
-        return refuse("logprobs", "log probabilities are not supported (the answer is curated, not sampled)");
+        return refuse(
+            "logprobs",
+            "log probabilities are not supported (the answer is curated, not sampled)",
+        );
     }
     if body.top_logprobs.is_some_and(|n| n > 0) {
         return refuse("top_logprobs", "log probabilities are not supported");
@@ -444,7 +457,8 @@ fn failed(job: JobId, outcome: &Outcome) -> ApiError {
 }
 
 fn timed_out(job: JobId) -> ApiError {
-    ApiError::new(StatusCode::GATEWAY_TIMEOUT, format!("job {job} did not finish in time")).with_code("timeout")
+    ApiError::new(StatusCode::GATEWAY_TIMEOUT, format!("job {job} did not finish in time"))
+        .with_code("timeout")
 }
 
 async fn whole(

@@ -177,7 +177,7 @@ impl FederationStats {
 }
 
 pub(crate) enum Request {
-    Submit(Submission, oneshot::Sender<Result<hivemesh_protocol::JobId, SubmitError>>),
+    Submit(Submission, spec::Sampling, oneshot::Sender<Result<hivemesh_protocol::JobId, SubmitError>>),
     Cancel(hivemesh_protocol::JobId, oneshot::Sender<Result<(), SubmitError>>),
 }
 
@@ -193,9 +193,18 @@ pub struct FederationHandle {
 impl FederationHandle {
     /// Places a job and returns its id once its spec is durable and pushed.
     pub async fn submit(&self, submission: Submission) -> Result<hivemesh_protocol::JobId, SubmitError> {
+        self.submit_sampled(submission, spec::Sampling::default()).await
+    }
+
+    /// `submit`, with sampling parameters applied to every model call of the job.
+    pub async fn submit_sampled(
+        &self,
+        submission: Submission,
+        sampling: spec::Sampling,
+    ) -> Result<hivemesh_protocol::JobId, SubmitError> {
         let (tx, rx) = oneshot::channel();
         let stopped = || SubmitError::Node(crate::net::NodeError::Stopped);
-        self.requests.send(Request::Submit(submission, tx)).await.map_err(|_| stopped())?;
+        self.requests.send(Request::Submit(submission, sampling, tx)).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 

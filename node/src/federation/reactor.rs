@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use super::plan::{Action, plan};
-use super::spec::{self, Facts, JobSpec, Mode};
+use super::spec::{self, Facts, JobSpec, Mode, Sampling};
 use super::work::{self, WorkContext};
 use super::{FederationConfig, FederationHandle, FederationStats, Request, Submission, SubmitError};
 use crate::net::{NodeClient, unix_ms};
@@ -123,8 +123,8 @@ impl Reactor {
                     self.react(job).await;
                 }
                 request = requests.recv() => match request {
-                    Some(Request::Submit(submission, reply)) => {
-                        let _ = reply.send(self.submit(submission).await);
+                    Some(Request::Submit(submission, sampling, reply)) => {
+                        let _ = reply.send(self.submit(submission, sampling).await);
                     }
                     Some(Request::Cancel(job, reply)) => {
                         let _ = reply.send(self.cancel(job).await);
@@ -251,7 +251,7 @@ impl Reactor {
         parts.insert(part, task.abort_handle());
     }
 
-    async fn submit(&mut self, submission: Submission) -> Result<JobId, SubmitError> {
+    async fn submit(&mut self, submission: Submission, sampling: Sampling) -> Result<JobId, SubmitError> {
         let limits = &self.ctx.limits;
         if self.asked.len() >= limits.max_asked_jobs {
             return Err(SubmitError::Busy(format!("{} jobs asked here are still running", self.asked.len())));
@@ -264,7 +264,7 @@ impl Reactor {
         if submission.question.iter().all(|m| m.content.trim().is_empty()) {
             return Err(SubmitError::Invalid("the question is empty".into()));
         }
-        let spec = self.place(&submission).await?;
+        let spec = JobSpec { sampling, ..self.place(&submission).await? };
         let job = JobId(random_bytes());
         let peers: Vec<NodeId> = spec.participants.iter().chain(&spec.stages).copied().collect();
         self.node.open_job(job, peers).await?;
@@ -324,6 +324,7 @@ impl Reactor {
             created_ms: now,
             deadline_ms: now + deadline.as_millis() as u64,
             max_tokens: submission.max_tokens.unwrap_or(self.ctx.limits.max_tokens_per_call),
+            sampling: Sampling::default(),
         })
     }
 
