@@ -268,6 +268,19 @@ async fn a_failure_before_the_first_chunk_is_retried_inside_the_client() {
 }
 
 #[tokio::test]
+async fn a_finish_reason_without_done_is_a_whole_answer_even_if_the_connection_then_drops() {
+    let finished =
+        "data: {\"choices\":[{\"delta\":{\"content\":\"Paris.\"},\"finish_reason\":\"stop\"}]}\n\n";
+    for reply in [Reply::Raw(finished.into()), Reply::Reset(vec![finished.into()])] {
+        let server = TestServer::scripted(vec![reply]).await;
+        let client = client(&server);
+        assert_eq!(ask(&client, "q").await.expect("whole"), "Paris.");
+        assert_eq!(ask(&client, "q").await.expect("cached"), "Paris.");
+        assert_eq!(client.stats().cache_hits, 1, "an accepted answer is cached");
+    }
+}
+
+#[tokio::test]
 async fn null_reads_as_absent_in_every_field_of_a_chunk() {
     let server = TestServer::scripted(vec![sse(&[
         r#"data: {"id":null,"object":null,"created":null,"model":null,"choices":null}"#,
@@ -346,6 +359,12 @@ async fn a_prompt_over_the_context_is_named_as_such_and_not_retried() {
     let message = error.to_string();
     assert!(message.contains("carried no events") && message.contains("context window"), "{message}");
     assert!(!error.is_retryable());
+    // The same named inside a 200 stream.
+    let in_stream =
+        sse(&[r#"data: {"error":{"message":"prompt too long","code":"context_length_exceeded"}}"#]);
+    let server = TestServer::scripted(vec![in_stream]).await;
+    let error = ask(&client(&server), "q").await.expect_err("over the context");
+    assert!(matches!(error, LlmError::ContextLengthExceeded { .. }), "{error:?}");
     // A 4xx code inside a 200 stream is not retried either.
     let in_stream = sse(&[r#"data: {"error":{"message":"invalid model","code":400}}"#]);
     let server = TestServer::scripted(vec![in_stream]).await;
