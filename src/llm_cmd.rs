@@ -1,10 +1,9 @@
 //! `hivemesh ask` (the pipeline on this machine) and `hivemesh model ...`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hivemesh::gpu::engine::{BackendChoice, TallyEngine};
@@ -16,9 +15,10 @@ use hivemesh::node::federation::FederationConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::LlmArgs;
+use crate::output::{self, errln, out, outln};
 
 fn progress_line(line: &str) {
-    eprintln!("hivemesh: {line}");
+    errln!("hivemesh: {line}");
 }
 
 /// The model file to use: `--model`, else the default one, pulled on first use.
@@ -100,10 +100,13 @@ pub struct AskArgs<'a> {
     pub profile: &'a str,
     pub seed: Option<u64>,
     pub budget_usd: Option<f64>,
+    /// Cancel the pipeline after this long.
+    pub deadline: Option<Duration>,
     pub json: bool,
 }
 
-/// `hivemesh ask`: the whole pipeline here, the curator's answer on stdout.
+/// `hivemesh ask`: the whole pipeline here; stdout gets exactly the
+/// curator's final answer (or, with `--json`, one JSON document).
 pub async fn ask(args: AskArgs<'_>, data_dir: &Path) -> anyhow::Result<()> {
     let profiles = load_profiles(args.llm, data_dir)?;
     let profile = profiles.get(args.profile).map_err(anyhow::Error::msg)?.clone();
@@ -116,70 +119,180 @@ pub async fn ask(args: AskArgs<'_>, data_dir: &Path) -> anyhow::Result<()> {
     let ctrl_c = cancel.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("hivemesh: cancelling");
+            errln!("hivemesh: cancelling");
             ctrl_c.cancel();
         }
     });
+    let deadline_passed = Arc::new(AtomicBool::new(false));
+    if let Some(deadline) = args.deadline {
+        let (cancel, passed) = (cancel.clone(), deadline_passed.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(deadline).await;
+            passed.store(true, Ordering::SeqCst);
+            cancel.cancel();
+        });
+    }
     let conversation = vec![ChatMessage::user(args.question)];
+    // Live tokens only for a person watching stdout, and never into JSON.
+    let live = !args.json && output::stdout_is_terminal();
     let printer = tokio::spawn(async move {
+        let mut view = AskView::new(live, console::Term::stdout().size().1);
         while let Some(event) = received.recv().await {
-            show_event(&event);
+            view.event(&event);
         }
+        view
     });
     let outcome = pipeline.run(&conversation, &profile, &options, &events, &cancel).await;
     drop(events);
-    let _ = printer.await;
-    let outcome = outcome?;
-    if args.json {
-        let stages: Vec<_> = outcome
-            .stages
-            .iter()
-            .map(|stage| {
-                serde_json::json!({
-                    "stage": stage.stage, "model": stage.model, "provider": stage.provider,
-                    "text": stage.text, "tokens": stage.tokens, "cost_usd": stage.cost_usd,
-                    "latency_ms": stage.latency.as_secs_f64() * 1e3, "attempts": stage.attempts,
-                })
-            })
-            .collect();
-        let report = serde_json::json!({
-            "answer": outcome.answer, "profile": profile.name, "stages": stages,
-            "elapsed_ms": outcome.elapsed.as_secs_f64() * 1e3, "cost_usd": outcome.cost_usd(),
-        });
-        println!("{report}");
+    let mut view = printer.await.context("the progress display stopped")?;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            view.fail();
+            if deadline_passed.load(Ordering::SeqCst) {
+                let secs = args.deadline.map_or(0, |d| d.as_secs());
+                bail!("the pipeline did not finish within its deadline of {secs} s (--deadline)");
+            }
+            return Err(error.into());
+        }
+    };
+    if !args.json {
+        view.settle(&outcome.answer);
+        return Ok(());
     }
+    view.settle_quietly();
+    let stages: Vec<_> = outcome
+        .stages
+        .iter()
+        .map(|stage| {
+            serde_json::json!({
+                "stage": stage.stage, "model": stage.model, "provider": stage.provider,
+                "text": stage.text, "tokens": stage.tokens, "cost_usd": stage.cost_usd,
+                "latency_ms": stage.latency.as_secs_f64() * 1e3, "attempts": stage.attempts,
+            })
+        })
+        .collect();
+    let report = serde_json::json!({
+        "answer": outcome.answer, "curation": outcome.curation.as_str(), "profile": profile.name, "stages": stages,
+        "elapsed_ms": outcome.elapsed.as_secs_f64() * 1e3, "cost_usd": outcome.cost_usd(),
+    });
+    outln!("{report}");
     Ok(())
 }
 
-/// Progress on stderr; the curator's tokens on stdout.
-fn show_event(event: &PipelineEvent) {
-    match event {
-        PipelineEvent::StageStarted { stage, model, provider, attempt, at_ms } => {
-            let retry = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
-            eprintln!("[{at_ms:>7.0} ms] {stage} started on {provider}/{model}{retry}");
-        }
-        PipelineEvent::Tokens { stage: Stage::Curator, text, .. } => {
-            print!("{text}");
-            let _ = std::io::stdout().flush();
-        }
-        PipelineEvent::Tokens { .. } => {}
-        PipelineEvent::StageFinished { stage, tokens, cost_usd, latency_ms, cached, at_ms } => {
-            if *stage == Stage::Curator {
-                println!();
+/// What `ask` shows while the pipeline runs: stage lines on stderr and, on
+/// a terminal, the curator's tokens live on stdout. Text an attempt streamed
+/// and then lost (a failure, a retry, a retraction) is erased; at the end
+/// stdout holds exactly the final answer.
+struct AskView {
+    /// Curator text shown live on stdout (a terminal) since the last erase.
+    live: Option<String>,
+    /// The terminal's width in columns, to know how many rows live text took.
+    columns: usize,
+    /// Lines that belong after the answer (the curator's finish, the total).
+    after_answer: Vec<String>,
+}
+
+impl AskView {
+    fn new(live: bool, columns: u16) -> Self {
+        Self { live: live.then(String::new), columns: usize::from(columns.max(1)), after_answer: Vec::new() }
+    }
+
+    fn event(&mut self, event: &PipelineEvent) {
+        match event {
+            PipelineEvent::StageStarted { stage, model, provider, attempt, at_ms } => {
+                if *stage == Stage::Curator {
+                    // A new attempt replaces whatever an earlier one streamed.
+                    self.erase();
+                }
+                let retry = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
+                errln!("[{at_ms:>7.0} ms] {stage} started on {provider}/{model}{retry}");
             }
-            let cached = if *cached { ", cached" } else { "" };
-            eprintln!(
-                "[{at_ms:>7.0} ms] {stage} finished: {tokens} tokens in {latency_ms:.0} ms, ${cost_usd:.6}{cached}"
-            );
-        }
-        PipelineEvent::Error { stage, message, will_retry, at_ms } => {
-            let next = if *will_retry { "; retrying" } else { "" };
-            eprintln!("[{at_ms:>7.0} ms] {stage} failed: {message}{next}");
-        }
-        PipelineEvent::Done { tokens, cost_usd, at_ms, .. } => {
-            eprintln!("[{at_ms:>7.0} ms] done: {tokens} tokens in all, ${cost_usd:.6}");
+            PipelineEvent::Tokens { stage: Stage::Curator, text, .. } => {
+                if let Some(shown) = &mut self.live {
+                    out!("{text}");
+                    shown.push_str(text);
+                }
+            }
+            PipelineEvent::Tokens { .. } => {}
+            PipelineEvent::StageFinished { stage, tokens, cost_usd, latency_ms, cached, at_ms } => {
+                let cached = if *cached { ", cached" } else { "" };
+                let line = format!(
+                    "[{at_ms:>7.0} ms] {stage} finished: {tokens} tokens in {latency_ms:.0} ms, ${cost_usd:.6}{cached}"
+                );
+                if *stage == Stage::Curator {
+                    self.after_answer.push(line);
+                } else {
+                    errln!("{line}");
+                }
+            }
+            PipelineEvent::Error { stage, message, will_retry, at_ms } => {
+                if *stage == Stage::Curator {
+                    self.erase();
+                }
+                let next = if *will_retry { "; retrying" } else { "" };
+                errln!("[{at_ms:>7.0} ms] {stage} failed: {message}{next}");
+            }
+            PipelineEvent::Done { tokens, cost_usd, at_ms, .. } => {
+                self.after_answer
+                    .push(format!("[{at_ms:>7.0} ms] done: {tokens} tokens in all, ${cost_usd:.6}"));
+            }
+            PipelineEvent::Retracted { stage, attempt, at_ms } => {
+                if *stage == Stage::Curator {
+                    self.erase();
+                }
+                errln!("[{at_ms:>7.0} ms] {stage} attempt {attempt} taken back (its text is not the answer)");
+            }
         }
     }
+
+    /// Takes the live text off the terminal (it was not the answer).
+    fn erase(&mut self) {
+        let Some(shown) = &mut self.live else { return };
+        if shown.is_empty() {
+            return;
+        }
+        let rows = rows_taken(shown, self.columns);
+        let term = console::Term::stdout();
+        let _ = term.clear_line().and_then(|()| term.clear_last_lines(rows - 1));
+        shown.clear();
+    }
+
+    /// The pipeline failed: no partial answer stays on screen.
+    fn fail(&mut self) {
+        self.erase();
+    }
+
+    /// Prints the final answer (unless the live text already is exactly
+    /// it), then the lines that follow it.
+    fn settle(&mut self, answer: &str) {
+        match &self.live {
+            Some(shown) if shown == answer => outln!(),
+            _ => {
+                self.erase();
+                outln!("{answer}");
+            }
+        }
+        self.flush_after_answer();
+    }
+
+    /// `--json`: the lines that follow the answer, and no answer text.
+    fn settle_quietly(&mut self) {
+        self.erase();
+        self.flush_after_answer();
+    }
+
+    fn flush_after_answer(&mut self) {
+        for line in self.after_answer.drain(..) {
+            errln!("{line}");
+        }
+    }
+}
+
+/// Terminal rows that `text`, written from the start of a row, occupies on
+/// a terminal `columns` wide (the cursor ends on the last one).
+fn rows_taken(text: &str, columns: usize) -> usize {
+    text.split('\n').map(|line| console::measure_text_width(line).div_ceil(columns).max(1)).sum()
 }
 
 /// `hivemesh model pull`.
@@ -193,11 +306,14 @@ pub async fn pull(data_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `hivemesh model path`.
+/// `hivemesh model path`: the path alone on stdout, so `--model "$(hivemesh
+/// model path)"` works; whether the file is there yet goes to stderr.
 pub fn path(data_dir: &Path) {
     let path = model_file::default_model_path(data_dir);
-    let state = if model_file::is_present(&path) { "present" } else { "missing: hivemesh model pull" };
-    println!("{} ({state})", path.display());
+    if !model_file::is_present(&path) {
+        errln!("hivemesh: the model is not there yet; `hivemesh model pull` fetches it");
+    }
+    outln!("{}", path.display());
 }
 
 /// `hivemesh model bench`: load, prefill and decode speed, memory.
@@ -245,14 +361,14 @@ pub async fn bench(
         "rss_peak_mib": peak_rss_kib().map(|kib| kib as f64 / 1024.0),
     });
     if json {
-        println!("{report}");
+        outln!("{report}");
     } else {
-        println!("model        {} (Q8_0 re-quantized: {requantize})", model.name());
-        println!("load         {:.0} ms", model.load_time.as_secs_f64() * 1e3);
-        println!("prefill      {} tokens, {:.1} tokens/s", stats.prompt_tokens, prefill_tps);
-        println!("decode       {} tokens, {:.1} tokens/s", stats.generated_tokens, decode_tps);
+        outln!("model        {} (Q8_0 re-quantized: {requantize})", model.name());
+        outln!("load         {:.0} ms", model.load_time.as_secs_f64() * 1e3);
+        outln!("prefill      {} tokens, {:.1} tokens/s", stats.prompt_tokens, prefill_tps);
+        outln!("decode       {} tokens, {:.1} tokens/s", stats.generated_tokens, decode_tps);
         if let (Some(loaded), Some(peak)) = (rss_loaded, peak_rss_kib()) {
-            println!(
+            outln!(
                 "RSS          {:.0} MiB loaded, {:.0} MiB peak",
                 loaded as f64 / 1024.0,
                 peak as f64 / 1024.0

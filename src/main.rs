@@ -1,9 +1,13 @@
+//! The `hivemesh` command.
+
+// Every line goes through `output`, so a closed pipe never panics.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use hivemesh::node::api::ApiClient;
 use hivemesh::node::keystore;
 use hivemesh::protocol::identity::hex;
 
@@ -12,33 +16,63 @@ mod llm_cmd;
 mod mesh_ask;
 mod mesh_cmd;
 mod node_cmd;
+mod output;
 mod remote_ask;
 mod sim_cmd;
 mod tally_cmd;
 use cli::{Cli, Command, ModelAction};
+use output::{errln, outln};
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    quiet_headless_vulkan();
+    init_logging();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("hivemesh: error: {e:#}");
+            errln!("hivemesh: error: {}", output::error_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// Log lines on stderr: warnings and up (RUST_LOG for more), coloured only
+/// on a terminal, naming the module only when RUST_LOG asked for detail.
+fn init_logging() {
+    let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let detailed = from_env.is_some();
+    tracing_subscriber::fmt()
+        .with_env_filter(from_env.unwrap_or_else(|| DEFAULT_LOG_FILTER.into()))
+        .with_ansi(output::stderr_is_terminal())
+        .with_target(detailed)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Mesa's Vulkan device-select layer asks a Wayland compositor which GPU is
+/// the default; with no session, libwayland prints "error: XDG_RUNTIME_DIR
+/// is invalid or not set in the environment" on stderr, a message about a
+/// desktop hivemesh does not use. With no Wayland session there is nothing
+/// for that layer to learn (wgpu picks its adapter itself), so it is turned
+/// off through the switch its manifest declares.
+fn quiet_headless_vulkan() {
+    use std::env::var_os;
+    let runtime_dir = var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+    let runtime_dir_valid = runtime_dir.is_some_and(|dir| dir.is_absolute() && dir.is_dir());
+    let wayland = var_os("WAYLAND_DISPLAY").is_some() || var_os("WAYLAND_SOCKET").is_some();
+    if !runtime_dir_valid && !wayland && var_os("NODEVICE_SELECT").is_none() {
+        // SAFETY: the first thing main does, before any other thread exists
+        // (no runtime, no logger yet), so nothing reads the environment meanwhile.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+}
+
 /// automerge logs an ERROR for every pushed change that arrives before its
 /// dependencies, which is routine here (they wait in its queue, and sync
-/// rounds fill the gap); hivemesh reports real refusals itself.
-const DEFAULT_LOG_FILTER: &str = "warn,automerge=off";
+/// rounds fill the gap); hivemesh reports real refusals itself. Kademlia
+/// warns "Failed to trigger bootstrap: No known peers" while a node is
+/// alone, which it says itself (an unreachable bootstrap peer is a line).
+const DEFAULT_LOG_FILTER: &str = "warn,automerge=off,libp2p_kad=error";
 
 /// Exit status of `tally` when the outcome is valid but not final.
 const EXIT_NO_QUORUM: u8 = 2;
@@ -76,13 +110,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 api: *api,
                 api_token: api_token.clone(),
                 expected_size: *expected_size,
-                profile: node_cmd::given_profile(advertise)?,
+                profile: node_cmd::ProfileChange::parse(advertise)?,
                 anti_entropy: std::time::Duration::from_millis(*anti_entropy_ms),
                 majority_threshold: *majority_threshold,
                 llm: (!no_jobs).then(|| llm.clone()),
                 limits: limits.clone(),
             };
             let dir = data_dir()?;
+            // A node serves its peers whoever reads its stdout.
+            output::keep_running_without_stdout();
             runtime()?.block_on(node_cmd::run(&dir, args))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -101,20 +137,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(mesh_cmd::run(&dir, args))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Members { json, node, view } => {
+        Command::Members { json, target, view } => {
             let dir = data_dir()?;
-            runtime()?.block_on(node_cmd::members(&dir, node.as_deref(), view.as_deref(), *json))?;
+            runtime()?.block_on(node_cmd::members(&dir, target, view.as_deref(), *json))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Advertise { advertise, node } => {
-            let profile = node_cmd::profile(advertise)?;
+        Command::Advertise { advertise, target } => {
+            let change = node_cmd::ProfileChange::parse(advertise)?;
             let dir = data_dir()?;
-            runtime()?.block_on(node_cmd::advertise(&dir, node.as_deref(), &profile))?;
+            runtime()?.block_on(node_cmd::advertise(&dir, target, &change))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Leave { node } => {
+        Command::Leave { target } => {
             let dir = data_dir()?;
-            runtime()?.block_on(node_cmd::leave(&dir, node.as_deref()))?;
+            runtime()?.block_on(node_cmd::leave(&dir, target))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sim { nodes, loss, latency_ms, partition, kill, soak, seed, json } => {
@@ -129,18 +165,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sim_cmd::run(config, *json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ask { question, node, mode, peers, llm, profile, seed, budget_usd, json } => {
-            if node.is_some() || mode.is_some() {
+        Command::Ask { question, target, mode, peers, llm, profile, seed, budget_usd, deadline, json } => {
+            let deadline = deadline.map(std::time::Duration::from_secs);
+            if target.node.is_some() || mode.is_some() {
                 anyhow::ensure!(
                     seed.is_none() && budget_usd.is_none(),
                     "--seed and --budget-usd apply to the pipeline run here, not to a job asked of a node"
                 );
-                let api = ApiClient::resolve(node.as_deref(), &data_dir()?).map_err(anyhow::Error::msg)?;
+                let api = node_cmd::api_client(target, &data_dir()?)?;
                 let request = remote_ask::Request {
                     question,
                     mode: mode.as_deref().unwrap_or("council"),
                     profile,
                     peers: *peers,
+                    deadline,
                     json: *json,
                 };
                 let done = runtime()?.block_on(remote_ask::ask(&api, request))?;
@@ -152,13 +190,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 profile,
                 seed: *seed,
                 budget_usd: *budget_usd,
+                deadline,
                 json: *json,
             };
             runtime()?.block_on(llm_cmd::ask(args, &data_dir()?))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Jobs { id, limit, json, node } => {
-            let api = ApiClient::resolve(node.as_deref(), &data_dir()?).map_err(anyhow::Error::msg)?;
+        Command::Jobs { id, limit, json, target } => {
+            let api = node_cmd::api_client(target, &data_dir()?)?;
             runtime()?.block_on(remote_ask::jobs(&api, id.as_deref(), *limit, *json))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -194,7 +233,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if *generate {
                 let rule = tally_cmd::parse_rule(rule.as_deref().unwrap_or("schulze"))?;
                 let out = tally_cmd::generate(rule, *voters, *candidates, *equivocators, *seed)?;
-                println!("{}", serde_json::to_string(&out)?);
+                outln!("{}", serde_json::to_string(&out)?);
                 return Ok(ExitCode::SUCCESS);
             }
             let path = file.as_deref().unwrap_or(std::path::Path::new("-"));
@@ -210,7 +249,7 @@ fn majority(file: Option<&std::path::Path>) -> anyhow::Result<()> {
     let text = tally_cmd::read_input(file.unwrap_or(std::path::Path::new("-")))?;
     let views = parse_views(&text).context("could not read the views")?;
     let resolution = resolve(&views)?;
-    println!("{}", resolution.to_json());
+    outln!("{}", resolution.to_json());
     Ok(())
 }
 
@@ -218,7 +257,7 @@ fn print_id(data_dir: PathBuf, json: bool) -> anyhow::Result<()> {
     let stored = keystore::load_or_create(&data_dir).context("could not load the node identity")?;
     let peer_id = stored.identity.peer_id();
     if stored.created {
-        eprintln!("created a new identity in {}", stored.path.display());
+        errln!("created a new identity in {}", stored.path.display());
     }
     if json {
         let out = serde_json::json!({
@@ -227,9 +266,9 @@ fn print_id(data_dir: PathBuf, json: bool) -> anyhow::Result<()> {
             "key_file": stored.path,
             "created": stored.created,
         });
-        println!("{out}");
+        outln!("{out}");
     } else {
-        println!("{peer_id}");
+        outln!("{peer_id}");
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use hivemesh::node::replica::ViewKind;
 use hivemesh::protocol::{Ballot, Envelope, NodeId, TallyRule, decode_message, open};
 
 use crate::mesh_cmd::MeshArgs;
+use crate::output::outln;
 
 pub async fn ask(nodes: &[NodeHandle], question: &str, args: &MeshArgs) -> anyhow::Result<()> {
     let mode: Mode = args.mode.parse().map_err(anyhow::Error::msg)?;
@@ -36,7 +37,7 @@ pub async fn ask(nodes: &[NodeHandle], question: &str, args: &MeshArgs) -> anyho
         max_tokens: None,
     };
     let job = federation.submit(submission).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("\njob {job} asked at node-0 ({:?}, profile {})", mode, args.profile);
+    outln!("\njob {job} asked at node-0 ({:?}, profile {})", mode, args.profile);
     let mut seen = HashSet::new();
     let outcome = loop {
         let view = client.job(job).await?;
@@ -56,7 +57,7 @@ pub async fn ask(nodes: &[NodeHandle], question: &str, args: &MeshArgs) -> anyho
                         .map(|(_, _, o)| format!("{} tokens in {} ms", o.tokens, o.elapsed_ms)),
                     _ => None,
                 };
-                println!(
+                outln!(
                     "[{t:6.2}s] {:<16} from {who}{}",
                     c.kind,
                     detail.map(|d| format!(": {d}")).unwrap_or_default()
@@ -71,9 +72,9 @@ pub async fn ask(nodes: &[NodeHandle], question: &str, args: &MeshArgs) -> anyho
             _ => bail!("job {job} did not finish"),
         }
     };
-    println!("\n== {} in {:.2} s ==", outcome.status, started.elapsed().as_secs_f64());
+    outln!("\n== {} in {:.2} s ==", outcome.status, started.elapsed().as_secs_f64());
     for part in &outcome.contributions {
-        println!(
+        outln!(
             "\n{} by {} ({}, {} tokens, {} ms):\n  {}",
             part.part,
             name(&part.peer),
@@ -84,13 +85,13 @@ pub async fn ask(nodes: &[NodeHandle], question: &str, args: &MeshArgs) -> anyho
         );
     }
     for missing in &outcome.missing {
-        println!("without {}: {}", name(&missing.peer), missing.reason);
+        outln!("without {}: {}", name(&missing.peer), missing.reason);
     }
     if let Some(file) = &outcome.ballot_file {
         print_ballots(file, &name);
     }
     if let Some(tally) = &outcome.tally {
-        println!(
+        outln!(
             "\ntally ({}): ranking {} winner {}",
             tally["backend"],
             tally["result"]["ranking"],
@@ -98,13 +99,13 @@ pub async fn ask(nodes: &[NodeHandle], question: &str, args: &MeshArgs) -> anyho
         );
     }
     for excluded in &outcome.excluded {
-        println!("excluded: {excluded}");
+        outln!("excluded: {excluded}");
     }
     if let Some(error) = &outcome.error {
-        println!("note: {error}");
+        outln!("note: {error}");
     }
     match &outcome.answer {
-        Some(answer) => println!("\nanswer:\n{answer}"),
+        Some(answer) => outln!("\nanswer:\n{answer}"),
         None => bail!("the job ended without an answer ({})", outcome.status),
     }
     Ok(())
@@ -113,7 +114,7 @@ pub async fn ask(nodes: &[NodeHandle], question: &str, args: &MeshArgs) -> anyho
 fn print_ballots(file: &serde_json::Value, name: &dyn Fn(&str) -> String) {
     let candidates: Vec<String> =
         file["candidates"].as_array().into_iter().flatten().filter_map(|c| c.as_str()).map(name).collect();
-    println!("\nballots (candidates in vote order: {}):", candidates.join(", "));
+    outln!("\nballots (candidates in vote order: {}):", candidates.join(", "));
     for hex_ballot in file["ballots"].as_array().into_iter().flatten().filter_map(|b| b.as_str()) {
         let ballot = hex::decode(hex_ballot)
             .ok()
@@ -121,7 +122,7 @@ fn print_ballots(file: &serde_json::Value, name: &dyn Fn(&str) -> String) {
             .and_then(|envelope| open::<Ballot>(&envelope).ok());
         if let Some(ballot) = ballot {
             let voter = NodeId::to_string(&ballot.voter);
-            println!("  {} ranks {:?}", name(&voter), ballot.choice);
+            outln!("  {} ranks {:?}", name(&voter), ballot.choice);
         }
     }
 }

@@ -11,6 +11,7 @@ use hivemesh::protocol::Role;
 use tokio::sync::mpsc;
 
 use crate::node_cmd::shutdown_signal;
+use crate::output::{errln, outln};
 
 pub struct MeshArgs {
     pub nodes: usize,
@@ -60,13 +61,13 @@ pub async fn run(data_dir: &Path, args: MeshArgs) -> anyhow::Result<()> {
         nodes.push(node);
     }
     let ready: Duration = nodes.iter().map(|n| n.ready_in).sum::<Duration>() / n as u32;
-    println!(
+    outln!(
         "started {n} nodes in {:.2} s (mean start-to-ready {} ms)",
         started.elapsed().as_secs_f64(),
         ready.as_millis()
     );
     for (i, node) in nodes.iter().enumerate().take(10) {
-        println!(
+        outln!(
             "  node-{i} {} api http://{}",
             node.peer_id,
             node.api.map(|a| a.to_string()).unwrap_or_default()
@@ -74,7 +75,7 @@ pub async fn run(data_dir: &Path, args: MeshArgs) -> anyhow::Result<()> {
     }
 
     let converged = wait_converged(&nodes, &mut events, started, n <= 10, Duration::from_secs(120)).await?;
-    println!(
+    outln!(
         "converged: every node sees {} others alive, {:.2} s after the first start",
         n - 1,
         converged.as_secs_f64()
@@ -91,23 +92,23 @@ pub async fn run(data_dir: &Path, args: MeshArgs) -> anyhow::Result<()> {
         return measure(nodes, &mut events).await;
     }
     if let Some(api) = nodes[0].api {
-        println!(
+        outln!(
             "\nthe mesh is up. try:  curl -s http://{api}/v1/members   or   hivemesh members --node http://{api}"
         );
-        println!(
+        outln!(
             "ask it:  curl -sN http://{api}/v1/chat/completions -H 'content-type: application/json' \\\n  \
              -d '{{\"model\":\"council\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}]}}'"
         );
-        println!("   or:  hivemesh ask --node http://{api} \"What is the capital of France?\"");
+        outln!("   or:  hivemesh ask --node http://{api} \"What is the capital of France?\"");
     }
-    println!("Ctrl-C makes every node leave gracefully.");
+    outln!("Ctrl-C makes every node leave gracefully.");
     loop {
         tokio::select! {
             _ = shutdown_signal() => break,
             Some((i, event)) = events.recv() => print_event(started, i, &event),
         }
     }
-    eprintln!("leaving…");
+    errln!("leaving…");
     leave_all(nodes).await;
     Ok(())
 }
@@ -140,7 +141,7 @@ async fn join_one(
         anyhow::ensure!(Instant::now() < deadline, "the new node was not seen by all within 120 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!(
+    outln!(
         "a new node's join was visible to all {} nodes {:.2} s after it started",
         nodes.len(),
         started.elapsed().as_secs_f64()
@@ -160,10 +161,10 @@ async fn leave_all(nodes: Vec<NodeHandle>) {
 fn print_event(started: Instant, node: usize, event: &MemberEvent) {
     let t = started.elapsed().as_secs_f64();
     match event {
-        MemberEvent::Up(id) => println!("[{t:7.2}s] node-{node}: {} up", short(&id.node.to_string())),
-        MemberEvent::Down(id) => println!("[{t:7.2}s] node-{node}: {} down", short(&id.node.to_string())),
-        MemberEvent::Left(id) => println!("[{t:7.2}s] node-{node}: {} left", short(&id.node.to_string())),
-        other => println!("[{t:7.2}s] node-{node}: {other:?}"),
+        MemberEvent::Up(id) => outln!("[{t:7.2}s] node-{node}: {} up", short(&id.node.to_string())),
+        MemberEvent::Down(id) => outln!("[{t:7.2}s] node-{node}: {} down", short(&id.node.to_string())),
+        MemberEvent::Left(id) => outln!("[{t:7.2}s] node-{node}: {} left", short(&id.node.to_string())),
+        other => outln!("[{t:7.2}s] node-{node}: {other:?}"),
     }
 }
 
@@ -191,7 +192,7 @@ async fn wait_converged(
             }
         }
         if full != last_full {
-            println!("[{:7.2}s] {full}/{n} nodes see every other node", started.elapsed().as_secs_f64());
+            outln!("[{:7.2}s] {full}/{n} nodes see every other node", started.elapsed().as_secs_f64());
             last_full = full;
         }
         if full == n {
@@ -252,7 +253,7 @@ async fn registry_updates(nodes: &[NodeHandle], rounds: usize) -> anyhow::Result
     let bytes = (bytes_out().await? - before) as f64 / rounds as f64;
     times.sort();
     let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
-    println!(
+    outln!(
         "registry update on all {} nodes: p50 {:.1} ms, p99 {:.1} ms over {rounds} updates; {bytes:.0} bytes sent per update",
         nodes.len(),
         pick(0.5),
@@ -279,7 +280,7 @@ async fn measure(
     }
     let per_node =
         (bytes_after - bytes_before) as f64 / nodes.len() as f64 / idle_from.elapsed().as_secs_f64();
-    println!("membership traffic while converged: {per_node:.0} bytes/s per node (frames only)");
+    outln!("membership traffic while converged: {per_node:.0} bytes/s per node (frames only)");
     registry_updates(&nodes, 20).await?;
 
     let victim = nodes.pop().context("no node to kill")?;
@@ -300,7 +301,7 @@ async fn measure(
             marked[i] = true;
         }
     }
-    println!(
+    outln!(
         "killed node marked down by all {} others {:.2} s after the kill",
         nodes.len(),
         killed_at.elapsed().as_secs_f64()

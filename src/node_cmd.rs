@@ -9,11 +9,12 @@ use hivemesh::node::api::client::api_token_file;
 use hivemesh::node::api::{ApiClient, Method, api_addr_file};
 use hivemesh::node::federation::Limits;
 use hivemesh::node::membership::MembershipConfig;
-use hivemesh::node::replica::{Profile, ViewKind, ViewReport};
+use hivemesh::node::replica::{Profile, ViewKind, ViewMember, ViewReport};
 use hivemesh::node::{Multiaddr, NodeConfig, ReplicationConfig, spawn_node};
 use hivemesh::protocol::{GpuInfo, Role};
 
-use crate::cli::{AdvertiseArgs, JobLimitArgs, LlmArgs};
+use crate::cli::{AdvertiseArgs, JobLimitArgs, LlmArgs, NodeArgs};
+use crate::output::{errln, outln};
 
 pub struct RunArgs {
     pub listen: Vec<Multiaddr>,
@@ -22,7 +23,8 @@ pub struct RunArgs {
     pub api: SocketAddr,
     pub api_token: Option<String>,
     pub expected_size: u32,
-    pub profile: Option<Profile>,
+    /// `--models`, `--role` and `--gpu`: the profile, when any is given.
+    pub profile: ProfileChange,
     pub anti_entropy: Duration,
     pub majority_threshold: usize,
     /// The provider for this node's share of jobs; `None` takes no part.
@@ -30,36 +32,63 @@ pub struct RunArgs {
     pub limits: JobLimitArgs,
 }
 
-/// The profile given by `--models`, `--role` and `--gpu`; `None` when no
-/// flag was given (a restarted node then keeps what it last advertised).
-pub fn given_profile(args: &AdvertiseArgs) -> anyhow::Result<Option<Profile>> {
-    if args.models.is_empty() && args.role.is_none() && args.gpu.is_none() {
-        return Ok(None);
-    }
-    profile(args).map(Some)
+/// The fields of the advertised profile that `--models`, `--role` and
+/// `--gpu` change; a field whose flag was not given keeps its value.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProfileChange {
+    pub role: Option<Role>,
+    pub models: Option<Vec<String>>,
+    /// `Some(None)` clears the GPU (`--gpu none`).
+    pub gpu: Option<Option<GpuInfo>>,
 }
 
-/// The advertised profile from `--models`, `--role` and `--gpu`.
-pub fn profile(args: &AdvertiseArgs) -> anyhow::Result<Profile> {
-    let role = match args.role.as_deref().unwrap_or("worker") {
-        "worker" => Role::Worker,
-        "bootstrap" => Role::Bootstrap,
-        "observer" => Role::Observer,
-        other => anyhow::bail!("unknown --role {other:?}; expected worker, bootstrap or observer"),
-    };
-    let gpu = match &args.gpu {
-        None => None,
-        Some(text) => {
-            let (name, memory) = text
-                .rsplit_once(':')
-                .ok_or_else(|| anyhow!("--gpu {text:?}: expected NAME:MEMORY_MB, e.g. \"RTX 4090:24564\""))?;
-            let memory_mb =
-                memory.trim().parse().with_context(|| format!("--gpu {text:?}: bad memory in MB"))?;
-            Some(GpuInfo { name: name.trim().to_owned(), memory_mb })
+impl ProfileChange {
+    /// Reads `--models`, `--role` and `--gpu`.
+    pub fn parse(args: &AdvertiseArgs) -> anyhow::Result<Self> {
+        let role = match args.role.as_deref() {
+            None => None,
+            Some("worker") => Some(Role::Worker),
+            Some("bootstrap") => Some(Role::Bootstrap),
+            Some("observer") => Some(Role::Observer),
+            Some(other) => anyhow::bail!("unknown --role {other:?}; expected worker, bootstrap or observer"),
+        };
+        let gpu = match args.gpu.as_deref().map(str::trim) {
+            None => None,
+            Some("none") => Some(None),
+            Some(text) => {
+                let (name, memory) = text.rsplit_once(':').ok_or_else(|| {
+                    anyhow!("--gpu {text:?}: expected NAME:MEMORY_MB, e.g. \"RTX 4090:24564\", or none")
+                })?;
+                let memory_mb =
+                    memory.trim().parse().with_context(|| format!("--gpu {text:?}: bad memory in MB"))?;
+                Some(Some(GpuInfo { name: name.trim().to_owned(), memory_mb }))
+            }
+        };
+        let models = args
+            .models
+            .as_ref()
+            .map(|models| models.iter().map(|m| m.trim().to_owned()).filter(|m| !m.is_empty()).collect());
+        Ok(Self { role, models, gpu })
+    }
+
+    /// Whether no flag was given.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `current` with the given fields replaced.
+    pub fn apply(&self, current: Profile) -> Profile {
+        Profile {
+            role: self.role.unwrap_or(current.role),
+            models: self.models.clone().unwrap_or(current.models),
+            gpu: self.gpu.clone().unwrap_or(current.gpu),
         }
-    };
-    let models = args.models.iter().map(|m| m.trim().to_owned()).filter(|m| !m.is_empty()).collect();
-    Ok(Profile { role, models, gpu })
+    }
+}
+
+/// The profile a registry view shows for a node.
+fn advertised(me: &ViewMember) -> Profile {
+    Profile { role: me.role.unwrap_or(Role::Worker), models: me.models.clone(), gpu: me.gpu.clone() }
 }
 
 pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
@@ -68,7 +97,10 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     } else {
         args.listen
     };
-    let mut profile = args.profile;
+    // Profile flags set the profile (a field not given takes its default);
+    // without any the node keeps what it last advertised. Set before the
+    // node starts, so nothing it serves ever shows an older profile.
+    let mut profile = (!args.profile.is_empty()).then(|| args.profile.apply(Profile::default()));
     let mut offered = Vec::new();
     let federation = match &args.llm {
         None => None,
@@ -110,23 +142,23 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     if !offered.is_empty() {
         advertise_offered_models(&node, offered).await?;
     }
-    println!("peer id: {}", node.peer_id);
+    outln!("peer id: {}", node.peer_id);
     for addr in &node.listen {
-        println!("listening: {addr}/p2p/{}", node.peer_id);
+        outln!("listening: {addr}/p2p/{}", node.peer_id);
     }
     if let Some(api) = node.api {
-        println!("control API: http://{api} (try `hivemesh members`)");
+        outln!("control API: http://{api} (try `hivemesh members`)");
         if node.federation().is_some() {
-            println!("jobs: hivemesh ask --node http://{api} --mode council \"QUESTION\"");
+            outln!("jobs: hivemesh ask --node http://{api} --mode council \"QUESTION\"");
         }
     }
-    println!("ready in {} ms; Ctrl-C leaves the swarm gracefully", node.ready_in.as_millis());
+    outln!("ready in {} ms; Ctrl-C leaves the swarm gracefully", node.ready_in.as_millis());
     tokio::select! {
         _ = shutdown_signal() => {
-            eprintln!("leaving the swarm…");
+            errln!("leaving the swarm…");
             node.leave(Duration::from_secs(3)).await;
         }
-        _ = node.stopped() => eprintln!("node stopped (left on request)"),
+        _ = node.stopped() => errln!("node stopped (left on request)"),
     }
     let _ = std::fs::remove_file(api_addr_file(data_dir));
     Ok(())
@@ -143,8 +175,7 @@ async fn advertise_offered_models(
     if !report.me.models.is_empty() {
         return Ok(());
     }
-    let me = report.me;
-    let profile = Profile { role: me.role.unwrap_or(Role::Worker), models: offered, gpu: me.gpu };
+    let profile = Profile { models: offered, ..advertised(&report.me) };
     node.client().advertise(profile).await.context("could not advertise the provider's model")
 }
 
@@ -165,7 +196,7 @@ fn api_token(data_dir: &Path, api: SocketAddr, given: Option<String>) -> anyhow:
     getrandom::fill(&mut bytes).map_err(|e| anyhow!("no randomness for an API token: {e}"))?;
     let token = hex::encode(bytes);
     write_private(&file, &token).with_context(|| format!("cannot write {}", file.display()))?;
-    println!("the API on {api} needs a bearer token; it is in {}", file.display());
+    outln!("the API on {api} needs a bearer token; it is in {}", file.display());
     Ok(Some(token))
 }
 
@@ -201,34 +232,43 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// The API of the node `target` names (or the one on `data_dir`), with
+/// `--api-token` when given.
+pub fn api_client(target: &NodeArgs, data_dir: &Path) -> anyhow::Result<ApiClient> {
+    let api = ApiClient::resolve(target.node.as_deref(), data_dir).map_err(|e| anyhow!(e))?;
+    match target.api_token.as_deref().map(str::trim).filter(|token| !token.is_empty()) {
+        Some(token) => ApiClient::new(api.base, Some(token.to_string())).map_err(|e| anyhow!(e)),
+        None => Ok(api),
+    }
+}
+
 pub async fn members(
     data_dir: &Path,
-    node: Option<&str>,
+    target: &NodeArgs,
     view: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let api = ApiClient::resolve(node, data_dir).map_err(|e| anyhow!(e))?;
+    let api = api_client(target, data_dir)?;
     let path = match view {
         Some(view) => format!("/v1/members?view={view}"),
         None => "/v1/members".to_string(),
     };
     let report = api.call(Method::GET, &path, None).await.map_err(|e| anyhow!(e))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     let report: ViewReport =
         serde_json::from_value(report).context("the node's member list has an unexpected shape")?;
-    println!(
+    outln!(
         "this node: {} ({:?} view; active view: {:?})",
-        report.me.member.peer_id, report.view, report.active_view
+        report.me.member.peer_id,
+        report.view,
+        report.active_view
     );
-    println!(
-        "{:<54} {:<8} {:>5} {:>14}  {:<24} addresses",
-        "peer id", "state", "inc", "last change", "models"
-    );
+    outln!("{:<54} {:<8} {:>5} {:>14}  {:<24} addresses", "peer id", "state", "inc", "last change", "models");
     for m in std::iter::once(&report.me).chain(&report.members) {
-        println!(
+        outln!(
             "{:<54} {:<8} {:>5} {:>14}  {:<24} {}",
             m.member.peer_id,
             m.member.state,
@@ -240,10 +280,10 @@ pub async fn members(
     }
     let alive =
         report.members.iter().filter(|m| matches!(m.member.state.as_str(), "alive" | "suspect")).count();
-    println!("{} members known besides this node, {alive} alive or suspect", report.members.len());
+    outln!("{} members known besides this node, {alive} alive or suspect", report.members.len());
     if let Some(majority) = &report.majority {
         let m = &majority.metrics;
-        println!(
+        outln!(
             "majority rule over {} views ({} of {} peers answered): {} conflicts, {} tie-breaks, {} µs",
             m.peer_count,
             majority.peers_answered,
@@ -256,11 +296,19 @@ pub async fn members(
     Ok(())
 }
 
-pub async fn advertise(data_dir: &Path, node: Option<&str>, profile: &Profile) -> anyhow::Result<()> {
-    let api = ApiClient::resolve(node, data_dir).map_err(|e| anyhow!(e))?;
-    let body = serde_json::to_value(profile)?;
+/// `hivemesh advertise`: the node's current entry with the given fields
+/// changed (the API replaces the whole profile, so the rest is read first).
+pub async fn advertise(data_dir: &Path, target: &NodeArgs, change: &ProfileChange) -> anyhow::Result<()> {
+    let api = api_client(target, data_dir)?;
+    anyhow::ensure!(!change.is_empty(), "nothing to change: give --models, --role or --gpu");
+    let report = api.call(Method::GET, "/v1/members?view=registry", None).await.map_err(|e| anyhow!(e))?;
+    let report: ViewReport =
+        serde_json::from_value(report).context("the node's registry entry has an unexpected shape")?;
+    let profile = change.apply(advertised(&report.me));
+    let body = serde_json::to_value(&profile)?;
     api.call(Method::POST, "/v1/advertise", Some(&body)).await.map_err(|e| anyhow!(e))?;
-    println!("advertised: role {:?}, models [{}]", profile.role, profile.models.join(", "));
+    let gpu = profile.gpu.as_ref().map_or("none".to_string(), |g| format!("{} ({} MB)", g.name, g.memory_mb));
+    outln!("advertised: role {:?}, models [{}], GPU {gpu}", profile.role, profile.models.join(", "));
     Ok(())
 }
 
@@ -271,9 +319,9 @@ fn format_age(unix_ms: u64) -> String {
     if unix_ms == 0 { "-".into() } else { format!("{:.1}s ago", now.saturating_sub(unix_ms) as f64 / 1000.0) }
 }
 
-pub async fn leave(data_dir: &Path, node: Option<&str>) -> anyhow::Result<()> {
-    let api = ApiClient::resolve(node, data_dir).map_err(|e| anyhow!(e))?;
+pub async fn leave(data_dir: &Path, target: &NodeArgs) -> anyhow::Result<()> {
+    let api = api_client(target, data_dir)?;
     api.call(Method::POST, "/v1/leave", None).await.map_err(|e| anyhow!(e))?;
-    println!("the node at {} is leaving the swarm", api.base);
+    outln!("the node at {} is leaving the swarm", api.base);
     Ok(())
 }

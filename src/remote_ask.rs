@@ -1,7 +1,7 @@
 //! `hivemesh ask --node/--mode` (a federated job asked of a running node,
 //! followed through its event stream) and `hivemesh jobs`.
 
-use std::io::IsTerminal;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -12,26 +12,49 @@ use hivemesh::node::api::{ApiClient, Method};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
+use crate::output::{self, errln, outln};
+
 pub struct Request<'a> {
     pub question: &'a str,
     pub mode: &'a str,
     pub profile: &'a str,
     pub peers: usize,
+    /// The job's deadline; `None` for the mode's default.
+    pub deadline: Option<Duration>,
     pub json: bool,
 }
 
+/// A council's deadline unless `--deadline` says otherwise: every member
+/// answers in parallel, then one vote and the curator.
+pub const COUNCIL_DEADLINE: Duration = Duration::from_secs(300);
+
+/// A pipeline's deadline unless `--deadline` says otherwise: four model
+/// calls, three of them one after another, each possibly queued behind
+/// other jobs' calls on a busy two-core node (the node's own 120 s default
+/// was missed there).
+pub const PIPELINE_DEADLINE: Duration = Duration::from_secs(600);
+
 /// Submits the job, follows it to its outcome and prints the answer (or the
-/// whole job as JSON). Returns whether the job ended `done`.
+/// whole job as one JSON document). Returns whether the job ended `done`.
 pub async fn ask(api: &ApiClient, request: Request<'_>) -> anyhow::Result<bool> {
-    let body = json!({
+    let deadline = request.deadline.or(match request.mode {
+        "council" => Some(COUNCIL_DEADLINE),
+        "pipeline" => Some(PIPELINE_DEADLINE),
+        _ => None, // the node names the bad mode
+    });
+    let mut body = json!({
         "question": request.question,
         "mode": request.mode,
         "profile": request.profile,
         "peers": request.peers,
     });
+    if let Some(deadline) = deadline {
+        body["deadline_ms"] = json!(deadline.as_millis() as u64);
+    }
+    let asked = Instant::now();
     let submitted = api.call(Method::POST, "/v1/jobs", Some(&body)).await.map_err(|e| anyhow!(e))?;
     let id = submitted["id"].as_str().context("the node accepted the job but sent no id")?.to_string();
-    let mut display = Display::new(std::io::stderr().is_terminal());
+    let mut display = Display::new(asked, output::stderr_is_terminal());
     display.line(&format!("job {id} asked at {} ({}, profile {})", api.base, request.mode, request.profile));
 
     let path = format!("/v1/jobs/{id}/events");
@@ -65,28 +88,38 @@ pub async fn ask(api: &ApiClient, request: Request<'_>) -> anyhow::Result<bool> 
     let job = api.call(Method::GET, &format!("/v1/jobs/{id}"), None).await.map_err(|e| anyhow!(e))?;
     let outcome = &job["outcome"];
     if request.json {
-        println!("{}", serde_json::to_string_pretty(&job)?);
+        outln!("{}", serde_json::to_string_pretty(&job)?);
     } else if let Some(answer) = outcome["answer"].as_str() {
-        println!("{answer}");
+        outln!("{answer}");
     }
     if let Some(error) = outcome["error"].as_str() {
-        eprintln!("hivemesh: {}: {error}", outcome["status"].as_str().unwrap_or("ended"));
+        errln!("hivemesh: {}: {error}", outcome["status"].as_str().unwrap_or("ended"));
     }
     Ok(outcome["status"] == "done")
 }
 
-/// Progress on stderr: a live spinner on a terminal, one line per event
-/// (token frames included) otherwise.
+/// Text one part of the job streamed in its latest attempt.
+#[derive(Default)]
+struct Streamed {
+    peer: String,
+    attempt: u64,
+    text: String,
+}
+
+/// Progress on stderr, never on stdout: on a terminal a live line with the
+/// newest part's tokens; otherwise one line per step and no token frames.
 struct Display {
-    started: Instant,
+    /// When the job was asked: its wall time runs from here.
+    asked: Instant,
     bar: Option<ProgressBar>,
     frames: u64,
-    /// The final stage's text so far, shown live on a terminal.
-    answer_so_far: String,
+    /// Each part's latest attempt; an attempt that failed or was retracted
+    /// is dropped, so the live line never shows text that will not stand.
+    parts: HashMap<String, Streamed>,
 }
 
 impl Display {
-    fn new(terminal: bool) -> Self {
+    fn new(asked: Instant, terminal: bool) -> Self {
         let bar = terminal.then(|| {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
@@ -96,14 +129,14 @@ impl Display {
             bar.enable_steady_tick(Duration::from_millis(100));
             bar
         });
-        Self { started: Instant::now(), bar, frames: 0, answer_so_far: String::new() }
+        Self { asked, bar, frames: 0, parts: HashMap::new() }
     }
 
     fn line(&self, text: &str) {
-        let line = format!("[{:6.2}s] {text}", self.started.elapsed().as_secs_f64());
+        let line = format!("[{:6.2}s] {text}", self.asked.elapsed().as_secs_f64());
         match &self.bar {
             Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
+            None => errln!("{line}"),
         }
     }
 
@@ -119,6 +152,15 @@ impl Display {
         let peer = short_peer(data["peer"].as_str().unwrap_or_default());
         let body = &data["body"];
         let text = |value: &Value| value.as_str().map_or_else(|| value.to_string(), str::to_string);
+        // A part that failed, was handed to another peer or was taken back
+        // streams again from nothing.
+        if matches!(name, "failure" | "reassigned" | "retracted") {
+            for key in [&body["part"], &data["part"], &data["kind"]] {
+                if let Some(part) = key.as_str() {
+                    self.parts.remove(part.trim_start_matches("assign."));
+                }
+            }
+        }
         let detail = match name {
             "candidate" | "stage" => format!(
                 "{} from {peer}: {} tokens in {} ms",
@@ -135,10 +177,14 @@ impl Display {
                 text(&body["reason"])
             ),
             "failure" => format!("{} failed on {peer}: {}", text(&body["part"]), text(&body["reason"])),
+            "retracted" => format!("{} from {peer} taken back", text(&data["part"])),
             "cancelled" => "cancelled".to_string(),
-            "outcome" => {
-                format!("{} in {} ms", body["status"].as_str().unwrap_or("ended"), body["elapsed_ms"])
-            }
+            // The job's wall time as the asker saw it, curator included.
+            "outcome" => format!(
+                "{} in {:.1} s",
+                body["status"].as_str().unwrap_or("ended"),
+                self.asked.elapsed().as_secs_f64()
+            ),
             "job" => format!("job placed by {peer}"),
             other => format!("{other} from {peer}"),
         };
@@ -150,25 +196,20 @@ impl Display {
 
     fn tokens(&mut self, data: &Value) {
         self.frames += 1;
-        let part = data["part"].as_str().unwrap_or_default();
-        let text = data["text"].as_str().unwrap_or_default();
-        match &self.bar {
-            Some(bar) => {
-                if part == "curator" || part == "stage.curator" {
-                    self.answer_so_far.push_str(text);
-                }
-                let tail: String = {
-                    let flat = self.answer_so_far.replace('\n', " ");
-                    let skip = flat.chars().count().saturating_sub(60);
-                    flat.chars().skip(skip).collect()
-                };
-                bar.set_message(format!("{} token frames · {part}: {tail}", self.frames));
-            }
-            None => {
-                let peer = short_peer(data["peer"].as_str().unwrap_or_default());
-                self.line(&format!("tokens {part} @{peer}: {text:?}"));
-            }
+        let Some(bar) = &self.bar else { return };
+        let part = data["part"].as_str().unwrap_or_default().to_string();
+        let peer = data["peer"].as_str().unwrap_or_default();
+        let attempt = data["attempt"].as_u64().unwrap_or(0);
+        let streamed = self.parts.entry(part.clone()).or_default();
+        if streamed.peer != peer || streamed.attempt != attempt {
+            // Another attempt (or another peer) starts this part over.
+            *streamed = Streamed { peer: peer.to_string(), attempt, text: String::new() };
         }
+        streamed.text.push_str(data["text"].as_str().unwrap_or_default());
+        let flat = streamed.text.replace('\n', " ");
+        let skip = flat.chars().count().saturating_sub(60);
+        let tail: String = flat.chars().skip(skip).collect();
+        bar.set_message(format!("{} token frames · {part}: {tail}", self.frames));
     }
 
     fn finish(&self) {
@@ -188,17 +229,17 @@ fn short_peer(peer: &str) -> String {
 pub async fn jobs(api: &ApiClient, id: Option<&str>, limit: usize, json: bool) -> anyhow::Result<()> {
     if let Some(id) = id {
         let job = api.call(Method::GET, &format!("/v1/jobs/{id}"), None).await.map_err(|e| anyhow!(e))?;
-        println!("{}", serde_json::to_string_pretty(&job)?);
+        outln!("{}", serde_json::to_string_pretty(&job)?);
         return Ok(());
     }
     let list =
         api.call(Method::GET, &format!("/v1/jobs?limit={limit}"), None).await.map_err(|e| anyhow!(e))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
     let rows = list["jobs"].as_array().cloned().unwrap_or_default();
-    println!("{:<34} {:<10} {:<9} {:>9}  question / answer", "id", "status", "mode", "seconds");
+    outln!("{:<34} {:<10} {:<9} {:>9}  question / answer", "id", "status", "mode", "seconds");
     for row in &rows {
         let job = &row["job"];
         let seconds = match (row["created_ms"].as_u64(), row["finished_ms"].as_u64()) {
@@ -207,7 +248,7 @@ pub async fn jobs(api: &ApiClient, id: Option<&str>, limit: usize, json: bool) -
             }
             _ => "-".into(),
         };
-        println!(
+        outln!(
             "{:<34} {:<10} {:<9} {:>9}  {}",
             job["id"].as_str().unwrap_or("?"),
             job["status"].as_str().unwrap_or("?"),
@@ -216,10 +257,10 @@ pub async fn jobs(api: &ApiClient, id: Option<&str>, limit: usize, json: bool) -
             one_line(job["question"].as_str().unwrap_or_default(), 60),
         );
         if let Some(answer) = job["answer"].as_str() {
-            println!("{:>66}-> {}", "", one_line(answer, 60));
+            outln!("{:>66}-> {}", "", one_line(answer, 60));
         }
     }
-    println!("{} jobs", rows.len());
+    outln!("{} jobs", rows.len());
     Ok(())
 }
 

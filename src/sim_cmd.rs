@@ -1,5 +1,6 @@
 //! `hivemesh sim`: the membership code on a virtual clock.
 
+use crate::output::{errln, outln};
 use hivemesh::node::sim::{SimConfig, SimReport, Simulation};
 
 pub fn run(config: SimConfig, json: bool) -> anyhow::Result<()> {
@@ -7,10 +8,10 @@ pub fn run(config: SimConfig, json: bool) -> anyhow::Result<()> {
     let partitioned = config.partition.is_some();
     let report = Simulation::new(config).run();
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report, partitioned);
-        eprintln!(
+        errln!(
             "(simulated {:.0} s in {:.1} s of real time)",
             report.virtual_secs,
             started.elapsed().as_secs_f64()
@@ -24,17 +25,19 @@ fn ms(value: Option<u64>) -> String {
 }
 
 fn print_report(r: &SimReport, partitioned: bool) {
-    println!("nodes: {}  seed: {}", r.nodes, r.seed);
-    println!("initial convergence (all see all):    {}", ms(r.initial_convergence_ms));
-    println!("one join visible to every node:       {}", ms(r.join_visible_ms));
-    println!("killed nodes marked down everywhere:  {}", ms(r.kill_detected_ms));
+    outln!("nodes: {}  seed: {}", r.nodes, r.seed);
+    outln!("initial convergence (all see all):    {}", ms(r.initial_convergence_ms));
+    outln!("one join visible to every node:       {}", ms(r.join_visible_ms));
+    outln!("killed nodes marked down everywhere:  {}", ms(r.kill_detected_ms));
     if partitioned {
-        println!("partition healed after lifting:       {}", ms(r.partition_heal_ms));
+        outln!("partition healed after lifting:       {}", ms(r.partition_heal_ms));
     }
-    println!("false downs:                          {}", r.false_downs);
-    println!("converged at end:                     {}", r.converged_at_end);
-    println!(
+    outln!("false downs:                          {}", r.false_downs);
+    outln!("converged at end:                     {}", r.converged_at_end);
+    outln!(
         "frames sent: {} (lost {}), membership traffic {:.0} bytes/s per node",
-        r.frames_sent, r.frames_lost, r.bytes_per_node_per_sec
+        r.frames_sent,
+        r.frames_lost,
+        r.bytes_per_node_per_sec
     );
 }

@@ -7,6 +7,7 @@
 use std::io::Read;
 use std::path::Path;
 
+use crate::output::outln;
 use anyhow::{Context, bail};
 use hivemesh::gpu::ballot_box::{JobSpec, Quorum, validate};
 use hivemesh::gpu::engine::{BackendChoice, TallyEngine};
@@ -108,30 +109,32 @@ pub fn recheck(
         "equivocations": counted.equivocations,
     });
     if json {
-        println!("{report:#}");
+        outln!("{report:#}");
     } else {
-        println!(
+        outln!(
             "status: {} ({} of {} eligible voters; quorum needs {})",
             report["status"].as_str().unwrap_or(""),
             counted.voters.len(),
             spec.eligible.len(),
             counted.quorum_required
         );
-        println!("rule: {}   backend: {used}", rule.name());
+        outln!("rule: {}   backend: {used}", rule.name());
         match result.winner {
-            Some(w) => println!("winner: {} (candidate {w})", labels[w as usize]),
-            None => println!("winner: none (no valid ballots)"),
+            Some(w) => outln!("winner: {} (candidate {w})", labels[w as usize]),
+            None => outln!("winner: none (no valid ballots)"),
         }
         let ranking: Vec<String> = result.ranking.iter().map(|&c| labels[c as usize].clone()).collect();
-        println!("ranking: {}", ranking.join(" > "));
-        println!("counts: {}", serde_json::to_string(&result.counts)?);
+        outln!("ranking: {}", ranking.join(" > "));
+        outln!("counts: {}", serde_json::to_string(&result.counts)?);
         for e in &counted.excluded {
-            println!("excluded ballot {}: {}", e.index, e.reason);
+            outln!("excluded ballot {}: {}", e.index, e.reason);
         }
         for e in &counted.equivocations {
-            println!(
+            outln!(
                 "equivocation by {}: ballots {} and {} (both signatures verify)",
-                e.voter, e.ballots[0], e.ballots[1]
+                e.voter,
+                e.ballots[0],
+                e.ballots[1]
             );
         }
     }

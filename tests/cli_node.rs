@@ -160,3 +160,131 @@ fn a_node_taking_jobs_advertises_its_model_and_keeps_what_it_advertised_before()
     node.kill().expect("SIGKILL");
     node.wait().expect("reap");
 }
+
+fn registry_me(dir: &std::path::Path) -> serde_json::Value {
+    let members = hivemesh(&["members", "--view", "registry", "--json"], dir);
+    assert!(members.status.success(), "{members:?}");
+    let report: serde_json::Value = serde_json::from_slice(&members.stdout).expect("JSON");
+    report["me"].clone()
+}
+
+#[test]
+fn advertise_changes_only_the_fields_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node =
+        start_node(dir.path(), &["--no-jobs", "--models", "llama-3-8b", "--gpu", "RTX 4090:24564"]);
+    let me = registry_me(dir.path());
+    assert_eq!(me["models"], serde_json::json!(["llama-3-8b"]), "{me}");
+
+    let observer = hivemesh(&["advertise", "--role", "observer"], dir.path());
+    assert!(observer.status.success(), "{observer:?}");
+    let me = registry_me(dir.path());
+    assert_eq!(me["role"], "Observer", "{me}");
+    assert_eq!(me["models"], serde_json::json!(["llama-3-8b"]), "the models stay: {me}");
+    assert_eq!(me["gpu"]["memory_mb"], 24564, "the GPU stays: {me}");
+
+    let models = hivemesh(&["advertise", "--models", "qwen-7b"], dir.path());
+    assert!(models.status.success(), "{models:?}");
+    let me = registry_me(dir.path());
+    assert_eq!(
+        (me["role"].clone(), me["models"].clone()),
+        ("Observer".into(), serde_json::json!(["qwen-7b"]))
+    );
+    let cleared = hivemesh(&["advertise", "--models", "", "--gpu", "none"], dir.path());
+    assert!(cleared.status.success(), "{cleared:?}");
+    let me = registry_me(dir.path());
+    assert!(me.get("models").is_none() && me.get("gpu").is_none(), "cleared: {me}");
+    assert_eq!(me["role"], "Observer", "{me}");
+    let nothing = hivemesh(&["advertise"], dir.path());
+    assert_eq!(nothing.status.code(), Some(1), "{nothing:?}");
+    node.kill().expect("SIGKILL");
+    node.wait().expect("reap");
+}
+
+/// `hivemesh run` with `args` on a fresh data dir; its exit status and stderr.
+fn run_fails(args: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = hivemesh(&[&["run", "--no-jobs"], args].concat(), dir.path());
+    (out.status.code(), text(&out.stderr))
+}
+
+#[test]
+fn an_address_the_host_lacks_is_one_line_with_the_reason() {
+    for listen in ["/ip4/192.0.2.1/tcp/4001", "/ip4/192.0.2.1/udp/4001/quic-v1"] {
+        let (code, err) = run_fails(&["--listen", listen, "--api", "127.0.0.1:0"]);
+        assert_eq!(code, Some(1), "{err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        let reason = err.split(&format!("cannot listen on {listen}: ")).nth(1).unwrap_or_default();
+        assert!(reason.contains("os error"), "a real reason: {err}");
+        assert_eq!(err.matches("os error").count(), 1, "once: {err}");
+    }
+    // The control API on a port already taken, and on an address the host lacks.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let api = taken.local_addr().expect("addr").to_string();
+    let (code, err) = run_fails(&["--listen", "/ip4/127.0.0.1/tcp/0", "--api", &api]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains(&format!("cannot bind the control API on {api}")), "{err}");
+    assert_eq!(err.matches("os error").count(), 1, "once: {err}");
+    let (code, err) =
+        run_fails(&["--listen", "/ip4/127.0.0.1/tcp/0", "--api", "192.0.2.1:7480", "--api-token", "t"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!((err.lines().count(), err.matches("os error").count()), (1, 1), "{err}");
+}
+
+/// Reads `run`'s stderr until a line satisfies `wanted` (or 30 s pass).
+fn log_line(mut node: std::process::Child, wanted: impl Fn(&str) -> bool) -> (Option<String>, String) {
+    use std::io::{BufRead, BufReader};
+    let stderr = node.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    let mut found = None;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+                if wanted(&line) {
+                    found = Some(line);
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = node.kill();
+    let _ = node.wait();
+    (found, seen)
+}
+
+#[test]
+fn an_unreachable_bootstrap_peer_is_a_log_line() {
+    let other = tempfile::tempdir().expect("tempdir");
+    let peer = text(&hivemesh(&["id"], other.path()).stdout).trim().to_string();
+    for bootstrap in ["/ip4/127.0.0.1/tcp/1".to_string(), format!("/ip4/127.0.0.1/tcp/1/p2p/{peer}")] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = Command::new(env!("CARGO_BIN_EXE_hivemesh"))
+            .args(["run", "--no-jobs", "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"])
+            .args(["--bootstrap", &bootstrap])
+            .env("HIVEMESH_DATA_DIR", dir.path())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start hivemesh run");
+        let (line, seen) = log_line(node, |line| line.contains("bootstrap"));
+        let line = line.unwrap_or_else(|| panic!("no line about {bootstrap}: {seen}"));
+        assert!(line.contains("WARN"), "{line}");
+        assert!(line.contains("127.0.0.1/tcp/1") || line.contains(&peer), "names the peer: {line}");
+        assert!(line.contains("Connection refused") || line.contains("os error"), "the reason: {line}");
+        assert!(!seen.contains('\u{1b}'), "no colour codes on redirected stderr: {seen:?}");
+    }
+}

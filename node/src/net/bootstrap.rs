@@ -1,11 +1,13 @@
 //! Bootstrap addresses given without a PeerId: dialled with backoff until a
 //! connection reveals who is there; then membership takes over.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use backon::ExponentialBackoff;
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
+use libp2p::swarm::ConnectionId;
 
 use hivemesh_protocol::identity::NodeId;
 
@@ -28,6 +30,9 @@ struct Pending {
 #[derive(Default)]
 pub struct UnresolvedBootstrap {
     pending: Vec<Pending>,
+    /// Dials in flight: the address and the wait before the next attempt,
+    /// so a failure can be reported as the user wrote it.
+    dialing: HashMap<ConnectionId, (Multiaddr, Duration)>,
 }
 
 impl UnresolvedBootstrap {
@@ -46,6 +51,17 @@ impl UnresolvedBootstrap {
             }
         }
         due
+    }
+
+    /// A dial of `address` is under way as `connection`.
+    pub fn dialing(&mut self, connection: ConnectionId, address: Multiaddr, retry_in: Duration) {
+        self.dialing.insert(connection, (address, retry_in));
+    }
+
+    /// The dial `connection` ended; if it was a bootstrap dial, its address
+    /// and the wait before the next attempt.
+    pub fn dial_ended(&mut self, connection: ConnectionId) -> Option<(Multiaddr, Duration)> {
+        self.dialing.remove(&connection)
     }
 
     /// A connection was made by dialling `address`: it is resolved.

@@ -14,6 +14,7 @@ use hivemesh_protocol::identity::NodeId;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::bootstrap::UnresolvedBootstrap;
+use super::describe::error_chain;
 use super::handle::{MemberInfo, MembersReport, ReplicationConfig, StatusReport};
 use super::job_sync::JobCommand;
 use super::replication::ReplicationState;
@@ -256,13 +257,24 @@ impl Driver {
         }
     }
 
+    fn is_bootstrap(&self, peer: &PeerId) -> bool {
+        NodeId::from_peer_id(peer).is_ok_and(|node| self.membership.is_bootstrap(&node))
+    }
+
     fn dial_due_bootstrap(&mut self) {
         if self.leaving.is_some() || self.unresolved.is_empty() {
             return;
         }
         for (addr, retry_in) in self.unresolved.due(Instant::now()) {
-            if let Err(e) = self.swarm.dial(addr.clone()) {
-                tracing::warn!(%addr, error = %e, "cannot dial bootstrap address; retrying in {retry_in:?}");
+            let dial = DialOpts::unknown_peer_id().address(addr.clone()).build();
+            let connection = dial.connection_id();
+            match self.swarm.dial(dial) {
+                Ok(()) => self.unresolved.dialing(connection, addr, retry_in),
+                Err(e) => tracing::warn!(
+                    "cannot dial bootstrap address {addr}: {}; retrying in {:.1} s",
+                    error_chain(&e),
+                    retry_in.as_secs_f64()
+                ),
             }
         }
     }
@@ -292,7 +304,8 @@ impl Driver {
                     }
                 }
             }
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                self.unresolved.dial_ended(connection_id);
                 let remote = endpoint.get_remote_address();
                 if endpoint.is_dialer()
                     && self.unresolved.resolve(remote)
@@ -303,8 +316,23 @@ impl Driver {
                     self.membership.add_bootstrap(target, unix_ms());
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                tracing::debug!(?peer_id, %error, "outgoing connection failed");
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                match self.unresolved.dial_ended(connection_id) {
+                    // The README promises a line for an unreachable bootstrap address.
+                    Some((addr, retry_in)) if self.leaving.is_none() => tracing::warn!(
+                        "cannot reach bootstrap address {addr}: {}; retrying in {:.1} s",
+                        dial_reason(&error),
+                        retry_in.as_secs_f64()
+                    ),
+                    _ if self.leaving.is_none() && peer_id.is_some_and(|peer| self.is_bootstrap(&peer)) => {
+                        tracing::warn!(
+                            "cannot reach bootstrap peer {}: {}; will keep retrying with backoff",
+                            peer_id.map(|peer| peer.to_string()).unwrap_or_default(),
+                            dial_reason(&error)
+                        )
+                    }
+                    _ => tracing::debug!(?peer_id, %error, "outgoing connection failed"),
+                }
             }
             SwarmEvent::NewListenAddr { address, .. } if !self.listen.contains(&address) => {
                 tracing::info!(%address, "listening");
@@ -334,10 +362,12 @@ impl Driver {
             },
             request_response::Event::OutboundFailure { peer, error, .. } => {
                 self.in_flight = self.in_flight.saturating_sub(1);
-                if self.leaving.is_none()
-                    && NodeId::from_peer_id(&peer).is_ok_and(|n| self.membership.is_bootstrap(&n))
-                {
-                    tracing::warn!(%peer, %error, "bootstrap peer unreachable; will keep retrying with backoff");
+                // A failed dial was reported with its reason when it failed.
+                let dial_failed = matches!(error, request_response::OutboundFailure::DialFailure);
+                if self.leaving.is_none() && !dial_failed && self.is_bootstrap(&peer) {
+                    tracing::warn!(
+                        "bootstrap peer {peer} unreachable: {error}; will keep retrying with backoff"
+                    );
                 } else {
                     tracing::debug!(%peer, %error, "membership frame not delivered");
                 }
@@ -357,5 +387,17 @@ fn log_event(event: &MemberEvent) {
         MemberEvent::Alone => tracing::warn!("no live members left"),
         MemberEvent::Rejoined(_) => tracing::info!("declared down by peers; rejoined"),
         MemberEvent::Defunct => tracing::warn!("declared down by peers and cannot rejoin"),
+    }
+}
+
+/// Why a dial failed, in one line: each address tried with its reason
+/// (libp2p's own text leaves the transport's reason behind an empty one).
+fn dial_reason(error: &libp2p::swarm::DialError) -> String {
+    match error {
+        libp2p::swarm::DialError::Transport(tried) if !tried.is_empty() => {
+            let reasons: Vec<String> = tried.iter().map(|(_, error)| error_chain(error)).collect();
+            reasons.join("; ")
+        }
+        other => error_chain(other),
     }
 }

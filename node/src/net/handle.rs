@@ -1,9 +1,11 @@
 //! Starting a node, and the handle that talks to it.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use libp2p::core::transport::ListenerId;
 use libp2p::futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, noise, tcp, yamux};
@@ -13,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::behaviour::Behaviour;
 use super::bootstrap::{UnresolvedBootstrap, split_peer};
+use super::describe::{error_chain, missing_address_hint};
 use super::driver::{Command, Driver, unix_ms};
 use super::job_sync::JobCommand;
 use crate::federation::{FederationConfig, FederationHandle};
@@ -392,12 +395,15 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
 
+    let mut listeners = HashMap::new();
     for address in &config.listen {
-        swarm
-            .listen_on(address.clone())
-            .map_err(|e| NodeError::Listen { address: address.clone(), reason: e.to_string() })?;
+        let id = swarm.listen_on(address.clone()).map_err(|e| NodeError::Listen {
+            address: address.clone(),
+            reason: listen_reason(address, &e),
+        })?;
+        listeners.insert(id, address.clone());
     }
-    let listen = wait_for_listeners(&mut swarm, &config.listen).await?;
+    let listen = wait_for_listeners(&mut swarm, listeners).await?;
 
     let me = MemberId::new(node_id, unix_ms(), listen.iter().map(|a| a.to_vec()).collect());
     let seed = getrandom::u64().unwrap_or_else(|_| unix_ms());
@@ -462,25 +468,39 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     Ok(NodeHandle { peer_id, listen, api, ready_in, client, events, task, api_task, federation })
 }
 
-/// Waits until every listener has reported an address (or 5 s passed).
+/// The reason listening on `address` failed: the transport's error chain,
+/// and a hint when the host has no such address.
+fn listen_reason(address: &Multiaddr, error: &(dyn std::error::Error + 'static)) -> String {
+    let reason = error_chain(error);
+    match missing_address_hint(address) {
+        Some(hint) => format!("{reason} ({hint})"),
+        None => reason,
+    }
+}
+
+/// Waits until every listener has reported an address (or 5 s passed); a
+/// listener that fails is a startup error naming its address and the reason.
 async fn wait_for_listeners(
     swarm: &mut libp2p::Swarm<Behaviour>,
-    wanted: &[Multiaddr],
+    mut waiting: HashMap<ListenerId, Multiaddr>,
 ) -> Result<Vec<Multiaddr>, NodeError> {
     let mut listen = Vec::new();
     let deadline = tokio::time::sleep(Duration::from_secs(5));
     tokio::pin!(deadline);
-    while listen.len() < wanted.len() {
+    let failed = |waiting: &HashMap<ListenerId, Multiaddr>, id: ListenerId, error: &std::io::Error| {
+        let address = waiting.get(&id).cloned().unwrap_or_else(Multiaddr::empty);
+        NodeError::Listen { reason: listen_reason(&address, error), address }
+    };
+    while !waiting.is_empty() {
         tokio::select! {
             event = swarm.select_next_some() => match event {
-                SwarmEvent::NewListenAddr { address, .. } => {
+                SwarmEvent::NewListenAddr { listener_id, address } => {
+                    waiting.remove(&listener_id);
                     listen.push(address);
                 }
-                SwarmEvent::ListenerError { error, .. } => {
-                    return Err(NodeError::Listen { address: wanted[listen.len()].clone(), reason: error.to_string() });
-                }
-                SwarmEvent::ListenerClosed { reason: Err(e), .. } => {
-                    return Err(NodeError::Listen { address: wanted[listen.len()].clone(), reason: e.to_string() });
+                SwarmEvent::ListenerError { listener_id, error } => return Err(failed(&waiting, listener_id, &error)),
+                SwarmEvent::ListenerClosed { listener_id, reason: Err(error), .. } => {
+                    return Err(failed(&waiting, listener_id, &error));
                 }
                 _ => {}
             },

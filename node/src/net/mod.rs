@@ -2,12 +2,14 @@
 
 mod behaviour;
 mod bootstrap;
+mod describe;
 mod driver;
 mod handle;
 mod job_sync;
 mod replication;
 
 pub use behaviour::{MAX_SWIM_FRAME, SWIM_PROTOCOL};
+pub use describe::error_chain;
 pub use driver::unix_ms;
 pub use handle::{
     MemberInfo, MembersReport, NodeClient, NodeConfig, NodeError, NodeHandle, ReplicationConfig,
