@@ -443,3 +443,45 @@ async fn every_command_that_talks_to_a_node_takes_its_api_token() {
         assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_the_text_of_a_failed_attempt_is_erased() {
+    // A pseudo-terminal from util-linux's `script`; without it there is no
+    // terminal to test on.
+    if Command::new("script").arg("--version").output().is_err() {
+        return;
+    }
+    let server = TestServer::responding(staged(|call| {
+        if call == 1 {
+            Reply::MidStreamError { pieces: vec!["Lyon is the cap".into()], message: "Engine loop died".into() }
+        } else {
+            answer()
+        }
+    }))
+    .await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let command = format!(
+        "{} ask 'What is the capital of France?' --provider {} --provider-model m",
+        env!("CARGO_BIN_EXE_hivemesh"),
+        server.base_url()
+    );
+    let data_dir = data.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("script")
+            .args(["-qefc", &command, "/dev/null"])
+            .env("HIVEMESH_DATA_DIR", data_dir)
+            .env("TERM", "xterm")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run script")
+    })
+    .await
+    .expect("join");
+    let screen = text(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    // Shown live, then erased (clear line), then the answer.
+    let partial = screen.find("Lyon is the cap").unwrap_or_else(|| panic!("live text: {screen:?}"));
+    let erased = screen[partial..].find("\u{1b}[2K").unwrap_or_else(|| panic!("erased: {screen:?}"));
+    assert!(screen[partial + erased..].contains("Paris is the capital of France."), "{screen:?}");
+}
