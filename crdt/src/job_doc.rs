@@ -252,12 +252,23 @@ impl JobDoc {
 /// automerge's incremental load skips what it cannot parse (with a log
 /// line); a peer's garbage must be an error instead. Missing dependencies are
 /// fine: those changes wait in the queue until their parents arrive.
+///
+/// The chunk is parsed strictly behind an empty document chunk: automerge
+/// accepts changes with absent dependencies after a document chunk, and so
+/// returns `Ok` for a well-formed incremental chunk. Loading the chunk alone
+/// returned `Err(MissingDeps)` for every incremental save, which automerge's
+/// `#[instrument(err)]` logged as `ERROR ... change's deps should already be
+/// in the document` on every push although nothing was wrong.
 fn check_parses(chunk: &[u8]) -> Result<(), JobDocError> {
+    static EMPTY_DOCUMENT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| Automerge::new().save());
     if chunk.is_empty() {
         return Ok(());
     }
+    let mut framed = Vec::with_capacity(EMPTY_DOCUMENT.len() + chunk.len());
+    framed.extend_from_slice(&EMPTY_DOCUMENT);
+    framed.extend_from_slice(chunk);
     let strict = LoadOptions::new().on_partial_load(OnPartialLoad::Error);
-    match Automerge::load_with_options(chunk, strict) {
+    match Automerge::load_with_options(&framed, strict) {
         Ok(_) | Err(AutomergeError::MissingDeps) => Ok(()),
         Err(error) => Err(JobDocError::Malformed { what: "change", reason: error.to_string() }),
     }

@@ -208,6 +208,48 @@ fn garbage_after_a_valid_change_is_refused_once_the_document_has_history() {
     assert!(doc.apply_changes(b"not automerge").is_err());
 }
 
+/// Counts ERROR-level events, wherever they come from (automerge included).
+struct CountErrors(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl tracing::Subscriber for CountErrors {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        if *event.metadata().level() == tracing::Level::ERROR {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn a_change_that_builds_on_the_document_applies_without_an_error_log_line() {
+    // A peer's incremental change depends on changes this replica already
+    // holds. Checking it used to load it alone, which automerge answers with
+    // MissingDeps and logs at ERROR level ("change's deps should already be
+    // in the document") though the change then applied fine.
+    let (alice, bob) = (node(1), node(2));
+    let mut doc = JobDoc::new(JOB, &alice.node_id());
+    let spec = doc.contribute(&alice, "spec", b"q".to_vec(), 1).unwrap();
+    let mut other = JobDoc::new(JOB, &bob.node_id());
+    other.apply_changes(&spec).unwrap();
+    let candidate = other.contribute(&bob, "candidate", b"a".to_vec(), 2).unwrap();
+    let errors = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let applied = tracing::subscriber::with_default(CountErrors(errors.clone()), || doc.apply_changes(&candidate));
+    assert_eq!(applied.unwrap(), 1);
+    assert_eq!(doc.heads(), other.heads());
+    assert_eq!(errors.load(std::sync::atomic::Ordering::SeqCst), 0, "no ERROR line for a valid change");
+    // Garbage is still refused, and a change whose parents are missing still waits.
+    assert!(doc.apply_changes(b"not automerge").is_err());
+}
+
 #[test]
 fn compaction_keeps_the_values_shrinks_the_document_and_is_the_same_everywhere() {
     let (alice, bob) = (node(1), node(2));

@@ -103,6 +103,14 @@ struct Counters {
 /// Completed answers by request hash.
 type ResultCache = moka::sync::Cache<[u8; 32], Arc<Completion>>;
 
+/// Likelihood scores by (messages, continuation) hash. Scoring is
+/// deterministic, so a cached score is the score: the voters of an
+/// in-process mesh, sharing one client, score the same candidates once.
+type ScoreCache = moka::sync::Cache<[u8; 32], f64>;
+
+/// Scores kept; each is one f64 under a 32-byte key.
+const SCORE_CACHE_ENTRIES: u64 = 4096;
+
 /// A provider behind the resilience layer. Share it with `Arc`.
 pub struct LlmClient {
     provider: Arc<dyn Provider>,
@@ -111,6 +119,7 @@ pub struct LlmClient {
     limiter: Option<DefaultDirectRateLimiter>,
     /// `None` when `cache_entries` is 0: no key is hashed, nothing is looked up.
     cache: Option<ResultCache>,
+    scores: ScoreCache,
     gate: Arc<Gate>,
     counters: Arc<Counters>,
 }
@@ -130,7 +139,17 @@ impl LlmClient {
             one_at_a_time: AtomicBool::new(false),
             open: AtomicUsize::new(0),
         });
-        Self { provider, config, breakers: Mutex::default(), limiter, cache, gate, counters: Arc::default() }
+        let scores = moka::sync::Cache::builder().max_capacity(SCORE_CACHE_ENTRIES).build();
+        Self {
+            provider,
+            config,
+            breakers: Mutex::default(),
+            limiter,
+            cache,
+            scores,
+            gate,
+            counters: Arc::default(),
+        }
     }
 
     /// A place among the open requests: under `max_concurrent_requests`, and
@@ -182,12 +201,38 @@ impl LlmClient {
 
     /// The provider's likelihood of each continuation as the reply to
     /// `messages` (see [`Provider::score`]); `None` when it cannot score.
+    /// Scores are cached (scoring is deterministic), so the voters of an
+    /// in-process mesh that share this client score a candidate once.
     pub async fn score(
         &self,
         messages: Vec<crate::ChatMessage>,
         continuations: Vec<String>,
     ) -> Result<Option<Vec<f64>>, LlmError> {
-        self.provider.score(messages, continuations).await
+        let mut prefix = Sha256::new();
+        prefix.update(self.provider.name().as_bytes());
+        prefix.update([0]);
+        // Serialising plain strings cannot fail.
+        prefix.update(serde_json::to_vec(&messages).unwrap_or_default());
+        let keys: Vec<[u8; 32]> = continuations
+            .iter()
+            .map(|text| {
+                let mut hasher = prefix.clone();
+                hasher.update([0]);
+                hasher.update(text.as_bytes());
+                hasher.finalize().into()
+            })
+            .collect();
+        let cached: Option<Vec<f64>> = keys.iter().map(|key| self.scores.get(key)).collect();
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let scored = self.provider.score(messages, continuations).await?;
+        if let Some(scores) = &scored {
+            for (key, score) in keys.into_iter().zip(scores) {
+                self.scores.insert(key, *score);
+            }
+        }
+        Ok(scored)
     }
 
     pub fn stats(&self) -> ClientStats {

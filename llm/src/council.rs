@@ -1,40 +1,90 @@
 //! Council mode's voting logic, pure: how a voter ranks anonymous candidate
-//! answers by agreement, and the order candidates are shown in.
+//! answers, and the order candidates are shown in.
 //!
-//! The agreement score of a candidate is its mean cosine similarity to the
-//! other candidates: over the voter's provider's embeddings when it has an
-//! embedding model, otherwise over word-count vectors (a lexical embedding
-//! that needs no model call, so even a tiny model's voter ranks sensibly).
-//! The answer most of the council agrees with ranks first, an outlier last.
+//! A voter judges candidates in one of three ways, best available first
+//! (docs/adr/0012-council-judgement.md says why and what the accuracy
+//! benchmark measured):
+//! - **likelihood**: its own model's mean token log-probability of each
+//!   candidate as the reply to the question (one prefill, then a decode step
+//!   per token; the embedded model can do this), plus a bonus for agreement
+//!   with the other candidates ([`LIKELIHOOD_AGREEMENT_WEIGHT`]);
+//! - **embeddings**: mean cosine similarity to the other candidates over the
+//!   provider's embeddings, so paraphrases agree;
+//! - **lexical**: the same over word-count vectors, which needs no model.
 
 use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
-/// Candidate indices, best first, for the texts in the order given. Ties go
-/// to the lower index, so the ranking is deterministic.
-pub fn rank_by_agreement(candidates: &[&str]) -> Vec<u32> {
+use crate::ChatMessage;
+
+/// How much agreement (a mean cosine, 0..=1) adds to a candidate's mean
+/// log-probability (natural log per token, usually -3..=0) in a likelihood
+/// judgement. Chosen by `hivemesh eval` (see the ADR).
+pub const LIKELIHOOD_AGREEMENT_WEIGHT: f64 = 0.5;
+
+/// The prompt a candidate's likelihood is scored under: the conversation as
+/// the asker wrote it, after a neutral instruction (no panel role) followed by
+/// the asker's own system messages, so that the score says how plausible the
+/// candidate is as the reply the asker wanted.
+pub fn judge_messages(question: &[ChatMessage]) -> Vec<ChatMessage> {
+    let mut instructions = String::from("Answer the question directly and correctly.");
+    for message in question.iter().filter(|m| m.role == "system") {
+        instructions.push_str("\n\n");
+        instructions.push_str(&message.content);
+    }
+    let mut messages = vec![ChatMessage::system(instructions)];
+    messages.extend(question.iter().filter(|m| m.role != "system").cloned());
+    messages
+}
+
+/// Scores for a likelihood judgement: `likelihood[i] + weight × agreement[i]`.
+pub fn likelihood_scores(likelihood: &[f64], agreement: &[f64], weight: f64) -> Vec<f64> {
+    likelihood.iter().zip(agreement).map(|(l, a)| l + weight * a).collect()
+}
+
+/// Candidate indices, best (highest score) first; ties and NaN go to the
+/// lower index / last, so the ranking is deterministic.
+pub fn rank_by_scores(scores: &[f64]) -> Vec<u32> {
+    let key = |i: u32| {
+        let score = scores[i as usize];
+        if score.is_nan() { f64::NEG_INFINITY } else { score }
+    };
+    let mut order: Vec<u32> = (0..scores.len() as u32).collect();
+    order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+    order
+}
+
+/// Each candidate's mean word-count cosine similarity to the others (0..=1).
+pub fn lexical_agreement(candidates: &[&str]) -> Vec<f64> {
     let vectors: Vec<HashMap<String, f64>> = candidates.iter().map(|text| word_counts(text)).collect();
-    rank_by(vectors.len(), |i, j| cosine(&vectors[i], &vectors[j]))
+    mean_similarity(vectors.len(), |i, j| cosine(&vectors[i], &vectors[j]))
 }
 
-/// The same ranking over embeddings (one per candidate, in order): what a
-/// voter whose provider has an embedding model uses, so paraphrases agree.
+/// Each candidate's mean embedding cosine similarity to the others.
+pub fn embedding_agreement(embeddings: &[Vec<f32>]) -> Vec<f64> {
+    mean_similarity(embeddings.len(), |i, j| dense_cosine(&embeddings[i], &embeddings[j]))
+}
+
+/// Candidate indices, best first, by lexical agreement.
+pub fn rank_by_agreement(candidates: &[&str]) -> Vec<u32> {
+    rank_by_scores(&lexical_agreement(candidates))
+}
+
+/// Candidate indices, best first, by embedding agreement: what a voter whose
+/// provider has an embedding model uses, so paraphrases agree.
 pub fn rank_by_similarity(embeddings: &[Vec<f32>]) -> Vec<u32> {
-    rank_by(embeddings.len(), |i, j| dense_cosine(&embeddings[i], &embeddings[j]))
+    rank_by_scores(&embedding_agreement(embeddings))
 }
 
-/// Ranks by mean similarity to the other candidates, best first.
-fn rank_by(count: usize, similarity: impl Fn(usize, usize) -> f64) -> Vec<u32> {
-    let scores: Vec<f64> = (0..count)
+/// Mean similarity of each item to the other items.
+fn mean_similarity(count: usize, similarity: impl Fn(usize, usize) -> f64) -> Vec<f64> {
+    (0..count)
         .map(|i| {
             let total: f64 = (0..count).filter(|&j| j != i).map(|j| similarity(i, j)).sum();
             total / (count.saturating_sub(1).max(1)) as f64
         })
-        .collect();
-    let mut order: Vec<u32> = (0..count as u32).collect();
-    order.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]).then(a.cmp(&b)));
-    order
+        .collect()
 }
 
 fn dense_cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -111,6 +161,27 @@ mod tests {
         assert_eq!(rank_by_agreement(&["", "", ""]), vec![0, 1, 2]);
         assert_eq!(rank_by_agreement(&["only one"]), vec![0]);
         assert!(rank_by_agreement(&[]).is_empty());
+    }
+
+    #[test]
+    fn likelihood_ranks_the_plausible_answer_first_and_agreement_breaks_near_ties() {
+        // Likelihood alone prefers 1; a strong agreement bonus can overturn a small gap only.
+        let likelihood = [-2.5, -0.4, -0.5];
+        let agreement = [0.0, 0.1, 0.9];
+        assert_eq!(rank_by_scores(&likelihood_scores(&likelihood, &agreement, 0.0)), vec![1, 2, 0]);
+        assert_eq!(rank_by_scores(&likelihood_scores(&likelihood, &agreement, 0.5)), vec![2, 1, 0]);
+        assert_eq!(rank_by_scores(&[f64::NAN, f64::NEG_INFINITY, -1.0]), vec![2, 0, 1]);
+        assert_eq!(rank_by_scores(&[-1.0, -1.0]), vec![0, 1]);
+    }
+
+    #[test]
+    fn judge_messages_keep_the_conversation_and_the_askers_instructions() {
+        let question = [ChatMessage::system("be a pirate"), ChatMessage::user("Capital of Peru?")];
+        let messages = judge_messages(&question);
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[1], ChatMessage::user("Capital of Peru?"));
+        assert!(messages[0].content.starts_with("Answer the question"), "{:?}", messages[0]);
+        assert!(messages[0].content.ends_with("be a pirate"), "{:?}", messages[0]);
     }
 
     #[test]

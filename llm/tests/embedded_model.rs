@@ -65,6 +65,28 @@ async fn answers_the_france_question_with_paris() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_finds_the_right_answer_more_likely_than_wrong_ones() {
+    // What a council voter's likelihood ballot rests on (docs/adr/0012).
+    let model = model().await;
+    let question = hivemesh_llm::council::judge_messages(&[ChatMessage::user("What is the capital of France?")]);
+    let candidates = [
+        "L'Alma, la France - Aubergere le monde!",
+        "The capital of France is Paris.",
+        "The capital of France is Berlin.",
+        "",
+    ];
+    let scores = model.mean_log_likelihood(&question, &candidates, &AtomicBool::new(false)).expect("scores");
+    assert_eq!(scores.len(), 4);
+    assert!(scores[1] > scores[0] && scores[1] > scores[2], "{scores:?}");
+    assert!(scores[..3].iter().all(|s| s.is_finite() && *s < 0.0), "{scores:?}");
+    assert_eq!(scores[3], f64::NEG_INFINITY, "an empty candidate ranks last");
+    let again = model.mean_log_likelihood(&question, &candidates, &AtomicBool::new(false)).expect("scores");
+    assert_eq!(scores, again, "scoring is deterministic");
+    let cancelled = model.mean_log_likelihood(&question, &candidates, &AtomicBool::new(true));
+    assert!(matches!(cancelled, Err(LlmError::Cancelled)), "{cancelled:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_sampling_is_reproducible() {
     let model = model().await;
     let mut request = ChatRequest::new("", vec![ChatMessage::user("Name three colours.")]);

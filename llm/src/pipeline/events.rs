@@ -41,9 +41,11 @@ pub enum PipelineEvent {
     },
     /// Withdraws every `Tokens` frame of `stage` since its `StageStarted`
     /// with this `attempt`: the attempt failed after showing them (a dropped
-    /// connection, an error event after some text, an empty answer). Always
-    /// followed by that attempt's `Error`. A consumer that printed those
-    /// frames erases them; nothing of the attempt is part of any answer.
+    /// connection, an error event after some text, an empty answer), and
+    /// then that attempt's `Error` follows; or the curator's text echoed its
+    /// prompt ("Question: ... Draft answer: ..."), and then one `Tokens`
+    /// frame with the answer as it stands follows. A consumer that printed
+    /// those frames erases them; nothing retracted is part of any answer.
     /// Serialised as `{"type":"retracted","stage":"curator","attempt":1,"at_ms":812.5}`.
     Retracted {
         stage: Stage,

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 pub use batcher::TokenBatcher;
 pub use events::PipelineEvent;
-pub use profile::{BUILTIN_PROFILES, Profile, Profiles, StageSettings};
-pub use prompts::{render_conversation, stage_messages};
+pub use profile::{BUILTIN_PROFILES, Curation, Profile, Profiles, StageSettings};
+pub use prompts::{render_conversation, stage_messages, strip_prompt_echo};
 pub use run::{Pipeline, PipelineError, PipelineOptions, PipelineOutcome, StageOutput};
 
 /// One role in the pipeline.

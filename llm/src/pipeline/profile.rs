@@ -33,6 +33,50 @@ pub struct Profile {
     pub curator: StageSettings,
     /// Attempts per stage before the job fails (client retries come on top).
     pub stage_attempts: u32,
+    /// What the curator does with the candidates it is given.
+    #[serde(default)]
+    pub curation: Curation,
+}
+
+/// What the curator does: write a new answer from the best candidates, or
+/// select one of them verbatim. A model too small to synthesise (the
+/// embedded 135M one) makes answers worse by rewriting them; `hivemesh eval`
+/// measures both (README, docs/adr/0012-council-judgement.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Curation {
+    /// `select` when the curating node's provider is the embedded model,
+    /// `rewrite` for an HTTP provider.
+    #[default]
+    Auto,
+    /// The answer is a candidate as written: the council's vote winner; in a
+    /// pipeline, the draft or the refined answer, whichever the curator's
+    /// model finds more likely as the answer.
+    Select,
+    /// The curator's model writes the answer from the winner (and runner-up),
+    /// or the draft, refined answer and review.
+    Rewrite,
+}
+
+impl Curation {
+    /// What `Auto` means for a curator whose provider is `provider` (its
+    /// `Provider::name`): select on the embedded model, rewrite elsewhere.
+    pub fn resolve(self, provider: &str) -> Curation {
+        match self {
+            Curation::Auto if provider == crate::provider::embedded::PROVIDER_NAME => Curation::Select,
+            Curation::Auto => Curation::Rewrite,
+            other => other,
+        }
+    }
+
+    /// The name used in profiles, outcomes and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Curation::Auto => "auto",
+            Curation::Select => "select",
+            Curation::Rewrite => "rewrite",
+        }
+    }
 }
 
 impl Profile {
@@ -60,7 +104,15 @@ fn builtin(name: &str) -> Option<Profile> {
         "quality" => (settings(0.7, 384), settings(0.3, 384), settings(0.0, 192), settings(0.2, 512)),
         _ => return None,
     };
-    Some(Profile { name: name.into(), generator, refiner, validator, curator, stage_attempts: 2 })
+    Some(Profile {
+        name: name.into(),
+        generator,
+        refiner,
+        validator,
+        curator,
+        stage_attempts: 2,
+        curation: Curation::Auto,
+    })
 }
 
 /// A user profile as written in TOML: stages left out come from `base`.
@@ -74,6 +126,7 @@ struct UserProfile {
     validator: Option<StageSettings>,
     curator: Option<StageSettings>,
     stage_attempts: Option<u32>,
+    curation: Option<Curation>,
 }
 
 fn default_base() -> String {
@@ -119,6 +172,7 @@ impl Profiles {
                 validator: user.validator.unwrap_or(base.validator),
                 curator: user.curator.unwrap_or(base.curator),
                 stage_attempts: user.stage_attempts.unwrap_or(base.stage_attempts).max(1),
+                curation: user.curation.unwrap_or(base.curation),
             };
             for stage in Stage::ALL {
                 let settings = profile.stage(stage);
@@ -173,5 +227,17 @@ mod tests {
             .expect_err("temperature");
         assert!(hot.contains("generator: temperature"), "{hot}");
         assert!(Profiles::default().with_toml("[profiles.x]\ncolour = 1").is_err());
+        let rewriting =
+            Profiles::default().with_toml("[profiles.w]\ncuration = \"rewrite\"").expect("curation key");
+        assert_eq!(rewriting.get("w").expect("defined").curation, Curation::Rewrite);
+        assert!(Profiles::default().with_toml("[profiles.x]\ncuration = \"merge\"").is_err());
+    }
+
+    #[test]
+    fn auto_curation_selects_on_the_embedded_model_and_rewrites_elsewhere() {
+        assert_eq!(Curation::Auto.resolve("local"), Curation::Select);
+        assert_eq!(Curation::Auto.resolve("openrouter"), Curation::Rewrite);
+        assert_eq!(Curation::Rewrite.resolve("local"), Curation::Rewrite);
+        assert_eq!(Curation::Select.resolve("http://127.0.0.1:1/v1"), Curation::Select);
     }
 }

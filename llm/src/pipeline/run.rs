@@ -9,7 +9,8 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{PipelineEvent, Profile, Stage, TokenBatcher, stage_messages};
+use super::{Curation, PipelineEvent, Profile, Stage, TokenBatcher, stage_messages, strip_prompt_echo};
+use crate::council::{judge_messages, rank_by_scores};
 use crate::{Budget, ChatMessage, ChatRequest, Chunk, Completion, LlmClient, LlmError};
 
 #[derive(Clone, Debug)]
@@ -53,6 +54,9 @@ pub struct PipelineOutcome {
     pub answer: String,
     pub stages: Vec<StageOutput>,
     pub elapsed: Duration,
+    /// How the curator made the answer: `Select` (the draft or the refined
+    /// answer as written) or `Rewrite` (its model wrote it); never `Auto`.
+    pub curation: Curation,
 }
 
 impl PipelineOutcome {
@@ -134,13 +138,30 @@ impl Pipeline {
             self.stage(&run, Stage::Refiner, messages(Stage::Refiner, &draft.text, "", "")),
             self.stage(&run, Stage::Validator, messages(Stage::Validator, &draft.text, "", "")),
         )?;
-        let curated = self
-            .stage(&run, Stage::Curator, messages(Stage::Curator, &draft.text, &refined.text, &review.text))
-            .await?;
+        let curation = profile.curation.resolve(self.client(Stage::Curator).provider_name());
+        let curated = match curation {
+            Curation::Select => self.select(&run, conversation, [&draft, &refined]).await,
+            _ => {
+                let mut curated = self
+                    .stage(&run, Stage::Curator, messages(Stage::Curator, &draft.text, &refined.text, &review.text))
+                    .await?;
+                // Role prompts and echoed inputs are never part of the answer;
+                // when some were streamed, the stream is corrected to match.
+                let stripped = strip_prompt_echo(&curated.text);
+                if stripped != curated.text.trim() {
+                    let (stage, attempt) = (Stage::Curator, curated.attempts);
+                    run.emit(PipelineEvent::Retracted { stage, attempt, at_ms: run.at_ms() }).await;
+                    run.emit(PipelineEvent::Tokens { stage, text: stripped.clone(), at_ms: run.at_ms() }).await;
+                }
+                curated.text = stripped;
+                curated
+            }
+        };
         let outcome = PipelineOutcome {
             answer: curated.text.trim().to_string(),
             stages: vec![draft, refined, review, curated],
             elapsed: run.started.elapsed(),
+            curation,
         };
         let tokens = outcome.stages.iter().map(|output| output.tokens).sum();
         run.emit(PipelineEvent::Done {
@@ -151,6 +172,48 @@ impl Pipeline {
         })
         .await;
         Ok(outcome)
+    }
+
+    /// The curator as a selector: of the draft and the refined answer, the
+    /// one the curator's model finds more likely as the reply to the
+    /// conversation (see `council::judge_messages`); the draft when it
+    /// cannot score or the refined answer is empty. No text is generated,
+    /// so the answer is exactly one stage's output.
+    async fn select(&self, run: &Run<'_>, conversation: &[ChatMessage], options: [&StageOutput; 2]) -> StageOutput {
+        let client = self.client(Stage::Curator);
+        let model = client.resolve_model(&run.profile.stage(Stage::Curator).model).to_string();
+        let provider = client.provider_name().to_string();
+        run.emit(PipelineEvent::StageStarted {
+            stage: Stage::Curator,
+            model: model.clone(),
+            provider: provider.clone(),
+            attempt: 1,
+            at_ms: run.at_ms(),
+        })
+        .await;
+        let started = Instant::now();
+        let texts: Vec<String> = options.iter().map(|o| o.text.trim().to_string()).collect();
+        let mut best = 0;
+        if !texts[1].is_empty() {
+            match client.score(judge_messages(conversation), texts.clone()).await {
+                Ok(Some(scores)) if scores.len() == texts.len() => best = rank_by_scores(&scores)[0] as usize,
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "the curator could not score; the draft stands"),
+            }
+        }
+        let text = texts[best].clone();
+        run.emit(PipelineEvent::Tokens { stage: Stage::Curator, text: text.clone(), at_ms: run.at_ms() }).await;
+        let latency = started.elapsed();
+        run.emit(PipelineEvent::StageFinished {
+            stage: Stage::Curator,
+            tokens: 0,
+            cost_usd: 0.0,
+            latency_ms: latency.as_secs_f64() * 1e3,
+            cached: false,
+            at_ms: run.at_ms(),
+        })
+        .await;
+        StageOutput { stage: Stage::Curator, model, provider, text, tokens: 0, cost_usd: 0.0, latency, attempts: 1 }
     }
 
     async fn stage(

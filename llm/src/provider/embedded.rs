@@ -177,6 +177,89 @@ impl EmbeddedModel {
     }
 }
 
+impl EmbeddedModel {
+    /// How likely this model finds each continuation as the assistant's reply
+    /// to `messages`: the mean natural-log probability per token (so ≤ 0;
+    /// higher is more likely), the end-of-turn token included, so a reply
+    /// that stops where the model would stop scores higher than one cut off.
+    /// Only the first [`SCORE_MAX_TOKENS`] tokens of a continuation count; an
+    /// empty one scores `f64::NEG_INFINITY`. The prompt is prefilled once and
+    /// shared; each continuation then costs one decode step per token.
+    /// This is the "sequence likelihood" judgement of self-consistency
+    /// decoding (Wang et al., 2022, compare their "weighted by normalized
+    /// probability" variant). Call it off the async runtime.
+    ///
+    /// Errors: [`LlmError::BadRequest`] when the prompt does not fit the
+    /// context, [`LlmError::Model`] when the forward pass fails.
+    pub fn mean_log_likelihood(
+        &self,
+        messages: &[ChatMessage],
+        continuations: &[&str],
+        cancelled: &AtomicBool,
+    ) -> Result<Vec<f64>, LlmError> {
+        let failed = |err: candle_core::Error| LlmError::Model(format!("scoring failed: {err}"));
+        let encode = |text: String| {
+            self.tokenizer
+                .encode(text, false)
+                .map(|encoding| encoding.get_ids().to_vec())
+                .map_err(|err| LlmError::Model(format!("cannot tokenize: {err}")))
+        };
+        let prompt = encode(Self::prompt(messages))?;
+        if prompt.len() + SCORE_MAX_TOKENS + 1 >= MAX_SEQ_LEN {
+            return Err(LlmError::BadRequest(format!(
+                "prompt is {} tokens; scoring needs it under {}",
+                prompt.len(),
+                MAX_SEQ_LEN - SCORE_MAX_TOKENS - 1
+            )));
+        }
+        let end_of_turn = self.tokenizer.token_to_id("<|im_end|>").or(self.stop_tokens.first().copied());
+        let mut prefilled = self.weights.clone();
+        let input = Tensor::new(prompt.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(failed)?;
+        let first_logits = prefilled.forward(&input, 0).map_err(failed)?;
+        let mut scores = Vec::with_capacity(continuations.len());
+        for text in continuations {
+            let mut tokens = encode(text.trim().to_string())?;
+            if tokens.is_empty() {
+                scores.push(f64::NEG_INFINITY);
+                continue;
+            }
+            if tokens.len() > SCORE_MAX_TOKENS {
+                tokens.truncate(SCORE_MAX_TOKENS);
+            } else {
+                tokens.extend(end_of_turn);
+            }
+            let mut weights = prefilled.clone();
+            let mut logits = first_logits.clone();
+            let mut total = 0.0;
+            for (offset, &token) in tokens.iter().enumerate() {
+                if cancelled.load(Ordering::Relaxed) {
+                    return Err(LlmError::Cancelled);
+                }
+                let row: Vec<f32> = logits.squeeze(0).and_then(|row| row.to_vec1()).map_err(failed)?;
+                total += log_softmax_at(&row, token as usize);
+                if offset + 1 < tokens.len() {
+                    let input =
+                        Tensor::new(&[token], &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(failed)?;
+                    logits = weights.forward(&input, prompt.len() + offset).map_err(failed)?;
+                }
+            }
+            scores.push(total / tokens.len() as f64);
+        }
+        Ok(scores)
+    }
+}
+
+/// Tokens of a continuation that [`EmbeddedModel::mean_log_likelihood`] reads.
+pub const SCORE_MAX_TOKENS: usize = 48;
+
+/// `ln softmax(row)[index]`, computed stably; `-inf` for an index outside the row.
+fn log_softmax_at(row: &[f32], index: usize) -> f64 {
+    let Some(&value) = row.get(index) else { return f64::NEG_INFINITY };
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = row.iter().map(|&x| f64::from(x - max).exp()).sum();
+    f64::from(value - max) - sum.ln()
+}
+
 /// A model is named after its file: `SmolLM2-135M-Instruct.Q4_1`.
 fn model_name(path: &Path) -> String {
     path.file_stem().map_or_else(|| "embedded".into(), |stem| stem.to_string_lossy().into_owned())
@@ -352,6 +435,23 @@ impl Provider for EmbeddedProvider {
 
     fn open(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChunkStream, LlmError>> {
         Box::pin(self.start(request))
+    }
+
+    fn score(
+        &self,
+        messages: Vec<ChatMessage>,
+        continuations: Vec<String>,
+    ) -> BoxFuture<'_, Result<Option<Vec<f64>>, LlmError>> {
+        Box::pin(async move {
+            let model = self.model().await?;
+            let scored = tokio::task::spawn_blocking(move || {
+                let texts: Vec<&str> = continuations.iter().map(String::as_str).collect();
+                model.mean_log_likelihood(&messages, &texts, &AtomicBool::new(false))
+            })
+            .await
+            .map_err(|err| LlmError::Model(format!("scoring thread crashed: {err}")))??;
+            Ok(Some(scored))
+        })
     }
 }
 

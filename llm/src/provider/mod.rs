@@ -10,7 +10,7 @@ use std::pin::Pin;
 use futures_util::Stream;
 use futures_util::future::BoxFuture;
 
-use crate::{ChatRequest, Chunk, LlmError};
+use crate::{ChatMessage, ChatRequest, Chunk, LlmError};
 
 /// A started completion. Dropping it cancels the call: the HTTP body is closed,
 /// the embedded model stops at its next token.
@@ -31,6 +31,19 @@ pub trait Provider: Send + Sync + 'static {
     /// One embedding per text, in order; `None` when this provider has no
     /// embedding model (callers then fall back to something else).
     fn embed(&self, _texts: Vec<String>) -> BoxFuture<'_, Result<Option<Vec<Vec<f32>>>, LlmError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// How likely this provider's model finds each continuation as the
+    /// assistant's reply to `messages`: mean log-probability per token, one
+    /// score per continuation, higher is more likely. `None` when the provider
+    /// cannot score (OpenAI-compatible servers stream text, not likelihoods
+    /// of given text); the embedded model can.
+    fn score(
+        &self,
+        _messages: Vec<ChatMessage>,
+        _continuations: Vec<String>,
+    ) -> BoxFuture<'_, Result<Option<Vec<f64>>, LlmError>> {
         Box::pin(async { Ok(None) })
     }
 }
