@@ -453,7 +453,10 @@ async fn on_a_terminal_the_text_of_a_failed_attempt_is_erased() {
     }
     let server = TestServer::responding(staged(|call| {
         if call == 1 {
-            Reply::MidStreamError { pieces: vec!["Lyon is the cap".into()], message: "Engine loop died".into() }
+            Reply::MidStreamError {
+                pieces: vec!["Lyon is the cap".into()],
+                message: "Engine loop died".into(),
+            }
         } else {
             answer()
         }
