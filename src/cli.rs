@@ -255,6 +255,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure answer accuracy on a public question set (capitals of the UN
+    /// member states): one model call, each council candidate, the vote's
+    /// winner, the council's final answer and the pipeline's, side by side,
+    /// on a 3-node loopback mesh. Seeded: the same seed asks the same
+    /// questions with the same sampling. Example: hivemesh eval --questions 40
+    Eval {
+        /// How many questions (half from the G20's member states).
+        #[arg(long, default_value_t = 40)]
+        questions: usize,
+        /// Picks the questions and seeds every model call.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// fast, balanced, quality, or one defined in --profiles.
+        #[arg(long, default_value = "fast")]
+        profile: String,
+        /// Override the profile's curation: auto, select or rewrite.
+        #[arg(long, value_parser = ["auto", "select", "rewrite"])]
+        curation: Option<String>,
+        /// Print every question's record and the accuracies as one JSON document.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        llm: LlmArgs,
+    },
     /// List a running node's recent jobs, or show one job in full.
     Jobs {
         /// A job id: print its whole state and result as JSON.

@@ -12,6 +12,7 @@ use hivemesh::node::keystore;
 use hivemesh::protocol::identity::hex;
 
 mod cli;
+mod eval_cmd;
 mod llm_cmd;
 mod mesh_ask;
 mod mesh_cmd;
@@ -135,6 +136,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let dir = data_dir()?;
             runtime()?.block_on(mesh_cmd::run(&dir, args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval { questions, seed, profile, curation, json, llm } => {
+            let args = eval_cmd::EvalArgs {
+                questions: *questions,
+                seed: *seed,
+                profile: profile.clone(),
+                curation: curation.clone(),
+                json: *json,
+                llm: llm.clone(),
+            };
+            let dir = data_dir()?;
+            runtime()?.block_on(eval_cmd::run(&dir, args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Members { json, target, view } => {

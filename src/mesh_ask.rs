@@ -101,6 +101,13 @@ pub async fn ask(nodes: &[NodeHandle], question: &str, args: &MeshArgs) -> anyho
     for excluded in &outcome.excluded {
         outln!("excluded: {excluded}");
     }
+    match outcome.curation.as_deref() {
+        Some("select") if mode == Mode::Council => outln!("curation: the vote's winner, as written"),
+        Some("select") => outln!("curation: the curator chose the draft or the refined answer, as written"),
+        Some("rewrite") => outln!("curation: the curator's model wrote the answer"),
+        Some(other) => outln!("curation: {other}"),
+        None => {}
+    }
     if let Some(error) = &outcome.error {
         outln!("note: {error}");
     }
@@ -129,7 +136,7 @@ fn print_ballots(file: &serde_json::Value, name: &dyn Fn(&str) -> String) {
 
 /// Placement reads the registry: wait until node-0 holds every other
 /// node's entry.
-async fn wait_for_registry(node: &NodeHandle, others: usize) -> anyhow::Result<()> {
+pub async fn wait_for_registry(node: &NodeHandle, others: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let report = node.client().view(Some(ViewKind::Registry)).await?;

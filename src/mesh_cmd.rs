@@ -31,35 +31,8 @@ pub async fn run(data_dir: &Path, args: MeshArgs) -> anyhow::Result<()> {
     let federation =
         if args.measure { None } else { Some(crate::llm_cmd::federation(&args.llm, data_dir).await?) };
     let started = Instant::now();
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut nodes: Vec<NodeHandle> = Vec::with_capacity(n);
-    for i in 0..n {
-        let mut config = NodeConfig::loopback(data_dir.join("mesh").join(format!("node-{i}")));
-        config.mdns = args.mdns;
-        config.membership = MembershipConfig::lan(n as u32).faster(args.speedup);
-        if let Some((setup, offered)) = &federation {
-            config.federation = Some(setup.clone());
-            config.replication.profile =
-                Some(Profile { role: Role::Worker, models: offered.clone(), gpu: None });
-        }
-        // A chain: each node knows only the previous one, alternating QUIC
-        // and TCP, so convergence is the protocol's doing.
-        if let Some(prev) = nodes.last() {
-            let transport = if i % 2 == 0 { "tcp" } else { "quic-v1" };
-            config.bootstrap = prev.address(transport).into_iter().collect();
-        }
-        let node = spawn_node(config).await.with_context(|| format!("could not start node-{i}"))?;
-        let mut sub = node.subscribe();
-        let tx = events_tx.clone();
-        tokio::spawn(async move {
-            while let Ok(event) = sub.recv().await {
-                if tx.send((i, event)).is_err() {
-                    break;
-                }
-            }
-        });
-        nodes.push(node);
-    }
+    let (mut nodes, mut events) =
+        start_nodes(&data_dir.join("mesh"), n, args.mdns, args.speedup, federation.as_ref()).await?;
     let ready: Duration = nodes.iter().map(|n| n.ready_in).sum::<Duration>() / n as u32;
     outln!(
         "started {n} nodes in {:.2} s (mean start-to-ready {} ms)",
@@ -113,6 +86,50 @@ pub async fn run(data_dir: &Path, args: MeshArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Member events of a local mesh, with the index of the node that saw each.
+pub type MeshEvents = mpsc::UnboundedReceiver<(usize, MemberEvent)>;
+
+/// Starts `n` nodes on loopback under `dir` (`node-0`, `node-1`, ...), each
+/// taking part in jobs when `federation` is given, bootstrapped in a chain.
+pub async fn start_nodes(
+    dir: &Path,
+    n: usize,
+    mdns: bool,
+    speedup: u32,
+    federation: Option<&(hivemesh::node::federation::FederationConfig, Vec<String>)>,
+) -> anyhow::Result<(Vec<NodeHandle>, MeshEvents)> {
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let mut nodes: Vec<NodeHandle> = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut config = NodeConfig::loopback(dir.join(format!("node-{i}")));
+        config.mdns = mdns;
+        config.membership = MembershipConfig::lan(n as u32).faster(speedup);
+        if let Some((setup, offered)) = federation {
+            config.federation = Some(setup.clone());
+            config.replication.profile =
+                Some(Profile { role: Role::Worker, models: offered.clone(), gpu: None });
+        }
+        // A chain: each node knows only the previous one, alternating QUIC
+        // and TCP, so convergence is the protocol's doing.
+        if let Some(prev) = nodes.last() {
+            let transport = if i % 2 == 0 { "tcp" } else { "quic-v1" };
+            config.bootstrap = prev.address(transport).into_iter().collect();
+        }
+        let node = spawn_node(config).await.with_context(|| format!("could not start node-{i}"))?;
+        let mut sub = node.subscribe();
+        let tx = events_tx.clone();
+        tokio::spawn(async move {
+            while let Ok(event) = sub.recv().await {
+                if tx.send((i, event)).is_err() {
+                    break;
+                }
+            }
+        });
+        nodes.push(node);
+    }
+    Ok((nodes, events))
+}
+
 /// Starts one more node bootstrapped to node-0 and times how long until
 /// every node sees it alive.
 async fn join_one(
@@ -150,7 +167,7 @@ async fn join_one(
 }
 
 /// Every node leaves gracefully, in parallel.
-async fn leave_all(nodes: Vec<NodeHandle>) {
+pub async fn leave_all(nodes: Vec<NodeHandle>) {
     let mut set = tokio::task::JoinSet::new();
     for node in nodes {
         set.spawn(node.leave(Duration::from_secs(2)));
@@ -172,8 +189,9 @@ fn short(peer: &str) -> &str {
     &peer[peer.len().saturating_sub(8)..]
 }
 
-/// Waits until every node sees every other one alive.
-async fn wait_converged(
+/// Waits until every node sees every other one alive; returns the time
+/// since `started`.
+pub async fn wait_converged(
     nodes: &[NodeHandle],
     events: &mut mpsc::UnboundedReceiver<(usize, MemberEvent)>,
     started: Instant,

@@ -76,11 +76,21 @@ async fn a_council_job_is_answered_by_all_three_tallied_and_the_tally_rechecks()
     assert_eq!(recheck["ranking"], outcome["tally"]["result"]["ranking"]);
     assert_eq!(recheck["valid"], 3);
 
-    // Every provider was asked for a candidate; only the asker's curated.
+    // Every provider was asked for a candidate; only the asker's curated
+    // (an HTTP provider's curator rewrites; docs/adr/0012).
     for (i, server) in mesh.servers.iter().enumerate() {
         let expected = if i == 0 { 2 } else { 1 };
         assert_eq!(server.seen().len(), expected, "calls to node {i}'s provider");
     }
+    assert_eq!(outcome["curation"], "rewrite", "{outcome:#}");
+    // Candidates are independent samples: each member's call has its own
+    // seed, so identical requests never share a cached answer.
+    let seeds: std::collections::HashSet<u64> = mesh
+        .servers
+        .iter()
+        .map(|server| server.seen()[0].body["seed"].as_u64().expect("every candidate call is seeded"))
+        .collect();
+    assert_eq!(seeds.len(), 3, "three members, three seeds: {seeds:?}");
     // The API's bad-input paths name the problem.
     let client = reqwest::Client::new();
     let bad = client

@@ -76,11 +76,21 @@ async fn a_council_of_three_embedded_models_answers_and_votes() {
     };
     assert_eq!(outcome.status, "done", "{outcome:?}");
     let answer = outcome.answer.as_deref().unwrap_or_default();
-    assert!(!answer.trim().is_empty(), "the curator wrote an answer");
+    assert!(!answer.trim().is_empty(), "the council answered");
     assert_eq!(facts.candidates.len(), 3, "a candidate from every node");
+    // A 135M model's rewrite makes answers worse (docs/adr/0012): on the
+    // embedded model the curator selects, so the answer is the vote's
+    // winner exactly as its author wrote it.
+    assert_eq!(outcome.curation.as_deref(), Some("select"), "{outcome:?}");
+    let winner = outcome.winner.as_deref().expect("a winner");
+    let winning =
+        facts.candidates.iter().find(|(peer, _)| peer.to_string() == winner).expect("winner's text");
+    assert_eq!(answer, winning.1.text, "the answer is the winning candidate as written");
+    let likelihood = vec![("method".to_string(), "likelihood".to_string())];
     for node in &nodes {
         let me = node.federation().expect("federation");
         assert!(me.stats.ballots_cast.load(std::sync::atomic::Ordering::Relaxed) >= 1, "every node voted");
+        assert_eq!(me.stats.votes_by_method.get_or_create(&likelihood).get(), 1, "each voted by likelihood");
     }
     let tally = outcome.tally.expect("a tally");
     assert_eq!(tally["result"]["ballots"], 3, "three valid ballots counted: {tally}");

@@ -91,14 +91,26 @@ fn plan_council(
             }
             if asker {
                 let mut missing = Vec::new();
-                let mut waiting = false;
+                let mut waiting = 0;
                 for peer in spec.participants.iter().filter(|p| facts.candidate_of(p).is_none()) {
                     match missing_reason(facts, peer, "candidate", live, late) {
                         Some(reason) => missing.push(Missing { peer: peer.to_string(), reason }),
-                        None => waiting = true,
+                        None => waiting += 1,
                     }
                 }
-                if !waiting {
+                let arrived = spec.participants.len() - missing.len() - waiting;
+                let quorum = spec.quorum.max(1) as usize;
+                if waiting > 0 && arrived + waiting < quorum {
+                    // The quorum is out of reach: fail now rather than at the
+                    // deadline (the outcome stops the calls still running).
+                    let reason = format!(
+                        "only {} of {} candidates can still arrive; the quorum is {}",
+                        arrived + waiting,
+                        spec.participants.len(),
+                        spec.quorum
+                    );
+                    actions.push(Action::Fail { reason, missing });
+                } else if waiting == 0 {
                     let present: Vec<&(NodeId, _)> = spec
                         .participants
                         .iter()
@@ -126,11 +138,17 @@ fn plan_council(
                 actions.push(Action::Vote);
             }
             if asker {
+                let voted = spec.participants.iter().filter(|p| facts.has_voted(p)).count();
                 let waiting = spec
                     .participants
                     .iter()
-                    .any(|p| !facts.has_voted(p) && missing_reason(facts, p, "ballot", live, late).is_none());
-                if !waiting {
+                    .filter(|p| {
+                        !facts.has_voted(p) && missing_reason(facts, p, "ballot", live, late).is_none()
+                    })
+                    .count();
+                // Conclude once every ballot is in or out, or as soon as the
+                // quorum is out of reach (the outcome then says so).
+                if waiting == 0 || voted + waiting < spec.quorum.max(1) as usize {
                     actions.push(Action::Conclude);
                 }
             }
@@ -196,4 +214,93 @@ fn plan_pipeline(
         }
     }
     actions
+}
+
+#[cfg(test)]
+mod tests {
+    use hivemesh_protocol::{NodeIdentity, TallyRule};
+
+    use super::*;
+    use crate::federation::spec::{Failure, JobSpec, Output};
+
+    fn peer(n: u8) -> NodeId {
+        NodeIdentity::from_seed([n; 32]).node_id()
+    }
+
+    fn council(members: u8, quorum: u32) -> Facts {
+        let participants: Vec<NodeId> = (0..members).map(peer).collect();
+        let spec = JobSpec {
+            question: vec![hivemesh_llm::ChatMessage::user("Capital of Peru?")],
+            mode: Mode::Council,
+            profile: "fast".into(),
+            participants,
+            stages: Vec::new(),
+            quorum,
+            rule: TallyRule::Schulze,
+            created_ms: 0,
+            deadline_ms: 120_000,
+            max_tokens: 64,
+            sampling: Default::default(),
+        };
+        Facts { job: [7; 16], asker: Some(peer(0)), spec: Some(spec), ..Facts::default() }
+    }
+
+    fn output(text: &str) -> Output {
+        Output {
+            text: text.into(),
+            model: "m".into(),
+            tokens: 1,
+            elapsed_ms: 1,
+            prompt_tokens: 0,
+            finish_reason: None,
+        }
+    }
+
+    fn failure(part: &str) -> Failure {
+        Failure { part: part.into(), reason: "boom".into() }
+    }
+
+    fn is_fail(actions: &[Action]) -> bool {
+        actions.iter().any(|a| matches!(a, Action::Fail { .. }))
+    }
+
+    #[test]
+    fn a_council_fails_as_soon_as_its_candidate_quorum_is_out_of_reach() {
+        let live = |_: &NodeId| true;
+        // Two members, quorum 2: the other member's candidate failed while
+        // the asker's own is still being written. Waiting for the deadline
+        // cannot help.
+        let mut facts = council(2, 2);
+        facts.failures.push((peer(1), failure("candidate")));
+        let actions = plan(peer(0), &facts, &live, &[], 1_000);
+        assert!(is_fail(&actions), "{actions:?}");
+        let Some(Action::Fail { reason, .. }) = actions.iter().find(|a| matches!(a, Action::Fail { .. }))
+        else {
+            unreachable!()
+        };
+        assert!(reason.contains("only 1 of 2 candidates can still arrive"), "{reason}");
+
+        // Three members, quorum 2, one failed: two can still arrive, so wait.
+        let mut facts = council(3, 2);
+        facts.failures.push((peer(2), failure("candidate")));
+        assert!(!is_fail(&plan(peer(0), &facts, &live, &[], 1_000)));
+        // A second member down as well: out of reach.
+        let down = |p: &NodeId| *p != peer(1);
+        assert!(is_fail(&plan(peer(0), &facts, &down, &[], 1_000)));
+    }
+
+    #[test]
+    fn a_council_concludes_as_soon_as_its_ballot_quorum_is_out_of_reach() {
+        let mut facts = council(3, 3);
+        for n in 0..3 {
+            facts.candidates.push((peer(n), output(&format!("answer {n}"))));
+        }
+        facts.round = Some(Round { candidates: (0..3).map(peer).collect(), missing: Vec::new() });
+        facts.ballots.push((peer(0), "ballot".into(), Vec::new()));
+        let live = |_: &NodeId| true;
+        assert!(!plan(peer(0), &facts, &live, &[], 1_000).contains(&Action::Conclude), "still waiting");
+        facts.failures.push((peer(1), failure("ballot")));
+        let actions = plan(peer(0), &facts, &live, &[], 1_000);
+        assert!(actions.contains(&Action::Conclude), "quorum 3 cannot be met: {actions:?}");
+    }
 }

@@ -6,8 +6,11 @@ use std::time::{Duration, Instant};
 
 use hivemesh_gpu::ballot_box::{JobSpec as BallotSpec, Quorum, validate};
 use hivemesh_gpu::engine::TallyEngine;
-use hivemesh_llm::council::{rank_by_agreement, rank_by_similarity};
-use hivemesh_llm::pipeline::{Profiles, Stage, TokenBatcher, stage_messages};
+use hivemesh_llm::council::{
+    LIKELIHOOD_AGREEMENT_WEIGHT, embedding_agreement, judge_messages, lexical_agreement, likelihood_scores,
+    rank_by_scores,
+};
+use hivemesh_llm::pipeline::{Curation, Profiles, Stage, TokenBatcher, stage_messages, strip_prompt_echo};
 use hivemesh_llm::{Budget, ChatMessage, ChatRequest, LlmClient};
 use hivemesh_protocol::{
     Ballot, BallotChoice, Envelope, JobId, NodeId, NodeIdentity, TallyRule, decode_message, encode_message,
@@ -93,6 +96,10 @@ async fn run_stage(
     let profile = ctx.profiles.get(&spec.profile)?;
     let text = |s: Stage| facts.stage_output(s).map(|o| o.text.clone()).unwrap_or_default();
     let (draft, refined, review) = (text(Stage::Generator), text(Stage::Refiner), text(Stage::Validator));
+    if stage == Stage::Curator && profile.curation.resolve(ctx.client.provider_name()) == Curation::Select {
+        let output = select_answer(ctx, job, spec, stage, [draft, refined]).await;
+        return put(ctx, job, &stage_kind(stage), &output).await;
+    }
     let messages = stage_messages(stage, profile, &spec.question, &draft, &refined, &review);
     let asker = facts.asker.unwrap_or(ctx.me);
     let part = stage_kind(stage);
@@ -131,7 +138,15 @@ async fn call_model(
     let sampling = &spec.sampling;
     request.temperature = sampling.temperature.unwrap_or(settings.temperature);
     request.max_tokens = max_tokens;
-    request.seed = sampling.seed_for(&ctx.me, part);
+    request.seed = sampling.seed_for(&ctx.me, part).or_else(|| {
+        // No seed asked for: still one per job, member and part, so that each
+        // member's call is its own sample (identical requests would share one
+        // cached answer) and a retry of a call repeats it.
+        let mut job_seed = [0; 8];
+        job_seed.copy_from_slice(&job.0[..8]);
+        let unseeded = spec::Sampling { seed: Some(u64::from_le_bytes(job_seed)), ..sampling.clone() };
+        unseeded.seed_for(&ctx.me, part)
+    });
     request.top_p = sampling.top_p;
     request.stop = sampling.stop.clone();
     request.presence_penalty = sampling.presence_penalty;
@@ -165,7 +180,8 @@ async fn call_model(
     ctx.stats.call_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
     match result {
         Ok(completion) => Ok(Output {
-            text: completion.text.trim().to_string(),
+            // Role prompts and echoed inputs are never part of an answer.
+            text: strip_prompt_echo(&completion.text),
             model: ctx.client.resolve_model(&settings.model).to_string(),
             tokens: completion.tokens(),
             elapsed_ms: started.elapsed().as_millis() as u64,
@@ -205,7 +221,7 @@ async fn vote(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> R
         .iter()
         .map(|peer| facts.candidate_of(peer).map_or("", |o| o.text.as_str()))
         .collect();
-    let ranking = agreement_ranking(ctx, job, &texts).await;
+    let ranking = judge(ctx, job, &spec.question, &texts).await;
     let choice = match spec.rule {
         TallyRule::Plurality | TallyRule::WeightedPlurality => BallotChoice::Single(ranking[0]),
         TallyRule::Approval => BallotChoice::Approve(ranking[..ranking.len().div_ceil(2)].to_vec()),
@@ -220,24 +236,72 @@ async fn vote(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> R
     Ok(())
 }
 
-/// By the provider's embeddings when it has an embedding model, else (or
-/// when that call fails) by word overlap; either way the ballot is the same
-/// shape, and the tally does not care how a voter made up its mind.
-async fn agreement_ranking(ctx: &WorkContext, job: JobId, texts: &[&str]) -> Vec<u32> {
+/// This voter's ranking of the candidates, best first, and the method
+/// counted in `hivemesh_votes_total{method}`: by its own model's likelihood
+/// of each candidate (plus agreement) when its provider can score, else by
+/// embedding agreement when it has an embedding model, else by word overlap
+/// (see `hivemesh_llm::council`). A method that fails falls to the next.
+async fn judge(ctx: &WorkContext, job: JobId, question: &[ChatMessage], texts: &[&str]) -> Vec<u32> {
     let owned: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
-    let (ranking, method) = match ctx.client.embed(owned).await {
-        Ok(Some(embeddings)) if embeddings.len() == texts.len() => {
-            (rank_by_similarity(&embeddings), "embeddings")
+    let lexical = lexical_agreement(texts);
+    let scored = match ctx.client.score(judge_messages(question), owned.clone()).await {
+        Ok(Some(likelihood)) if likelihood.len() == texts.len() => {
+            Some(likelihood_scores(&likelihood, &lexical, LIKELIHOOD_AGREEMENT_WEIGHT))
         }
-        Ok(_) => (rank_by_agreement(texts), "lexical"),
+        Ok(_) => None,
         Err(error) => {
-            tracing::warn!(%job, %error, "embeddings failed; ranking by word overlap");
-            (rank_by_agreement(texts), "lexical")
+            tracing::warn!(%job, %error, "likelihood scoring failed; ranking by agreement");
+            None
         }
+    };
+    let (scores, method) = match scored {
+        Some(scores) => (scores, "likelihood"),
+        None => match ctx.client.embed(owned).await {
+            Ok(Some(embeddings)) if embeddings.len() == texts.len() => {
+                (embedding_agreement(&embeddings), "embeddings")
+            }
+            Ok(_) => (lexical, "lexical"),
+            Err(error) => {
+                tracing::warn!(%job, %error, "embeddings failed; ranking by word overlap");
+                (lexical, "lexical")
+            }
+        },
     };
     let label = vec![("method".to_string(), method.to_string())];
     ctx.stats.votes_by_method.get_or_create(&label).inc();
-    ranking
+    rank_by_scores(&scores)
+}
+
+/// A curator that selects: of `options` (the pipeline's draft and refined
+/// answer), the one this node's model finds most likely as the answer; the
+/// first non-empty one when it cannot score. Never fails: selecting needs
+/// no model call that could.
+async fn select_answer(
+    ctx: &WorkContext,
+    job: JobId,
+    spec: &JobSpec,
+    stage: Stage,
+    options: [String; 2],
+) -> Output {
+    let started = Instant::now();
+    let present: Vec<String> = options.into_iter().filter(|text| !text.trim().is_empty()).collect();
+    let mut best = 0;
+    if present.len() > 1 {
+        match ctx.client.score(judge_messages(&spec.question), present.clone()).await {
+            Ok(Some(scores)) if scores.len() == present.len() => best = rank_by_scores(&scores)[0] as usize,
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%job, %error, "scoring failed; the draft stands"),
+        }
+    }
+    let model = ctx.profiles.get(&spec.profile).map(|p| p.stage(stage).model.clone()).unwrap_or_default();
+    Output {
+        text: present.get(best).cloned().unwrap_or_default(),
+        model: ctx.client.resolve_model(&model).to_string(),
+        tokens: 0,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        prompt_tokens: 0,
+        finish_reason: Some("stop".into()),
+    }
 }
 
 /// Validates and tallies the ballots, hands the winner and the runner-up to
@@ -300,33 +364,42 @@ async fn conclude(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) 
     let runner_up = tally.ranking.get(1).map(|&i| i as usize);
     let text_of =
         |i: usize| facts.candidate_of(&round.candidates[i]).map(|o| o.text.clone()).unwrap_or_default();
+    outcome.winner = Some(round.candidates[winner].to_string());
+    outcome.tally = Some(serde_json::json!({ "backend": backend, "result": tally }));
+    outcome.status = "done".into();
+    FederationStats::bump(&ctx.stats.finished);
+    let profile = ctx.profiles.get(&spec.profile)?;
+    if profile.curation.resolve(ctx.client.provider_name()) == Curation::Select {
+        outcome.answer = Some(text_of(winner));
+        outcome.curation = Some(Curation::Select.as_str().into());
+        outcome.contributions = contributions;
+        return put(ctx, job, spec::OUTCOME, &outcome).await;
+    }
     let review = format!(
         "{} council members voted; this answer ranked first under {:?}, the refined answer second.",
         counted.voters.len(),
         spec.rule
     );
-    let profile = ctx.profiles.get(&spec.profile)?;
     let refined = runner_up.map(text_of).unwrap_or_default();
     let messages =
         stage_messages(Stage::Curator, profile, &spec.question, &text_of(winner), &refined, &review);
     let me = ctx.me;
-    let curated = call_model(ctx, job, spec, me, "curator", Stage::Curator, messages).await;
-    outcome.winner = Some(round.candidates[winner].to_string());
-    outcome.tally = Some(serde_json::json!({ "backend": backend, "result": tally }));
-    match curated {
-        Ok(output) => {
+    match call_model(ctx, job, spec, me, "curator", Stage::Curator, messages).await {
+        Ok(output) if !output.text.is_empty() => {
             contributions.push(attributed("curator", &me, &output));
-            outcome.status = "done".into();
             outcome.answer = Some(output.text);
-            FederationStats::bump(&ctx.stats.finished);
+            outcome.curation = Some(Curation::Rewrite.as_str().into());
         }
-        Err(reason) => {
+        failed => {
             // The council's winner still stands as the answer.
-            outcome.status = "done".into();
+            let reason = match failed {
+                Err(reason) => reason,
+                Ok(_) => "it wrote nothing but an echo of its prompt".to_string(),
+            };
             outcome.answer = Some(text_of(winner));
+            outcome.curation = Some("fallback".into());
             outcome.error =
                 Some(format!("the curator failed, so this is the winning candidate as written: {reason}"));
-            FederationStats::bump(&ctx.stats.finished);
         }
     }
     outcome.contributions = contributions;
@@ -349,6 +422,9 @@ async fn finish_pipeline(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &
         })
         .collect();
     outcome.answer = facts.stage_output(Stage::Curator).map(|o| o.text.clone());
+    let as_written = |stage| facts.stage_output(stage).map(|o| &o.text) == outcome.answer.as_ref();
+    let selected = as_written(Stage::Generator) || as_written(Stage::Refiner);
+    outcome.curation = Some(if selected { Curation::Select } else { Curation::Rewrite }.as_str().into());
     FederationStats::bump(&ctx.stats.finished);
     put(ctx, job, spec::OUTCOME, &outcome).await
 }
@@ -378,6 +454,7 @@ fn ended(spec: &JobSpec, status: &str, error: Option<String>, missing: Vec<Missi
         excluded: Vec::new(),
         missing,
         elapsed_ms: unix_ms().saturating_sub(spec.created_ms),
+        curation: None,
     }
 }
 
