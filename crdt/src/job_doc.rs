@@ -260,7 +260,8 @@ impl JobDoc {
 /// `#[instrument(err)]` logged as `ERROR ... change's deps should already be
 /// in the document` on every push although nothing was wrong.
 fn check_parses(chunk: &[u8]) -> Result<(), JobDocError> {
-    static EMPTY_DOCUMENT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| Automerge::new().save());
+    static EMPTY_DOCUMENT: std::sync::LazyLock<Vec<u8>> =
+        std::sync::LazyLock::new(|| Automerge::new().save());
     if chunk.is_empty() {
         return Ok(());
     }

@@ -242,7 +242,8 @@ fn a_change_that_builds_on_the_document_applies_without_an_error_log_line() {
     other.apply_changes(&spec).unwrap();
     let candidate = other.contribute(&bob, "candidate", b"a".to_vec(), 2).unwrap();
     let errors = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let applied = tracing::subscriber::with_default(CountErrors(errors.clone()), || doc.apply_changes(&candidate));
+    let applied =
+        tracing::subscriber::with_default(CountErrors(errors.clone()), || doc.apply_changes(&candidate));
     assert_eq!(applied.unwrap(), 1);
     assert_eq!(doc.heads(), other.heads());
     assert_eq!(errors.load(std::sync::atomic::Ordering::SeqCst), 0, "no ERROR line for a valid change");

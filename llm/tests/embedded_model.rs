@@ -68,7 +68,8 @@ async fn answers_the_france_question_with_paris() {
 async fn the_model_finds_the_right_answer_more_likely_than_wrong_ones() {
     // What a council voter's likelihood ballot rests on (docs/adr/0012).
     let model = model().await;
-    let question = hivemesh_llm::council::judge_messages(&[ChatMessage::user("What is the capital of France?")]);
+    let question =
+        hivemesh_llm::council::judge_messages(&[ChatMessage::user("What is the capital of France?")]);
     let candidates = [
         "L'Alma, la France - Aubergere le monde!",
         "The capital of France is Paris.",

@@ -27,7 +27,8 @@ fn role_prompt(stage: Stage) -> &'static str {
 /// The labels this module puts around a stage's inputs. A small model often
 /// echoes them back ("Question: ... Draft answer: ..."); they are never part
 /// of an answer.
-const INPUT_LABELS: [&str; 5] = ["Question:", "Draft answer:", "Refined answer:", "Reviewer's notes:", "Final answer:"];
+const INPUT_LABELS: [&str; 5] =
+    ["Question:", "Draft answer:", "Refined answer:", "Reviewer's notes:", "Final answer:"];
 
 /// A stage's output with echoed prompt scaffolding removed: when the text
 /// repeats the labelled inputs it was shown, only what follows the last
@@ -42,7 +43,8 @@ pub fn strip_prompt_echo(text: &str) -> String {
     } else if INPUT_LABELS.iter().any(|label| trimmed.starts_with(label)) {
         // Everything up to the last labelled block is an echo of the inputs;
         // the model's own text is that block's last paragraph onwards.
-        let last = INPUT_LABELS.iter().filter_map(|label| trimmed.rfind(label).map(|at| (at, label.len()))).max();
+        let last =
+            INPUT_LABELS.iter().filter_map(|label| trimmed.rfind(label).map(|at| (at, label.len()))).max();
         if let Some((at, len)) = last {
             let block = &trimmed[at + len..];
             rest = block.split_once("\n\n").map_or(block, |(_, after)| after);
@@ -53,7 +55,9 @@ pub fn strip_prompt_echo(text: &str) -> String {
     }
     let kept: Vec<&str> = rest
         .lines()
-        .filter(|line| !line.trim_start().starts_with("You are the ") || !line.contains("panel of assistants"))
+        .filter(|line| {
+            !line.trim_start().starts_with("You are the ") || !line.contains("panel of assistants")
+        })
         .collect();
     kept.join("\n").trim().to_string()
 }
@@ -111,13 +115,15 @@ mod tests {
 
     #[test]
     fn echoed_inputs_and_role_preambles_never_reach_the_answer() {
-        assert_eq!(strip_prompt_echo("  Paris is the capital of France. "), "Paris is the capital of France.");
+        assert_eq!(
+            strip_prompt_echo("  Paris is the capital of France. "),
+            "Paris is the capital of France."
+        );
         let echoed = "Question:\nWhat is the capital of France?\n\nDraft answer:\nParis.\n\nThe capital of France is Paris.";
         assert_eq!(strip_prompt_echo(echoed), "The capital of France is Paris.");
         let labelled = "Question: capital of Spain?\nFinal answer: Madrid is the capital of Spain.";
         assert_eq!(strip_prompt_echo(labelled), "Madrid is the capital of Spain.");
-        let preamble =
-            "You are the Curator on a panel of assistants.\nMadrid is the capital of Spain.";
+        let preamble = "You are the Curator on a panel of assistants.\nMadrid is the capital of Spain.";
         assert_eq!(strip_prompt_echo(preamble), "Madrid is the capital of Spain.");
         // A question echoed with nothing after it leaves the echoed block, not nothing.
         assert_eq!(strip_prompt_echo("Question:\nWhat is 2+2?"), "What is 2+2?");

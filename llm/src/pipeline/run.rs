@@ -143,7 +143,11 @@ impl Pipeline {
             Curation::Select => self.select(&run, conversation, [&draft, &refined]).await,
             _ => {
                 let mut curated = self
-                    .stage(&run, Stage::Curator, messages(Stage::Curator, &draft.text, &refined.text, &review.text))
+                    .stage(
+                        &run,
+                        Stage::Curator,
+                        messages(Stage::Curator, &draft.text, &refined.text, &review.text),
+                    )
                     .await?;
                 // Role prompts and echoed inputs are never part of the answer;
                 // when some were streamed, the stream is corrected to match.
@@ -151,7 +155,8 @@ impl Pipeline {
                 if stripped != curated.text.trim() {
                     let (stage, attempt) = (Stage::Curator, curated.attempts);
                     run.emit(PipelineEvent::Retracted { stage, attempt, at_ms: run.at_ms() }).await;
-                    run.emit(PipelineEvent::Tokens { stage, text: stripped.clone(), at_ms: run.at_ms() }).await;
+                    run.emit(PipelineEvent::Tokens { stage, text: stripped.clone(), at_ms: run.at_ms() })
+                        .await;
                 }
                 curated.text = stripped;
                 curated
@@ -179,7 +184,12 @@ impl Pipeline {
     /// conversation (see `council::judge_messages`); the draft when it
     /// cannot score or the refined answer is empty. No text is generated,
     /// so the answer is exactly one stage's output.
-    async fn select(&self, run: &Run<'_>, conversation: &[ChatMessage], options: [&StageOutput; 2]) -> StageOutput {
+    async fn select(
+        &self,
+        run: &Run<'_>,
+        conversation: &[ChatMessage],
+        options: [&StageOutput; 2],
+    ) -> StageOutput {
         let client = self.client(Stage::Curator);
         let model = client.resolve_model(&run.profile.stage(Stage::Curator).model).to_string();
         let provider = client.provider_name().to_string();
@@ -202,7 +212,8 @@ impl Pipeline {
             }
         }
         let text = texts[best].clone();
-        run.emit(PipelineEvent::Tokens { stage: Stage::Curator, text: text.clone(), at_ms: run.at_ms() }).await;
+        run.emit(PipelineEvent::Tokens { stage: Stage::Curator, text: text.clone(), at_ms: run.at_ms() })
+            .await;
         let latency = started.elapsed();
         run.emit(PipelineEvent::StageFinished {
             stage: Stage::Curator,
@@ -213,7 +224,16 @@ impl Pipeline {
             at_ms: run.at_ms(),
         })
         .await;
-        StageOutput { stage: Stage::Curator, model, provider, text, tokens: 0, cost_usd: 0.0, latency, attempts: 1 }
+        StageOutput {
+            stage: Stage::Curator,
+            model,
+            provider,
+            text,
+            tokens: 0,
+            cost_usd: 0.0,
+            latency,
+            attempts: 1,
+        }
     }
 
     async fn stage(

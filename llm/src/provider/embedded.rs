@@ -214,7 +214,8 @@ impl EmbeddedModel {
         }
         let end_of_turn = self.tokenizer.token_to_id("<|im_end|>").or(self.stop_tokens.first().copied());
         let mut prefilled = self.weights.clone();
-        let input = Tensor::new(prompt.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(failed)?;
+        let input =
+            Tensor::new(prompt.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(failed)?;
         let first_logits = prefilled.forward(&input, 0).map_err(failed)?;
         let mut scores = Vec::with_capacity(continuations.len());
         for text in continuations {
