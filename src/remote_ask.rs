@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use hivemesh::node::api::client::json_body;
 use hivemesh::node::api::{ApiClient, Method};
@@ -62,7 +61,8 @@ pub async fn ask(api: &ApiClient, request: Request<'_>) -> anyhow::Result<bool> 
     if !response.status().is_success() {
         bail!(json_body(&path, response).await.err().unwrap_or_else(|| "unexpected answer".into()));
     }
-    let mut events = response.bytes_stream().eventsource();
+    // Our own SSE parser: one invalid byte costs one U+FFFD, never the stream.
+    let mut events = Box::pin(hivemesh::llm::provider::sse::events(response.bytes_stream()));
     let mut cancelled = false;
     loop {
         tokio::select! {

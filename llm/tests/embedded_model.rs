@@ -62,6 +62,13 @@ async fn answers_the_france_question_with_paris() {
     request.max_tokens = 32;
     let answer = generate(&model, &request);
     assert!(answer.contains("Paris"), "answer was {answer:?}");
+
+    // A stop sequence ends the text before it, as OpenAI's `stop` does.
+    request.stop = vec!["Paris".into()];
+    let stats = model.generate(&request, &AtomicBool::new(false), |_| true).expect("generation");
+    let stopped = generate(&model, &request);
+    assert!(!stopped.contains("Paris") && answer.starts_with(&stopped), "{stopped:?} vs {answer:?}");
+    assert!(stats.stopped_at_sequence, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,8 @@ impl Default for EmbeddedOptions {
 pub struct GenerationStats {
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
+    /// Generation ended at one of the request's `stop` sequences.
+    pub stopped_at_sequence: bool,
     pub prefill: Duration,
     pub decode: Duration,
 }
@@ -142,6 +144,7 @@ impl EmbeddedModel {
         let mut decoder = self.tokenizer.decode_stream(true);
         let mut context: Vec<u32> = prompt.to_vec();
         let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..GenerationStats::default() };
+        let mut stops = StopSequences::new(&request.stop);
 
         let started = Instant::now();
         let input = Tensor::new(prompt, &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(failed)?;
@@ -157,20 +160,30 @@ impl EmbeddedModel {
             let row =
                 candle_transformers::utils::apply_repeat_penalty(&row, REPEAT_PENALTY, &context[start..])
                     .map_err(failed)?;
+            let row = apply_openai_penalties(row, request, &context[prompt.len()..]).map_err(failed)?;
             let token = sampler.sample(&row).map_err(failed)?;
             if self.stop_tokens.contains(&token) {
                 break;
             }
             stats.generated_tokens += 1;
             let text = decoder.step(token).map_err(|err| LlmError::Model(format!("cannot decode: {err}")))?;
-            if let Some(text) = text
-                && !on_text(&text)
-            {
-                break;
+            if let Some(text) = text {
+                let (ready, stopped) = stops.push(&text);
+                if !ready.is_empty() && !on_text(&ready) {
+                    break;
+                }
+                if stopped {
+                    stats.stopped_at_sequence = true;
+                    break;
+                }
             }
             context.push(token);
             let input = Tensor::new(&[token], &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(failed)?;
             logits = weights.forward(&input, context.len() - 1).map_err(failed)?;
+        }
+        let rest = stops.finish();
+        if !stats.stopped_at_sequence && !rest.is_empty() {
+            on_text(&rest);
         }
         stats.decode = decode_started.elapsed();
         Ok(stats)
@@ -266,14 +279,93 @@ fn model_name(path: &Path) -> String {
     path.file_stem().map_or_else(|| "embedded".into(), |stem| stem.to_string_lossy().into_owned())
 }
 
+/// Greedy at temperature 0; otherwise nucleus sampling with the request's
+/// `top_p` (0.9 when it gives none; 1 samples from the whole distribution).
 fn sampler(request: &ChatRequest) -> LogitsProcessor {
     let seed = request.seed.unwrap_or_else(rand::random);
-    let sampling = if request.temperature <= 0.0 {
+    let temperature = f64::from(request.temperature);
+    let top_p = request.top_p.map_or(0.9, |p| f64::from(p).clamp(0.0, 1.0));
+    let sampling = if request.temperature <= 0.0 || top_p <= 0.0 {
         Sampling::ArgMax
+    } else if top_p >= 1.0 {
+        Sampling::All { temperature }
     } else {
-        Sampling::TopP { p: 0.9, temperature: f64::from(request.temperature) }
+        Sampling::TopP { p: top_p, temperature }
     };
     LogitsProcessor::from_sampling(seed, sampling)
+}
+
+/// OpenAI's presence and frequency penalties over the tokens generated so
+/// far: `logit -= frequency × count + presence × (count > 0)`, as the
+/// OpenAI API reference defines them. The row is returned as it was when
+/// neither is set.
+fn apply_openai_penalties(
+    row: Tensor,
+    request: &ChatRequest,
+    generated: &[u32],
+) -> candle_core::Result<Tensor> {
+    let presence = request.presence_penalty.unwrap_or(0.0);
+    let frequency = request.frequency_penalty.unwrap_or(0.0);
+    if (presence == 0.0 && frequency == 0.0) || generated.is_empty() {
+        return Ok(row);
+    }
+    let mut counts: std::collections::HashMap<u32, f32> = std::collections::HashMap::new();
+    for token in generated {
+        *counts.entry(*token).or_default() += 1.0;
+    }
+    let mut logits: Vec<f32> = row.to_vec1()?;
+    for (token, count) in counts {
+        if let Some(logit) = logits.get_mut(token as usize) {
+            *logit -= frequency * count + presence;
+        }
+    }
+    Tensor::new(logits, row.device())
+}
+
+/// Holds back generated text that may be the start of a `stop` sequence, so
+/// that no part of a stop sequence is ever emitted (OpenAI: "the returned
+/// text will not contain the stop sequence").
+struct StopSequences<'a> {
+    stops: &'a [String],
+    pending: String,
+}
+
+impl<'a> StopSequences<'a> {
+    fn new(stops: &'a [String]) -> Self {
+        Self { stops, pending: String::new() }
+    }
+
+    /// Adds decoded text; returns what may be emitted now, and whether a
+    /// stop sequence was reached (the text before it is then all there is).
+    fn push(&mut self, text: &str) -> (String, bool) {
+        self.pending.push_str(text);
+        let stops = self.stops.iter().filter(|stop| !stop.is_empty());
+        if let Some(at) = stops.filter_map(|stop| self.pending.find(stop.as_str())).min() {
+            let ready = self.pending[..at].to_string();
+            self.pending.clear();
+            return (ready, true);
+        }
+        // Keep the longest tail that could still grow into a stop sequence.
+        let keep = self
+            .stops
+            .iter()
+            .flat_map(|stop| {
+                (1..stop.len())
+                    .filter(|&n| stop.is_char_boundary(n))
+                    .filter(|&n| self.pending.ends_with(&stop[..n]))
+            })
+            .max()
+            .unwrap_or(0);
+        let split = self.pending.len() - keep;
+        let ready = self.pending[..split].to_string();
+        self.pending.drain(..split);
+        (ready, false)
+    }
+
+    /// What is still held back once generation ended without a stop sequence.
+    fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
 }
 
 fn metadata_string(content: &gguf_file::Content, key: &str) -> Option<String> {
@@ -406,7 +498,7 @@ impl EmbeddedProvider {
             });
             let message = match outcome {
                 Ok(stats) => {
-                    if stats.generated_tokens >= request.max_tokens as usize {
+                    if stats.generated_tokens >= request.max_tokens as usize && !stats.stopped_at_sequence {
                         reason = "length";
                     }
                     let usage = Usage {
@@ -476,5 +568,49 @@ impl futures_util::Stream for CancelOnDrop {
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         self.cancelled.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut held = StopSequences::new(&stops);
+        let mut out = String::new();
+        for piece in pieces {
+            let (ready, stopped) = held.push(piece);
+            out.push_str(&ready);
+            if stopped {
+                return (out, true);
+            }
+        }
+        out.push_str(&held.finish());
+        (out, false)
+    }
+
+    #[test]
+    fn stop_sequences_end_the_text_before_them_even_split_across_tokens() {
+        assert_eq!(run(&["\n\n"], &["Paris", ".", "\n", "\nMore"]), ("Paris.".into(), true));
+        assert_eq!(run(&["END"], &["a E", "N", "D b"]), ("a ".into(), true));
+        // A held-back prefix that never completes is emitted in the end.
+        assert_eq!(run(&["END"], &["a E", "N"]), ("a EN".into(), false));
+        assert_eq!(run(&[], &["plain ", "text"]), ("plain text".into(), false));
+        assert_eq!(run(&["", "x"], &["a", "b"]), ("ab".into(), false), "an empty stop string is ignored");
+        // The earliest of several stop sequences wins.
+        assert_eq!(run(&["c", "b"], &["abc"]), ("a".into(), true));
+    }
+
+    #[test]
+    fn penalties_lower_the_logits_of_generated_tokens_as_openai_defines_them() {
+        let row = Tensor::new(&[1.0f32, 1.0, 1.0], &Device::Cpu).expect("row");
+        let mut request = ChatRequest::new("m", Vec::new());
+        let same = apply_openai_penalties(row.clone(), &request, &[0, 0, 1]).expect("row");
+        assert_eq!(same.to_vec1::<f32>().expect("vec"), vec![1.0, 1.0, 1.0]);
+        request.presence_penalty = Some(0.5);
+        request.frequency_penalty = Some(0.25);
+        let penalised = apply_openai_penalties(row, &request, &[0, 0, 1]).expect("row");
+        assert_eq!(penalised.to_vec1::<f32>().expect("vec"), vec![0.0, 0.25, 1.0]);
     }
 }

@@ -3,7 +3,7 @@
 
 pub mod embedded;
 pub mod openai;
-mod sse;
+pub mod sse;
 
 use std::pin::Pin;
 

@@ -113,9 +113,62 @@ impl SseParser {
     }
 }
 
+/// The events of an SSE body, as a stream: what a client of hivemesh's own
+/// API (`/v1/jobs/{id}/events`) or of any SSE server reads. An error of the
+/// underlying body ends the stream with that error; the events completed
+/// before it come first, and the body's end dispatches a pending event.
+pub fn events<B, E>(body: B) -> impl futures_util::Stream<Item = Result<SseEvent, E>>
+where
+    B: futures_util::Stream<Item = Result<bytes::Bytes, E>>,
+{
+    use futures_util::StreamExt;
+    let state = (Box::pin(body), SseParser::new(), std::collections::VecDeque::new(), false);
+    futures_util::stream::unfold(state, |(mut body, mut parser, mut ready, mut ended)| async move {
+        loop {
+            if let Some(event) = ready.pop_front() {
+                return Some((Ok(event), (body, parser, ready, ended)));
+            }
+            if ended {
+                return None;
+            }
+            let mut out = Vec::new();
+            match body.next().await {
+                Some(Ok(bytes)) => parser.feed(&bytes, &mut out),
+                Some(Err(error)) => {
+                    ended = true;
+                    ready.extend(out);
+                    return Some((Err(error), (body, parser, ready, ended)));
+                }
+                None => {
+                    ended = true;
+                    parser.finish(&mut out);
+                }
+            }
+            ready.extend(out);
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn events_as_a_stream_survive_invalid_utf8_and_end_with_the_body() {
+        use futures_util::StreamExt;
+        let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
+            Ok(bytes::Bytes::from_static(b"event: tokens\ndata: caf\xff")),
+            Ok(bytes::Bytes::from_static(b"e\n\nevent: done\ndata: {}")),
+        ];
+        let got: Vec<SseEvent> =
+            events(futures_util::stream::iter(chunks)).map(|event| event.expect("no error")).collect().await;
+        assert_eq!(got[0], SseEvent { event: "tokens".into(), data: "caf\u{FFFD}e".into() });
+        assert_eq!(got[1], SseEvent { event: "done".into(), data: "{}".into() });
+        let broken: Vec<Result<bytes::Bytes, &str>> =
+            vec![Ok(bytes::Bytes::from_static(b"data: a\n\n")), Err("reset")];
+        let got: Vec<Result<SseEvent, &str>> = events(futures_util::stream::iter(broken)).collect().await;
+        assert_eq!(got, vec![Ok(SseEvent { event: String::new(), data: "a".into() }), Err("reset")]);
+    }
 
     fn parse_in_pieces(pieces: &[&[u8]]) -> Vec<SseEvent> {
         let mut parser = SseParser::new();
