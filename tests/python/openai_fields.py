@@ -33,16 +33,19 @@ except openai.APIStatusError as error:
     seen["failed_plain"] = {"raised": type(error).__name__, "status": error.status_code, "message": error.message}
 
 # Usage in a final chunk.
-usage, text = None, ""
+usage, text, calls = None, "", None
 for chunk in client.chat.completions.create(
     model="council", messages=question, stream=True, stream_options={"include_usage": True}
 ):
     for choice in chunk.choices:
         text += choice.delta.content or ""
+    extra = chunk.to_dict().get("hivemesh")
+    if extra:
+        calls = len(extra["outcome"]["contributions"])
     if chunk.usage is not None:
         usage = {"prompt_tokens": chunk.usage.prompt_tokens, "completion_tokens": chunk.usage.completion_tokens,
                  "choices": len(chunk.choices)}
-seen["usage"] = {"text": text, "usage": usage}
+seen["usage"] = {"text": text, "usage": usage, "calls": calls}
 
 # A tool-using history, as an agent framework replays it.
 history = [
