@@ -223,6 +223,7 @@ async fn tool_call_history_reaches_providers_unaltered_and_unknown_roles_are_ref
         let sent: Vec<&Value> = messages.iter().filter(|m| m["role"] != "system").collect();
         assert_eq!(sent[0]["name"], "ada", "{body:#}");
         assert_eq!(sent[1]["tool_calls"], history[2]["tool_calls"], "{body:#}");
+        assert_eq!(sent[1]["content"], Value::Null, "no content stays null: {body:#}");
         assert_eq!(sent[2]["role"], "tool", "{body:#}");
         assert_eq!(sent[2]["tool_call_id"], "call_1", "{body:#}");
         assert_eq!(sent[2]["content"], "18 C, sunny", "{body:#}");

@@ -4,21 +4,43 @@ use serde::{Deserialize, Serialize};
 
 /// One chat message, as the OpenAI chat-completions API spells it. The
 /// fields of a tool-using conversation (`tool_calls`, `tool_call_id`,
-/// `name`) travel with it unaltered; `content` null reads as empty.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// `name`) travel with it unaltered; `content` null reads as empty, and an
+/// assistant message with tool calls and no text is written with `content`
+/// null again (some servers refuse an empty text).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub content: String,
     /// The calls an assistant message asked for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub tool_calls: Option<Vec<ToolCall>>,
     /// The call a `tool` message answers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub tool_call_id: Option<String>,
     /// The author's name (a participant or a tool).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub name: Option<String>,
+}
+
+impl Serialize for ChatMessage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut message = serializer.serialize_struct("ChatMessage", 5)?;
+        message.serialize_field("role", &self.role)?;
+        let calls_only = self.content.is_empty() && self.tool_calls.as_ref().is_some_and(|c| !c.is_empty());
+        message.serialize_field("content", &(!calls_only).then_some(&self.content))?;
+        if let Some(calls) = &self.tool_calls {
+            message.serialize_field("tool_calls", calls)?;
+        }
+        if let Some(id) = &self.tool_call_id {
+            message.serialize_field("tool_call_id", id)?;
+        }
+        if let Some(name) = &self.name {
+            message.serialize_field("name", name)?;
+        }
+        message.end()
+    }
 }
 
 /// One tool call of an assistant message, as OpenAI spells it.
