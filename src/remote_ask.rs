@@ -56,7 +56,9 @@ pub async fn ask(api: &ApiClient, request: Request<'_>) -> anyhow::Result<bool> 
     let mut display = Display::new(asked, output::stderr_is_terminal());
     display.line(&format!("job {id} asked at {} ({}, profile {})", api.base, request.mode, request.profile));
 
-    let path = format!("/v1/jobs/{id}/events");
+    // A client killed outright (not Ctrl-C) still cancels its job: the node
+    // cancels it when this stream hangs up.
+    let path = format!("/v1/jobs/{id}/events?cancel_on_disconnect=true");
     let response = api.request(Method::GET, &path).send().await.context("cannot follow the job's events")?;
     if !response.status().is_success() {
         bail!(json_body(&path, response).await.err().unwrap_or_else(|| "unexpected answer".into()));
