@@ -156,7 +156,7 @@ pub enum Command {
         ask: Option<String>,
         /// council (every node answers, all vote) or pipeline (stages spread
         /// over the nodes).
-        #[arg(long, default_value = "council")]
+        #[arg(long, default_value = "council", value_parser = ["council", "pipeline"])]
         mode: String,
         /// fast, balanced, quality, or one defined in --profiles.
         #[arg(long, default_value = "fast")]
@@ -229,7 +229,7 @@ pub enum Command {
         target: NodeArgs,
         /// council (several nodes answer and vote) or pipeline (the stages
         /// spread over nodes); implies asking a node.
-        #[arg(long)]
+        #[arg(long, value_parser = ["council", "pipeline"])]
         mode: Option<String>,
         /// With a node: council size, the asking node included (0: every live member).
         #[arg(long, default_value_t = 3)]

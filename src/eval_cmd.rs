@@ -14,9 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hivemesh::llm::council::{
-    LIKELIHOOD_AGREEMENT_WEIGHT, judge_messages, lexical_agreement, likelihood_scores, rank_by_scores,
-};
+use hivemesh::llm::council::{judge_messages, lexical_agreement, likelihood_scores, rank_by_scores};
 use hivemesh::llm::pipeline::{Stage, stage_messages};
 use hivemesh::llm::{Budget, ChatMessage, ChatRequest};
 use hivemesh::node::NodeHandle;
@@ -98,12 +96,18 @@ fn names(text: &str, capital: &str) -> bool {
         || name.strip_suffix(" d c ").is_some_and(|short| text.contains(&format!("{short} ")))
 }
 
-/// Right: names one of the question's capitals and no other state's capital.
+/// Capitals that are also common words ("male", "Lake Victoria"): naming
+/// them is no sign of a hedged answer.
+const COMMON_WORDS: [&str; 2] = ["Malé", "Victoria"];
+
+/// Right: names one of the question's capitals and no other state's capital
+/// (a hedge such as "Paris or Madrid" is wrong), common words aside.
 pub fn is_right(answer: &str, question: &Question, set: &[Question]) -> bool {
     let text = normalise(answer);
     let own = |capital: &String| question.capitals.iter().any(|c| normalise(c) == normalise(capital));
+    let other = |capital: &&String| !own(capital) && !COMMON_WORDS.contains(&capital.as_str());
     question.capitals.iter().any(|c| names(&text, c))
-        && !set.iter().flat_map(|q| &q.capitals).filter(|c| !own(c)).any(|c| names(&text, c))
+        && !set.iter().flat_map(|q| &q.capitals).filter(other).any(|c| names(&text, c))
 }
 
 /// What happened to one question.
@@ -123,6 +127,9 @@ struct Record {
     pipeline_curation: Option<String>,
     council_ms: Option<u64>,
     pipeline_ms: Option<u64>,
+    /// Why a job ended without an answer (it then counts as wrong).
+    council_error: Option<String>,
+    pipeline_error: Option<String>,
     answers: BTreeMap<String, String>,
 }
 
@@ -155,17 +162,16 @@ pub async fn run(data_dir: &Path, args: EvalArgs) -> anyhow::Result<()> {
         for (index, question) in questions.iter().enumerate() {
             let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(index as u64);
             let record = evaluate(&setup.0, &nodes[0], &profile, question, &set, seed).await?;
-            if !args.json {
-                errln!(
-                    "[{}/{}] {}: one call {}, council {}, pipeline {}",
-                    index + 1,
-                    questions.len(),
-                    question.country,
-                    mark(Some(record.single)),
-                    mark(record.council),
-                    mark(record.pipeline)
-                );
-            }
+            // Progress on stderr: stdout holds only the report (or one JSON document).
+            errln!(
+                "[{}/{}] {}: one call {}, council {}, pipeline {}",
+                index + 1,
+                questions.len(),
+                question.country,
+                mark(Some(record.single)),
+                mark(record.council),
+                mark(record.pipeline)
+            );
             records.push(record);
         }
         anyhow::Ok(records)
@@ -249,7 +255,10 @@ async fn evaluate(
     record.answers.insert("single".into(), single.text.trim().to_string());
 
     let sampling = Sampling { seed: Some(seed), ..Sampling::default() };
-    if let Some(outcome) = job(asker, &asked, Mode::Council, profile_name, sampling.clone()).await? {
+    let council = job(asker, &asked, Mode::Council, profile_name, sampling.clone()).await?;
+    record.council_error = failure(&council);
+    if council.status == "done" {
+        let outcome = council;
         let candidates: Vec<(String, String)> = outcome
             .contributions
             .iter()
@@ -267,7 +276,10 @@ async fn evaluate(
         let texts: Vec<&str> = candidates.iter().map(|(_, text)| text.as_str()).collect();
         record.judged = judgements(federation, &asked, &texts, &right).await;
     }
-    if let Some(outcome) = job(asker, &asked, Mode::Pipeline, profile_name, sampling).await? {
+    let pipeline = job(asker, &asked, Mode::Pipeline, profile_name, sampling).await?;
+    record.pipeline_error = failure(&pipeline);
+    if pipeline.status == "done" {
+        let outcome = pipeline;
         let draft = outcome.contributions.iter().find(|c| c.part == Stage::Generator.as_str());
         record.draft = draft.map(|c| right(&c.text));
         record.pipeline = outcome.answer.as_deref().map(right);
@@ -296,7 +308,7 @@ async fn judgements(
     let owned = texts.iter().map(|t| t.to_string()).collect();
     if let Ok(Some(likelihood)) = federation.client.score(judge_messages(asked), owned).await {
         judged.insert("likelihood".into(), first(&likelihood));
-        for weight in [LIKELIHOOD_AGREEMENT_WEIGHT, 1.0, 2.0] {
+        for weight in [0.5, 1.0, 2.0] {
             let scores = likelihood_scores(&likelihood, &lexical, weight);
             judged.insert(format!("likelihood + {weight} x agreement"), first(&scores));
         }
@@ -304,14 +316,26 @@ async fn judgements(
     judged
 }
 
-/// Asks one job at `asker` and waits for its outcome; `None` when it failed.
+/// Why a job did not answer: its error and each missing member's reason.
+fn failure(outcome: &Outcome) -> Option<String> {
+    if outcome.status == "done" {
+        return None;
+    }
+    let mut reason = format!("{}: {}", outcome.status, outcome.error.clone().unwrap_or_default());
+    for missing in &outcome.missing {
+        reason.push_str(&format!("; {}: {}", missing.peer, missing.reason));
+    }
+    Some(reason)
+}
+
+/// Asks one job at `asker` and waits for its outcome, whatever its status.
 async fn job(
     asker: &NodeHandle,
     question: &[ChatMessage],
     mode: Mode,
     profile: &str,
     sampling: Sampling,
-) -> anyhow::Result<Option<Outcome>> {
+) -> anyhow::Result<Outcome> {
     let federation = asker.federation().context("node-0 takes no part in jobs")?;
     let client = asker.client();
     let mut changes = client.job_changes();
@@ -329,7 +353,7 @@ async fn job(
     loop {
         let view = client.job(job).await?;
         if let Some(outcome) = Facts::read(job, &view.contributions).outcome {
-            return Ok((outcome.status == "done").then_some(outcome));
+            return Ok(outcome);
         }
         match tokio::time::timeout(Duration::from_secs(330), changes.recv()).await {
             Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
@@ -357,15 +381,10 @@ impl Report {
         let mut rows = vec![
             ("one model call".to_string(), by_group(&|r| vec![r.single])),
             ("a council candidate (mean)".into(), by_group(&|r| r.candidates.clone())),
-            (
-                "best of the candidates (oracle)".into(),
-                by_group(&|r| {
-                    if r.candidates.is_empty() { vec![] } else { vec![r.candidates.iter().any(|c| *c)] }
-                }),
-            ),
-            ("the vote's winner".into(), by_group(&|r| r.winner.into_iter().collect())),
+            ("best of the candidates (oracle)".into(), by_group(&|r| vec![r.candidates.iter().any(|c| *c)])),
+            ("the vote's winner".into(), by_group(&|r| vec![r.winner.unwrap_or(false)])),
             ("the council's final answer".into(), by_group(&|r| vec![r.council.unwrap_or(false)])),
-            ("pipeline: the generator's draft".into(), by_group(&|r| r.draft.into_iter().collect())),
+            ("pipeline: the generator's draft".into(), by_group(&|r| vec![r.draft.unwrap_or(false)])),
             ("pipeline: the final answer".into(), by_group(&|r| vec![r.pipeline.unwrap_or(false)])),
         ];
         let methods: Vec<String> = records.iter().flat_map(|r| r.judged.keys().cloned()).collect();
@@ -401,6 +420,12 @@ impl Report {
             "\nmedian job: council {}, pipeline {}",
             median(&|r| r.council_ms),
             median(&|r| r.pipeline_ms)
+        );
+        let failed = |pick: &dyn Fn(&Record) -> bool| records.iter().filter(|r| pick(r)).count();
+        outln!(
+            "jobs that ended without an answer (counted wrong in every row; reasons in --json): council {}, pipeline {}",
+            failed(&|r| r.council_error.is_some()),
+            failed(&|r| r.pipeline_error.is_some())
         );
         let curations = |pick: &dyn Fn(&Record) -> Option<String>| {
             let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -450,6 +475,8 @@ mod tests {
         assert!(is_right("Washington D.C. is the capital.", &question("United States"), &set));
         assert!(is_right("It is Brasilia.", &question("Brazil"), &set), "accents folded");
         assert!(is_right("Cape Town is one of them.", &question("South Africa"), &set));
+        assert!(is_right("La Paz, the seat of government.", &question("Bolivia"), &set));
+        assert!(is_right("Nairobi, near Lake Victoria.", &question("Kenya"), &set), "a common word");
     }
 
     #[test]

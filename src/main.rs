@@ -24,6 +24,10 @@ mod tally_cmd;
 use cli::{Cli, Command, ModelAction};
 use output::{errln, outln};
 
+/// The most nodes `mesh` starts in one process: each runs its own swarm
+/// and tasks, and more do not fit a small machine's cores.
+const MAX_MESH_NODES: usize = 256;
+
 fn main() -> ExitCode {
     quiet_headless_vulkan();
     init_logging();
@@ -124,6 +128,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Mesh { nodes, no_mdns, measure, speedup, ask, mode, profile, llm } => {
+            anyhow::ensure!((1..=MAX_MESH_NODES).contains(nodes), "--nodes must be 1 to {MAX_MESH_NODES}");
+            if let Some(question) = ask {
+                anyhow::ensure!(!question.trim().is_empty(), "the question is empty");
+            }
             let args = mesh_cmd::MeshArgs {
                 nodes: *nodes,
                 mdns: !no_mdns,
@@ -180,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ask { question, target, mode, peers, llm, profile, seed, budget_usd, deadline, json } => {
+            anyhow::ensure!(!question.trim().is_empty(), "the question is empty");
             let deadline = deadline.map(std::time::Duration::from_secs);
             if target.node.is_some() || mode.is_some() {
                 anyhow::ensure!(

@@ -497,6 +497,42 @@ async fn a_question_longer_than_the_context_is_refused_up_front() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_the_models_cannot_hold_is_a_400_naming_why_even_past_the_estimate() {
+    // Dense text slips under the 4-characters-a-token estimate; the models
+    // then refuse it. Every member failing so is the request's fault, said
+    // as such, not a 502 "only 0 of 3 candidates arrived".
+    let overflowing = || {
+        TestServer::responding(|_| {
+            Reply::Status {
+            code: 400,
+            retry_after: None,
+            body: json!({"error": {
+                "message": "This model's maximum context length is 4096 tokens. However, you requested 6001 tokens.",
+                "type": "invalid_request_error", "code": "context_length_exceeded"
+            }})
+            .to_string(),
+        }
+        })
+    };
+    let mesh = mesh_of(vec![overflowing().await, overflowing().await, overflowing().await]).await;
+    let dense = "7 ".repeat(6000);
+    let (status, body) =
+        chat(&mesh, json!({ "model": "council", "messages": [{ "role": "user", "content": dense }] })).await;
+    assert_eq!(status, 400, "{body}");
+    assert_openai_error("dense", &body);
+    assert_eq!(body["error"]["code"], "context_length_exceeded", "{body}");
+    assert_eq!(body["error"]["param"], "messages", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("maximum context length is 4096"), "the model's own reason: {message}");
+    // Any other failure stays a 502 job_failed, with every member's reason.
+    let failing = || TestServer::responding(|_| Reply::status(400, "the model refuses this request"));
+    let mesh = mesh_of(vec![failing().await, failing().await, failing().await]).await;
+    let (status, body) = chat(&mesh, json!({ "model": "council", "messages": question() })).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("refuses this request"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_deadlines_and_token_limits_are_validated() {
     let mesh = quick_mesh().await;
     let cases = [

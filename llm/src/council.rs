@@ -7,7 +7,8 @@
 //! - **likelihood**: its own model's mean token log-probability of each
 //!   candidate as the reply to the question (one prefill, then a decode step
 //!   per token; the embedded model can do this), plus a bonus for agreement
-//!   with the other candidates ([`LIKELIHOOD_AGREEMENT_WEIGHT`]);
+//!   with the other candidates weighted by [`LIKELIHOOD_AGREEMENT_WEIGHT`]
+//!   (0: the benchmark found agreement no help);
 //! - **embeddings**: mean cosine similarity to the other candidates over the
 //!   provider's embeddings, so paraphrases agree;
 //! - **lexical**: the same over word-count vectors, which needs no model.
@@ -20,8 +21,11 @@ use crate::ChatMessage;
 
 /// How much agreement (a mean cosine, 0..=1) adds to a candidate's mean
 /// log-probability (natural log per token, usually -3..=0) in a likelihood
-/// judgement. Chosen by `hivemesh eval` (see the ADR).
-pub const LIKELIHOOD_AGREEMENT_WEIGHT: f64 = 0.5;
+/// judgement. `hivemesh eval --questions 40 --seed 1` picked the right
+/// candidate most often with none (0.675, against 0.65, 0.625 and 0.65 at
+/// weights 0.5, 1 and 2: docs/adr/0012), so a likelihood ballot is the
+/// model's judgement alone; the knob stays for other models.
+pub const LIKELIHOOD_AGREEMENT_WEIGHT: f64 = 0.0;
 
 /// The prompt a candidate's likelihood is scored under: the conversation as
 /// the asker wrote it, after a neutral instruction (no panel role) followed by

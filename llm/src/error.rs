@@ -72,6 +72,16 @@ impl LlmError {
         }
     }
 
+    /// A stable code for errors a caller may act on, as OpenAI's error
+    /// bodies spell it: `context_length_exceeded` for a prompt the model
+    /// cannot hold. `None` for the rest.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            Self::ContextLengthExceeded { .. } => Some("context_length_exceeded"),
+            _ => None,
+        }
+    }
+
     /// The server's `Retry-After`, when it sent one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

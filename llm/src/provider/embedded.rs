@@ -133,10 +133,13 @@ impl EmbeddedModel {
         let prompt = encoding.get_ids();
         let room = MAX_SEQ_LEN.saturating_sub(prompt.len());
         if room == 0 {
-            return Err(LlmError::BadRequest(format!(
-                "prompt is {} tokens; the embedded model holds at most {MAX_SEQ_LEN}",
-                prompt.len()
-            )));
+            return Err(LlmError::ContextLengthExceeded {
+                provider: PROVIDER_NAME.into(),
+                message: format!(
+                    "prompt is {} tokens; the embedded model holds at most {MAX_SEQ_LEN}",
+                    prompt.len()
+                ),
+            });
         }
         let max_tokens = (request.max_tokens as usize).min(room);
         let mut weights = self.weights.clone();
@@ -202,8 +205,8 @@ impl EmbeddedModel {
     /// decoding (Wang et al., 2022, compare their "weighted by normalized
     /// probability" variant). Call it off the async runtime.
     ///
-    /// Errors: [`LlmError::BadRequest`] when the prompt does not fit the
-    /// context, [`LlmError::Model`] when the forward pass fails.
+    /// Errors: [`LlmError::ContextLengthExceeded`] when the prompt does not
+    /// fit the context, [`LlmError::Model`] when the forward pass fails.
     pub fn mean_log_likelihood(
         &self,
         messages: &[ChatMessage],
@@ -219,11 +222,14 @@ impl EmbeddedModel {
         };
         let prompt = encode(Self::prompt(messages))?;
         if prompt.len() + SCORE_MAX_TOKENS + 1 >= MAX_SEQ_LEN {
-            return Err(LlmError::BadRequest(format!(
-                "prompt is {} tokens; scoring needs it under {}",
-                prompt.len(),
-                MAX_SEQ_LEN - SCORE_MAX_TOKENS - 1
-            )));
+            return Err(LlmError::ContextLengthExceeded {
+                provider: PROVIDER_NAME.into(),
+                message: format!(
+                    "prompt is {} tokens; scoring needs it under {}",
+                    prompt.len(),
+                    MAX_SEQ_LEN - SCORE_MAX_TOKENS - 1
+                ),
+            });
         }
         let end_of_turn = self.tokenizer.token_to_id("<|im_end|>").or(self.stop_tokens.first().copied());
         let mut prefilled = self.weights.clone();

@@ -449,9 +449,25 @@ fn finish_reason(outcome: &Outcome) -> &'static str {
     }
 }
 
-/// A job that ended without an answer, as an OpenAI error.
+/// A job that ended without an answer, as an OpenAI error naming why each
+/// missing member did not answer. When every one of them failed because the
+/// prompt does not fit its model's context, the request was the problem:
+/// a 400 `context_length_exceeded`, not a 502.
 fn failed(job: JobId, outcome: &Outcome) -> ApiError {
-    let message = format!("job {job} {}: {}", outcome.status, outcome.error.clone().unwrap_or_default());
+    let mut message = format!("job {job} {}: {}", outcome.status, outcome.error.clone().unwrap_or_default());
+    for missing in &outcome.missing {
+        message.push_str(&format!("; {}: {}", missing.peer, missing.reason));
+    }
+    const CONTEXT: &str = "context_length_exceeded";
+    let too_long =
+        !outcome.missing.is_empty() && outcome.missing.iter().all(|m| m.code.as_deref() == Some(CONTEXT));
+    if too_long {
+        return ApiError {
+            param: Some("messages".into()),
+            ..ApiError::new(StatusCode::BAD_REQUEST, message)
+        }
+        .with_code(CONTEXT);
+    }
     let code = if outcome.status == "cancelled" { "job_cancelled" } else { "job_failed" };
     ApiError::new(StatusCode::BAD_GATEWAY, message).with_code(code)
 }

@@ -56,19 +56,21 @@ pub fn plan(
     }
 }
 
+/// Why `peer` will not do `part`, with its failure's code, or `None` while
+/// it still may.
 fn missing_reason(
     facts: &Facts,
     peer: &NodeId,
     part: &str,
     live: &dyn Fn(&NodeId) -> bool,
     late: bool,
-) -> Option<String> {
-    if facts.failed(peer, part) {
-        Some(format!("its {part} failed"))
+) -> Option<(String, Option<String>)> {
+    if let Some(failure) = facts.failure(peer, part) {
+        Some((format!("its {part} failed: {}", failure.reason), failure.code.clone()))
     } else if !live(peer) {
-        Some("down".into())
+        Some(("down".into(), None))
     } else if late {
-        Some("missed the deadline".into())
+        Some(("missed the deadline".into(), None))
     } else {
         None
     }
@@ -94,7 +96,9 @@ fn plan_council(
                 let mut waiting = 0;
                 for peer in spec.participants.iter().filter(|p| facts.candidate_of(p).is_none()) {
                     match missing_reason(facts, peer, "candidate", live, late) {
-                        Some(reason) => missing.push(Missing { peer: peer.to_string(), reason }),
+                        Some((reason, code)) => {
+                            missing.push(Missing { peer: peer.to_string(), reason, code })
+                        }
                         None => waiting += 1,
                     }
                 }
@@ -257,7 +261,7 @@ mod tests {
     }
 
     fn failure(part: &str) -> Failure {
-        Failure { part: part.into(), reason: "boom".into() }
+        Failure { part: part.into(), reason: "boom".into(), code: None }
     }
 
     fn is_fail(actions: &[Action]) -> bool {

@@ -143,6 +143,9 @@ pub struct Round {
 pub struct Missing {
     pub peer: String,
     pub reason: String,
+    /// The failure's code when it had one (`context_length_exceeded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,6 +158,10 @@ pub struct Assignment {
 pub struct Failure {
     pub part: String,
     pub reason: String,
+    /// A stable code for a cause the asker can act on
+    /// (`context_length_exceeded`: see `LlmError::code`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// How the job ended. `ballot_file` is exactly what `hivemesh tally` reads,
@@ -272,7 +279,12 @@ impl Facts {
     }
 
     pub fn failed(&self, peer: &NodeId, part: &str) -> bool {
-        self.failures.iter().any(|(author, f)| author == peer && f.part == part)
+        self.failure(peer, part).is_some()
+    }
+
+    /// `peer`'s failure to do `part`, if it wrote one.
+    pub fn failure(&self, peer: &NodeId, part: &str) -> Option<&Failure> {
+        self.failures.iter().find(|(author, f)| author == peer && f.part == part).map(|(_, f)| f)
     }
 
     /// Whether `peer` cast its ballot (under the plain `ballot` kind; other

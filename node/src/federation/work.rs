@@ -82,7 +82,7 @@ async fn answer(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) ->
     let asker = facts.asker.unwrap_or(ctx.me);
     match call_model(ctx, job, spec, asker, CANDIDATE, Stage::Generator, messages).await {
         Ok(output) => put(ctx, job, CANDIDATE, &output).await,
-        Err(reason) => put(ctx, job, FAILURE, &spec::Failure { part: CANDIDATE.into(), reason }).await,
+        Err(failed) => put(ctx, job, FAILURE, &failed.into_failure(CANDIDATE)).await,
     }
 }
 
@@ -105,7 +105,7 @@ async fn run_stage(
     let part = stage_kind(stage);
     match call_model(ctx, job, spec, asker, &part, stage, messages).await {
         Ok(output) => put(ctx, job, &part, &output).await,
-        Err(reason) => put(ctx, job, FAILURE, &spec::Failure { part, reason }).await,
+        Err(failed) => put(ctx, job, FAILURE, &failed.into_failure(&part)).await,
     }
 }
 
@@ -119,6 +119,23 @@ async fn reassign(
     put(ctx, job, &spec::assign_kind(stage), assignment).await
 }
 
+/// A model call that failed: the reason, and a code when the cause is one
+/// the asker can act on (see `LlmError::code`).
+struct CallFailed {
+    reason: String,
+    code: Option<String>,
+}
+
+impl CallFailed {
+    fn other(reason: String) -> Self {
+        Self { reason, code: None }
+    }
+
+    fn into_failure(self, part: &str) -> spec::Failure {
+        spec::Failure { part: part.to_string(), reason: self.reason, code: self.code }
+    }
+}
+
 /// One model call under the node's call limit, its text streamed to the
 /// asker in frames.
 #[allow(clippy::too_many_arguments)]
@@ -130,8 +147,8 @@ async fn call_model(
     part: &str,
     stage: Stage,
     messages: Vec<ChatMessage>,
-) -> Result<Output, String> {
-    let profile = ctx.profiles.get(&spec.profile)?;
+) -> Result<Output, CallFailed> {
+    let profile = ctx.profiles.get(&spec.profile).map_err(CallFailed::other)?;
     let settings = profile.stage(stage);
     let max_tokens = settings.max_tokens.min(spec.max_tokens).min(ctx.limits.max_tokens_per_call);
     let mut request = ChatRequest::new(settings.model.clone(), messages);
@@ -154,7 +171,7 @@ async fn call_model(
     FederationStats::bump(&ctx.stats.queued_calls);
     let permit = ctx.calls.acquire().await;
     ctx.stats.queued_calls.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    let _permit = permit.map_err(|_| "the node is shutting down".to_string())?;
+    let _permit = permit.map_err(|_| CallFailed::other("the node is shutting down".to_string()))?;
     let _running = Running::start(&ctx.stats);
     FederationStats::bump(&ctx.stats.model_calls);
     let started = Instant::now();
@@ -190,7 +207,10 @@ async fn call_model(
         }),
         Err(error) => {
             FederationStats::bump(&ctx.stats.model_call_failures);
-            Err(format!("{} failed on {}: {error}", part, ctx.me))
+            Err(CallFailed {
+                reason: format!("{} failed on {}: {error}", part, ctx.me),
+                code: error.code().map(str::to_string),
+            })
         }
     }
 }
@@ -393,7 +413,7 @@ async fn conclude(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) 
         failed => {
             // The council's winner still stands as the answer.
             let reason = match failed {
-                Err(reason) => reason,
+                Err(failed) => failed.reason,
                 Ok(_) => "it wrote nothing but an echo of its prompt".to_string(),
             };
             outcome.answer = Some(text_of(winner));
@@ -417,6 +437,7 @@ async fn finish_pipeline(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &
         .assignments
         .iter()
         .map(|(stage, a)| Missing {
+            code: None,
             peer: a.reason.clone(),
             reason: format!("{} moved to {}", stage.as_str(), a.peer),
         })

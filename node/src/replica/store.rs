@@ -13,6 +13,9 @@ use hivemesh_protocol::{Envelope, JobId, NodeId, decode_message, encode_message}
 pub enum StoreError {
     #[error("cannot open the database in {path}: {source}")]
     Open { path: String, source: sled::Error },
+    /// Another process (another hivemesh node) holds the data directory.
+    #[error("another hivemesh is using the data directory {path}; stop it or give another --data-dir")]
+    InUse { path: String },
     #[error("database error: {0}")]
     Sled(#[from] sled::Error),
     #[error("cannot encode a record: {0}")]
@@ -42,11 +45,16 @@ pub struct Skipped {
 impl Store {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let path = data_dir.join("state.sled");
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(8 * 1024 * 1024)
-            .open()
-            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let db =
+            sled::Config::new().path(&path).cache_capacity(8 * 1024 * 1024).open().map_err(|source| {
+                match source {
+                    // sled reports a held lock as an I/O error "WouldBlock" with a Debug dump.
+                    sled::Error::Io(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        StoreError::InUse { path: data_dir.display().to_string() }
+                    }
+                    source => StoreError::Open { path: path.display().to_string(), source },
+                }
+            })?;
         Ok(Self {
             registry: db.open_tree("registry")?,
             members: db.open_tree("members")?,
@@ -202,6 +210,16 @@ fn job_chunk_key(job: &JobId, seq: u64) -> [u8; 24] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_directory_in_use_is_one_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _held = Store::open(dir.path()).expect("open");
+        let Err(error) = Store::open(dir.path()) else { panic!("a second open must fail") };
+        assert!(matches!(error, StoreError::InUse { .. }), "{error:?}");
+        let text = error.to_string();
+        assert!(text.contains("another hivemesh is using") && !text.contains("Os {"), "{text}");
+    }
 
     #[test]
     fn members_survive_a_reopen() {
