@@ -10,7 +10,7 @@ use hivemesh::node::NodeHandle;
 use hivemesh::node::federation::Submission;
 use hivemesh::node::federation::spec::{Facts, Mode};
 use hivemesh::node::replica::ViewKind;
-use hivemesh::protocol::{Ballot, Envelope, NodeId, TallyRule, decode_message, open};
+use hivemesh::protocol::{Ballot, BallotChoice, Envelope, NodeId, TallyRule, decode_message, open};
 
 use crate::mesh_cmd::MeshArgs;
 use crate::output::outln;
@@ -92,8 +92,8 @@ pub async fn ask(nodes: &[NodeHandle], question: &str, args: &MeshArgs) -> anyho
     }
     if let Some(tally) = &outcome.tally {
         outln!(
-            "\ntally ({}): ranking {} winner {}",
-            tally["backend"],
+            "\ntally ({}): ranking {}, winner {}",
+            tally["backend"].as_str().unwrap_or("?"),
             tally["result"]["ranking"],
             outcome.winner.as_deref().map(name).unwrap_or_default()
         );
@@ -129,7 +129,17 @@ fn print_ballots(file: &serde_json::Value, name: &dyn Fn(&str) -> String) {
             .and_then(|envelope| open::<Ballot>(&envelope).ok());
         if let Some(ballot) = ballot {
             let voter = NodeId::to_string(&ballot.voter);
-            outln!("  {} ranks {:?}", name(&voter), ballot.choice);
+            let author = |i: &u32| candidates.get(*i as usize).cloned().unwrap_or_else(|| format!("#{i}"));
+            let choice = match &ballot.choice {
+                BallotChoice::Single(i) => format!("votes for {}'s answer", author(i)),
+                BallotChoice::Approve(approved) => {
+                    format!("approves {}", approved.iter().map(author).collect::<Vec<_>>().join(", "))
+                }
+                BallotChoice::Rank(order) => {
+                    format!("ranks {}", order.iter().map(author).collect::<Vec<_>>().join(" > "))
+                }
+            };
+            outln!("  {} {choice}", name(&voter));
         }
     }
 }

@@ -157,8 +157,12 @@ async fn nodes_started_with_run_answer_jobs_asked_from_the_command_line() {
     let bad =
         hivemesh(strings(&["ask", "--node", &a.api, "--mode", "debate", question]), dirs[0].path()).await;
     let err = text(&bad.stderr);
-    assert_eq!(bad.status.code(), Some(1), "{err}");
-    assert!(err.contains("400") && err.contains("debate"), "the error names the bad mode: {err}");
+    // A usage error, caught before anything is asked of the node.
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("debate") && err.contains("council, pipeline"),
+        "the error names the bad mode: {err}"
+    );
     let unknown =
         hivemesh(strings(&["jobs", "00000000000000000000000000000000", "--node", &a.api]), dirs[0].path())
             .await;

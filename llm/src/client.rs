@@ -120,6 +120,10 @@ pub struct LlmClient {
     /// `None` when `cache_entries` is 0: no key is hashed, nothing is looked up.
     cache: Option<ResultCache>,
     scores: ScoreCache,
+    /// One scoring at a time: scoring is CPU-bound, and the voters of an
+    /// in-process mesh would otherwise score the same candidates at once
+    /// before any of them could fill the cache.
+    scoring: tokio::sync::Mutex<()>,
     gate: Arc<Gate>,
     counters: Arc<Counters>,
 }
@@ -147,6 +151,7 @@ impl LlmClient {
             limiter,
             cache,
             scores,
+            scoring: tokio::sync::Mutex::new(()),
             gate,
             counters: Arc::default(),
         }
@@ -222,9 +227,13 @@ impl LlmClient {
                 hasher.finalize().into()
             })
             .collect();
-        let cached: Option<Vec<f64>> = keys.iter().map(|key| self.scores.get(key)).collect();
-        if cached.is_some() {
-            return Ok(cached);
+        let cached = || keys.iter().map(|key| self.scores.get(key)).collect::<Option<Vec<f64>>>();
+        if let Some(scores) = cached() {
+            return Ok(Some(scores));
+        }
+        let _turn = self.scoring.lock().await;
+        if let Some(scores) = cached() {
+            return Ok(Some(scores));
         }
         let scored = self.provider.score(messages, continuations).await?;
         if let Some(scores) = &scored {

