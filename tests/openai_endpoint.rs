@@ -525,6 +525,8 @@ async fn a_prompt_the_models_cannot_hold_is_a_400_naming_why_even_past_the_estim
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("maximum context length is 4096"), "the model's own reason: {message}");
     // Any other failure stays a 502 job_failed, with every member's reason.
+    // (One mesh at a time: the first holds the test lock until dropped.)
+    drop(mesh);
     let failing = || TestServer::responding(|_| Reply::status(400, "the model refuses this request"));
     let mesh = mesh_of(vec![failing().await, failing().await, failing().await]).await;
     let (status, body) = chat(&mesh, json!({ "model": "council", "messages": question() })).await;

@@ -48,8 +48,13 @@ impl Store {
         let db =
             sled::Config::new().path(&path).cache_capacity(8 * 1024 * 1024).open().map_err(|source| {
                 match source {
-                    // sled reports a held lock as an I/O error "WouldBlock" with a Debug dump.
-                    sled::Error::Io(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    // sled 0.34 reports a held lock as an `Other` I/O error whose
+                    // text is "could not acquire lock on ..." and a Debug dump of
+                    // the OS error; that text is all it gives to tell it apart.
+                    sled::Error::Io(error)
+                        if error.kind() == std::io::ErrorKind::WouldBlock
+                            || error.to_string().contains("could not acquire lock") =>
+                    {
                         StoreError::InUse { path: data_dir.display().to_string() }
                     }
                     source => StoreError::Open { path: path.display().to_string(), source },
