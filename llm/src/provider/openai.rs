@@ -9,7 +9,7 @@ use futures_util::{Stream, StreamExt};
 use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use serde::Serialize;
 
-use self::wire::{EventOutcome, ServerError, error_body, parse_body, parse_event};
+use self::wire::{EventOutcome, NotAChunk, ServerError, error_body, parse_body, parse_event};
 use super::sse::{SseEvent, SseParser};
 use super::{ChunkStream, Provider};
 use crate::{ChatMessage, ChatRequest, Chunk, LlmError};
@@ -328,7 +328,7 @@ impl<S> StreamState<S> {
                 let error = reported(&self.provider, error);
                 self.fail(error);
             }
-            Err(message) => {
+            Err(NotAChunk(message)) => {
                 let provider = self.provider.clone();
                 self.fail(LlmError::Malformed { provider, message });
             }
@@ -369,7 +369,7 @@ impl<S> StreamState<S> {
                 let error = self.incomplete("a bare [DONE]");
                 self.pending.push_back(Err(error));
             }
-            Err(message) => self.pending.push_back(Err(LlmError::Malformed { provider, message })),
+            Err(NotAChunk(message)) => self.pending.push_back(Err(LlmError::Malformed { provider, message })),
         }
     }
 }

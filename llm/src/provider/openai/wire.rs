@@ -116,9 +116,16 @@ struct WireUsage {
     cost: Option<f64>,
 }
 
+/// A payload that is neither a chat-completions chunk (or completion) nor an
+/// error in any shape a server sends; the text says what was wrong and shows
+/// the start of the payload.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotAChunk(pub String);
+
 /// Parses the `data` of one event. `event` is its SSE `event:` name (empty
 /// for none). Errors name what was wrong with the payload.
-pub fn parse_event(event: &str, data: &str) -> Result<EventOutcome, String> {
+pub fn parse_event(event: &str, data: &str) -> Result<EventOutcome, NotAChunk> {
     let data = data.trim();
     if event == "error" {
         let error = serde_json::from_str::<Value>(data)
@@ -138,28 +145,29 @@ pub fn parse_event(event: &str, data: &str) -> Result<EventOutcome, String> {
     if data == "[DONE]" {
         return Ok(EventOutcome::Done);
     }
-    let value: Value = serde_json::from_str(data)
-        .map_err(|err| format!("event is not a chat-completions chunk ({err}): {}", preview(data)))?;
-    parse_value(&value)
-        .map_err(|err| format!("event is not a chat-completions chunk ({err}): {}", preview(data)))
+    let not_a_chunk = |err: serde_json::Error| {
+        NotAChunk(format!("event is not a chat-completions chunk ({err}): {}", preview(data)))
+    };
+    let value: Value = serde_json::from_str(data).map_err(not_a_chunk)?;
+    parse_value(&value).map_err(not_a_chunk)
 }
 
 /// Interprets a whole JSON body sent with HTTP 200 in place of a stream:
 /// an error, or a non-streamed completion (whose chunks then end the call).
-pub fn parse_body(body: &str) -> Result<EventOutcome, String> {
+pub fn parse_body(body: &str) -> Result<EventOutcome, NotAChunk> {
     let value: Value = serde_json::from_str(body.trim())
-        .map_err(|_| format!("not a stream and not JSON: {}", preview(body)))?;
+        .map_err(|_| NotAChunk(format!("not a stream and not JSON: {}", preview(body))))?;
     if let Some(error) = error_in(&value) {
         return Ok(EventOutcome::Error(error));
     }
     if value.get("choices").is_none_or(Value::is_null) {
-        return Err(format!(
+        return Err(NotAChunk(format!(
             "a JSON body that is neither a stream, a completion nor an error: {}",
             preview(body)
-        ));
+        )));
     }
     parse_value(&value)
-        .map_err(|err| format!("a JSON body that is not a completion ({err}): {}", preview(body)))
+        .map_err(|err| NotAChunk(format!("a JSON body that is not a completion ({err}): {}", preview(body))))
 }
 
 fn parse_value(value: &Value) -> Result<EventOutcome, serde_json::Error> {
@@ -413,7 +421,7 @@ mod tests {
     #[test]
     fn bodies_and_context_overflow() {
         let broken = parse_event("", "{\"choices\": [").expect_err("broken JSON");
-        assert!(broken.contains("not a chat-completions chunk"), "{broken}");
+        assert!(broken.0.contains("not a chat-completions chunk"), "{broken}");
         assert_eq!(error_body(r#"{"error":{"message":"No auth"}}"#).message, "No auth");
         assert_eq!(error_body("plain text").message, "plain text");
         assert_eq!(error_body(r#"{"detail":"Not Found"}"#).message, "Not Found");
