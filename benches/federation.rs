@@ -248,7 +248,7 @@ fn federation(c: &mut Criterion) {
     }
     runtime.block_on(async {
         for node in mesh.nodes {
-            node.kill();
+            node.kill().await;
         }
     });
 }

@@ -100,6 +100,6 @@ fn main() {
             (held - idle) * 1024.0 / JOBS as f64
         );
         println!("  job {} refused as busy: {refused}", JOBS + 1);
-        node.kill();
+        node.kill().await;
     });
 }

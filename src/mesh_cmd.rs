@@ -306,7 +306,7 @@ async fn measure(
         .map_err(|_| anyhow::anyhow!("victim has no ed25519 id"))?;
     while events.try_recv().is_ok() {}
     let killed_at = Instant::now();
-    victim.kill();
+    victim.kill().await;
     let mut marked = vec![false; nodes.len()];
     let deadline = killed_at + Duration::from_secs(120);
     while marked.iter().any(|m| !m) {

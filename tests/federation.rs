@@ -194,7 +194,7 @@ async fn a_node_killed_mid_job_is_left_out_and_the_job_says_so() {
         reqwest::Client::new().post(format!("{api}/v1/jobs")).json(&body).send().await.expect("post");
     let id = response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_string();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    c.kill();
+    c.kill().await;
     let deadline = Instant::now() + LIMIT;
     let job = loop {
         let job: Value =

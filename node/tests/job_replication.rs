@@ -91,7 +91,7 @@ async fn job_documents_converge_survive_a_crash_and_heal_after_a_partition() {
 
     // Crash b; a keeps writing while b is down (its pushes fail).
     let b_id = node_id(&b);
-    b.kill();
+    b.kill().await;
     for i in 0..5 {
         ca.contribute(JOB, &format!("late-{i}"), vec![i]).await.expect("a writes during the partition");
     }
@@ -165,7 +165,7 @@ async fn a_push_reaches_a_peer_restarted_on_new_ports_without_waiting_for_sync()
         }
         eprintln!("the push reached the restarted peer in {:?}", pushed.elapsed());
         for node in [a, b, c] {
-            node.kill();
+            node.kill().await;
         }
     }
 }

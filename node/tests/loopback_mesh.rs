@@ -54,7 +54,7 @@ async fn chain_converges_detects_a_crash_readmits_a_restart_and_sees_a_leave() {
     let victim = nodes.pop().expect("five nodes");
     let victim_peer = victim.peer_id;
     let victim_bootstrap = nodes[3].address("quic-v1");
-    victim.kill();
+    victim.kill().await;
     let survivors: Vec<&NodeHandle> = nodes.iter().collect();
     wait_all(&survivors, "the crashed node is down everywhere", state_is(victim_peer, "down")).await;
     for node in &survivors {

@@ -79,7 +79,7 @@ async fn advertisements_spread_and_a_restarted_node_keeps_and_catches_up() {
 
     // Crash c, change a's advertisement while c is down.
     let c_peer = c.peer_id;
-    c.kill();
+    c.kill().await;
     a.client().advertise(profile(&["mixtral-8x7b"])).await.expect("advertise");
 
     // Restart c with no bootstrap: it reloads the registry from sled at once

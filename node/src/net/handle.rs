@@ -344,14 +344,23 @@ impl NodeHandle {
         }
     }
 
-    /// Stops the node without a goodbye, as a crash would.
-    pub fn kill(self) {
+    /// Stops the node without a goodbye, as a crash would: its tasks are
+    /// aborted and awaited, so its data directory (sled holds an exclusive
+    /// lock on it) is free for a restart once this returns.
+    pub async fn kill(self) {
         self.task.abort();
-        if let Some(api) = self.api_task {
+        if let Some(api) = &self.api_task {
             api.abort();
         }
-        if let Some((_, federation)) = self.federation {
+        if let Some((_, federation)) = &self.federation {
             federation.abort();
+        }
+        let _ = self.task.await;
+        if let Some(api) = self.api_task {
+            let _ = api.await;
+        }
+        if let Some((_, federation)) = self.federation {
+            let _ = federation.await;
         }
     }
 
