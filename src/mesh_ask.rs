@@ -138,6 +138,10 @@ fn print_ballots(file: &serde_json::Value, name: &dyn Fn(&str) -> String) {
                 BallotChoice::Rank(order) => {
                     format!("ranks {}", order.iter().map(author).collect::<Vec<_>>().join(" > "))
                 }
+                BallotChoice::RankGroups(groups) => {
+                    let group = |g: &Vec<u32>| g.iter().map(author).collect::<Vec<_>>().join(" = ");
+                    format!("ranks {}", groups.iter().map(group).collect::<Vec<_>>().join(" > "))
+                }
             };
             outln!("  {} {choice}", name(&voter));
         }

@@ -11,7 +11,7 @@ use hivemesh_protocol::{
 };
 use serde::Serialize;
 
-use crate::input::TallyInput;
+use crate::input::{TIED_WITH_PREVIOUS, TallyInput};
 
 /// How many valid ballots make an outcome final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -169,11 +169,14 @@ fn check_against_job(spec: &JobSpec, eligible: &HashSet<NodeId>, ballot: Ballot)
     if !eligible.contains(&ballot.voter) {
         return Err("voter is not eligible for this job".into());
     }
-    let named: &[u32] = match &ballot.choice {
-        BallotChoice::Single(c) => std::slice::from_ref(c),
-        BallotChoice::Approve(list) | BallotChoice::Rank(list) => list,
+    let unknown = match &ballot.choice {
+        BallotChoice::Single(c) => (*c >= spec.candidates).then_some(*c),
+        BallotChoice::Approve(list) | BallotChoice::Rank(list) => {
+            list.iter().copied().find(|&c| c >= spec.candidates)
+        }
+        BallotChoice::RankGroups(groups) => groups.iter().flatten().copied().find(|&c| c >= spec.candidates),
     };
-    if let Some(unknown) = named.iter().find(|&&c| c >= spec.candidates) {
+    if let Some(unknown) = unknown {
         return Err(format!("unknown candidate {unknown} (the job has {})", spec.candidates));
     }
     Ok(ballot)
@@ -197,6 +200,14 @@ fn to_input<'a>(spec: &JobSpec, ballots: impl Iterator<Item = &'a Ballot>) -> Ta
             }
             BallotChoice::Approve(list) | BallotChoice::Rank(list) => {
                 input.items.extend_from_slice(list);
+                input.offsets.push(input.items.len() as u32);
+            }
+            BallotChoice::RankGroups(groups) => {
+                for group in groups {
+                    for (i, &c) in group.iter().enumerate() {
+                        input.items.push(if i == 0 { c } else { c | TIED_WITH_PREVIOUS });
+                    }
+                }
                 input.offsets.push(input.items.len() as u32);
             }
         }

@@ -4,7 +4,7 @@
 use hivemesh_protocol::TallyRule;
 use rayon::prelude::*;
 
-use crate::input::{TallyError, TallyInput, TallyResult};
+use crate::input::{TIED_WITH_PREVIOUS, TallyError, TallyInput, TallyResult};
 use crate::outcome;
 
 /// Votes per parallel task for single-choice rules; small enough that u32
@@ -118,7 +118,7 @@ where
                     invalid += 1;
                 }
                 for &c in list {
-                    if let Some(s) = seen.get_mut(c as usize) {
+                    if let Some(s) = seen.get_mut((c & !TIED_WITH_PREVIOUS) as usize) {
                         *s = false;
                     }
                 }
@@ -140,35 +140,63 @@ fn mark(seen: &mut [bool], c: u32) -> bool {
     }
 }
 
-/// Approval: one point per approved candidate. Borda: position i of n
-/// candidates earns n-1-i points; unranked candidates earn none.
+/// Walks one ballot's weak order group by group (a group is an item without
+/// [`TIED_WITH_PREVIOUS`] and the flagged items after it). Each group's
+/// members are marked seen first, then `per_group(members, end, seen)` runs
+/// with `end` the list position just past the group, so `seen` holds the
+/// group and everything ranked above it. False for an invalid ballot: a
+/// flag on the first item, an unknown or a repeated candidate.
+fn for_each_group(
+    list: &[u32],
+    seen: &mut [bool],
+    mut per_group: impl FnMut(&[u32], usize, &[bool]),
+) -> bool {
+    if list.first().is_some_and(|&c| c & TIED_WITH_PREVIOUS != 0) {
+        return false;
+    }
+    let mut start = 0;
+    while start < list.len() {
+        let end = start + 1 + list[start + 1..].iter().take_while(|&&c| c & TIED_WITH_PREVIOUS != 0).count();
+        let group = &list[start..end];
+        if !group.iter().all(|&c| mark(seen, c & !TIED_WITH_PREVIOUS)) {
+            return false;
+        }
+        per_group(group, end, seen);
+        start = end;
+    }
+    true
+}
+
+/// Approval: one point per listed candidate. Borda: a candidate earns one
+/// point per candidate ranked strictly below it (in a later group or
+/// unranked), i.e. `n - end` for a group ending at list position `end`; for
+/// a strict ranking, position i earns n-1-i. Unranked candidates earn none.
 fn list_scores(input: &TallyInput, n: usize) -> (Vec<u64>, u64) {
     let borda = input.rule == TallyRule::Borda;
     over_lists(input, n, |list, scores, seen| {
-        for (i, &c) in list.iter().enumerate() {
-            if !mark(seen, c) {
-                return false;
+        for_each_group(list, seen, |group, end, _| {
+            let points = if borda { (n - end) as u64 } else { 1 };
+            for &c in group {
+                scores[(c & !TIED_WITH_PREVIOUS) as usize] += points;
             }
-            scores[c as usize] += if borda { (n - 1 - i) as u64 } else { 1 };
-        }
-        true
+        })
     })
 }
 
-/// Schulze's pairwise matrix: a ranked candidate beats every candidate ranked
-/// after it and every unranked one. Written as "add 1 to row c for every
-/// candidate not seen yet", a branch-free loop the compiler vectorises.
+/// Schulze's pairwise matrix: a ranked candidate beats every candidate in a
+/// later group and every unranked one, and nobody in its own group. Written
+/// as "add 1 to row c for every candidate not seen yet" (the group already
+/// marked), a branch-free loop the compiler vectorises.
 fn pairwise(input: &TallyInput, n: usize) -> (Vec<u64>, u64) {
     over_lists(input, n * n, |list, d, seen| {
-        for &c in list {
-            if !mark(seen, c) {
-                return false;
+        for_each_group(list, seen, |group, _, seen| {
+            for &c in group {
+                let c = (c & !TIED_WITH_PREVIOUS) as usize;
+                let row = &mut d[c * n..(c + 1) * n];
+                for (cell, &s) in row.iter_mut().zip(seen.iter()) {
+                    *cell += u64::from(!s);
+                }
             }
-            let row = &mut d[c as usize * n..(c as usize + 1) * n];
-            for (cell, &s) in row.iter_mut().zip(seen.iter()) {
-                *cell += u64::from(!s);
-            }
-        }
-        true
+        })
     })
 }

@@ -4,11 +4,21 @@
 use hivemesh_protocol::TallyRule;
 use serde::Serialize;
 
+/// Flag bit on a list item (`Approval`, `Borda`, `Schulze`): this candidate
+/// ties with the item before it, i.e. belongs to the same group of a weak
+/// order. The candidate index is `item & !TIED_WITH_PREVIOUS`. The first item
+/// of a ballot never carries it (such a ballot is invalid).
+pub const TIED_WITH_PREVIOUS: u32 = 1 << 31;
+
 /// One job's ballots for one rule.
 ///
 /// - `Plurality`, `WeightedPlurality`: `items[i]` is ballot i's candidate.
-/// - `Approval`, `Borda`, `Schulze`: ballot i is `items[offsets[i]..offsets[i+1]]`
-///   (approved candidates, or a ranking best first; unranked candidates tie last).
+/// - `Approval`, `Borda`, `Schulze`: ballot i is `items[offsets[i]..offsets[i+1]]`:
+///   approved candidates, or a ranking best first, where an item carrying
+///   [`TIED_WITH_PREVIOUS`] ties with the one before it (a weak order: groups
+///   best first, ties inside a group); unranked candidates tie last, below
+///   every ranked one. Approval ignores the ties (every listed candidate is
+///   approved).
 /// - `WeightedPlurality` only: `weights[i]` is ballot i's weight.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TallyInput {
@@ -35,6 +45,50 @@ impl TallyInput {
         offsets.push(0);
         for ballot in ballots {
             items.extend_from_slice(ballot);
+            offsets.push(items.len() as u32);
+        }
+        Self { rule, candidates, items, weights: vec![], offsets }
+    }
+
+    /// Input from weak orders: per ballot, groups of candidates best first;
+    /// the members of a group tie, candidates in no group tie last. Strict
+    /// rankings are the case of one candidate per group.
+    ///
+    /// - `Approval`, `Borda`, `Schulze`: groups flattened into `items`, every
+    ///   member after a group's first carrying [`TIED_WITH_PREVIOUS`]; empty
+    ///   groups are skipped.
+    /// - `Plurality`, `WeightedPlurality` (weight 1 each): the ballot's first
+    ///   non-empty group, which must be one candidate; a ballot with a tie
+    ///   at the top, or an empty one, becomes an out-of-range vote, so the
+    ///   tally fails with [`TallyError::InvalidBallot`] naming it.
+    ///
+    /// Candidate indices must be below `candidates` (checked when counting).
+    pub fn weak_orders(rule: TallyRule, candidates: u32, ballots: &[Vec<Vec<u32>>]) -> TallyInput {
+        if !matches!(rule, TallyRule::Approval | TallyRule::Borda | TallyRule::Schulze) {
+            let choices: Vec<u32> = ballots
+                .iter()
+                .map(|groups| match groups.iter().find(|g| !g.is_empty()) {
+                    Some(top) if top.len() == 1 => top[0],
+                    _ => u32::MAX,
+                })
+                .collect();
+            return match rule {
+                TallyRule::WeightedPlurality => {
+                    let weights = vec![1; choices.len()];
+                    Self::weighted(candidates, choices, weights)
+                }
+                _ => Self::plurality(candidates, choices),
+            };
+        }
+        let mut offsets = Vec::with_capacity(ballots.len() + 1);
+        let mut items = Vec::with_capacity(ballots.iter().flatten().map(Vec::len).sum());
+        offsets.push(0);
+        for groups in ballots {
+            for group in groups {
+                for (i, &c) in group.iter().enumerate() {
+                    items.push(if i == 0 { c } else { c | TIED_WITH_PREVIOUS });
+                }
+            }
             offsets.push(items.len() as u32);
         }
         Self { rule, candidates, items, weights: vec![], offsets }
@@ -77,8 +131,9 @@ impl TallyInput {
         Ok(())
     }
 
-    /// Index of the first ballot that names an unknown candidate or names one
-    /// twice; used to build a precise error once a kernel saw a bad ballot.
+    /// Index of the first ballot that names an unknown candidate, names one
+    /// twice, or (list rules) starts with a [`TIED_WITH_PREVIOUS`] item; used
+    /// to build a precise error once a kernel saw a bad ballot.
     pub fn first_invalid_ballot(&self) -> Option<usize> {
         let n = self.candidates as usize;
         if !self.uses_lists() {
@@ -88,7 +143,11 @@ impl TallyInput {
         (0..self.ballot_count()).find(|&b| {
             let list = &self.items[self.offsets[b] as usize..self.offsets[b + 1] as usize];
             seen.iter_mut().for_each(|s| *s = false);
-            list.iter().any(|&c| c as usize >= n || std::mem::replace(&mut seen[c as usize], true))
+            list.first().is_some_and(|&c| c & TIED_WITH_PREVIOUS != 0)
+                || list
+                    .iter()
+                    .map(|&c| (c & !TIED_WITH_PREVIOUS) as usize)
+                    .any(|c| c >= n || std::mem::replace(&mut seen[c], true))
         })
     }
 }
@@ -99,7 +158,7 @@ pub enum TallyError {
     CandidateCount(u32),
     #[error("malformed tally input: {0}")]
     Shape(String),
-    #[error("ballot {ballot} names an unknown candidate or names one twice")]
+    #[error("ballot {ballot} names an unknown candidate, names one twice, or starts with a tie")]
     InvalidBallot { ballot: usize },
     #[error("GPU backend failed: {0}")]
     Gpu(String),
@@ -121,11 +180,14 @@ pub enum Counts {
 pub struct TallyResult {
     pub rule: TallyRule,
     pub ballots: u64,
-    /// Every candidate, best first. Ties: the lower candidate index first.
+    /// Every candidate, best first: by score, or by the Schulze order's
+    /// tiers. Ties: the lower candidate index first.
     pub ranking: Vec<u32>,
     /// `ranking[0]`, unless there were no ballots.
     pub winner: Option<u32>,
-    /// Candidates sharing first place (the winner among them is the lowest index).
+    /// Candidates sharing first place, by index (the winner is the first):
+    /// every top scorer, or every Schulze winner (beaten by nobody on
+    /// strongest paths). Empty when there were no ballots.
     pub tied_for_first: Vec<u32>,
     pub counts: Counts,
 }

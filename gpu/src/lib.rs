@@ -12,4 +12,4 @@ pub mod input;
 pub mod outcome;
 pub mod wgpu_backend;
 
-pub use input::{Counts, TallyError, TallyInput, TallyResult};
+pub use input::{Counts, TIED_WITH_PREVIOUS, TallyError, TallyInput, TallyResult};

@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 
 use hivemesh_gpu::wgpu_backend::GpuBackend;
-use hivemesh_gpu::{TallyError, TallyInput, cpu};
+use hivemesh_gpu::{TIED_WITH_PREVIOUS, TallyError, TallyInput, cpu};
 use hivemesh_protocol::TallyRule;
 use proptest::prelude::*;
 use rand::seq::SliceRandom;
@@ -45,15 +45,25 @@ fn random_input(rule: TallyRule, candidates: u32, ballots: usize, seed: u64) -> 
             (0..ballots).map(|_| rng.random_range(1..=u32::MAX / 2)).collect(),
         ),
         _ => {
-            let lists: Vec<Vec<u32>> = (0..ballots)
+            // Weak orders: a random prefix of a shuffle, cut into groups; a
+            // third of the seeds give strict rankings only.
+            let tie_chance = if seed.is_multiple_of(3) { 0.0 } else { rng.random_range(0.0..0.8) };
+            let orders: Vec<Vec<Vec<u32>>> = (0..ballots)
                 .map(|_| {
                     let mut list = all.clone();
                     list.shuffle(&mut rng);
                     list.truncate(rng.random_range(0..=candidates as usize));
-                    list
+                    let mut groups: Vec<Vec<u32>> = Vec::new();
+                    for c in list {
+                        match groups.last_mut() {
+                            Some(group) if rng.random_bool(tie_chance) => group.push(c),
+                            _ => groups.push(vec![c]),
+                        }
+                    }
+                    groups
                 })
                 .collect();
-            TallyInput::lists(rule, candidates, &lists)
+            TallyInput::weak_orders(rule, candidates, &orders)
         }
     }
 }
@@ -67,7 +77,7 @@ const RULES: [TallyRule; 5] = [
 ];
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
     #[test]
     fn gpu_equals_cpu_on_random_inputs(rule in 0usize..5, candidates in 1u32..=64, ballots in 0usize..3000, seed in any::<u64>()) {
         let Some(gpu) = gpu() else { return Ok(()) };
@@ -90,8 +100,24 @@ fn weighted_sums_past_u32_are_exact() {
 fn every_rule_on_a_larger_input() {
     let Some(gpu) = gpu() else { return };
     for (i, rule) in RULES.into_iter().enumerate() {
-        let input = random_input(rule, 8, 200_000, i as u64);
+        // Seeds 4..=8: approval (6) gets strict lists, Borda (7) and
+        // Schulze (8) weak orders.
+        let input = random_input(rule, 8, 200_000, 4 + i as u64);
         assert_eq!(gpu.tally(&input), cpu::tally(&input), "{rule:?}");
+    }
+}
+
+#[test]
+fn weak_orders_at_the_kernels_candidate_limits() {
+    let Some(gpu) = gpu() else { return };
+    for (rule, candidates) in
+        [(TallyRule::Schulze, 64), (TallyRule::Borda, 1024), (TallyRule::Approval, 1024)]
+    {
+        for seed in [1, 2] {
+            let input = random_input(rule, candidates, 300, seed);
+            assert!(input.items.iter().any(|&c| c & TIED_WITH_PREVIOUS != 0), "ties present");
+            assert_eq!(gpu.tally(&input), cpu::tally(&input), "{rule:?}");
+        }
     }
 }
 
@@ -103,6 +129,13 @@ fn invalid_ballots_are_reported_like_the_cpu_does() {
     for rule in [TallyRule::Approval, TallyRule::Borda, TallyRule::Schulze] {
         let dup = TallyInput::lists(rule, 4, &[vec![0, 1], vec![3, 3]]);
         assert_eq!(gpu.tally(&dup), Err(TallyError::InvalidBallot { ballot: 1 }), "{rule:?}");
+        let dup_in_group = TallyInput::weak_orders(rule, 4, &[vec![vec![0, 1]], vec![vec![2], vec![3, 2]]]);
+        assert_eq!(gpu.tally(&dup_in_group), Err(TallyError::InvalidBallot { ballot: 1 }), "{rule:?}");
+        let mut flag_first = TallyInput::weak_orders(rule, 4, &[vec![vec![0]], vec![vec![1]]]);
+        flag_first.items[1] |= TIED_WITH_PREVIOUS;
+        assert_eq!(gpu.tally(&flag_first), Err(TallyError::InvalidBallot { ballot: 1 }), "{rule:?}");
+        let unknown_after_mask = TallyInput::lists(rule, 4, &[vec![1, 4 | TIED_WITH_PREVIOUS]]);
+        assert_eq!(gpu.tally(&unknown_after_mask), Err(TallyError::InvalidBallot { ballot: 0 }), "{rule:?}");
     }
 }
 

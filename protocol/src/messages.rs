@@ -222,6 +222,15 @@ impl std::str::FromStr for TallyRule {
 }
 
 /// What a voter chose, by candidate index within the job.
+///
+/// Ballot format versions (docs/adr/0013-weak-orders-and-schulze-ties.md):
+/// - v1: `Single`, `Approve`, `Rank`.
+/// - v2: adds `RankGroups`, as a new last variant, so every v1 ballot keeps
+///   its bytes and signature (postcard encodes the variant index, 0 to 3). A
+///   v1 node cannot decode variant 3 and rejects a v2 ballot as malformed
+///   (a codec error); it never counts it as something else.
+///
+/// New variants must only ever be appended.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum BallotChoice {
     /// One candidate (plurality, weighted plurality).
@@ -230,6 +239,12 @@ pub enum BallotChoice {
     Approve(Vec<u32>),
     /// Candidates best first (Borda, Schulze); unranked ones come last, tied.
     Rank(Vec<u32>),
+    /// A weak order (Borda, Schulze; format v2): groups of candidates best
+    /// first, the members of one group tied, unranked candidates tied last
+    /// below every group. No empty group, no candidate twice across the
+    /// groups, at most [`MAX_CANDIDATES`] candidates in all. `Rank(v)` means
+    /// the same as `RankGroups` with one candidate per group.
+    RankGroups(Vec<Vec<u32>>),
 }
 
 /// A voter's signed ballot for one job.
@@ -255,7 +270,10 @@ impl SignedMessage for Ballot {
             (self.rule, &self.choice),
             (TallyRule::Plurality | TallyRule::WeightedPlurality, BallotChoice::Single(_))
                 | (TallyRule::Approval, BallotChoice::Approve(_))
-                | (TallyRule::Borda | TallyRule::Schulze, BallotChoice::Rank(_))
+                | (
+                    TallyRule::Borda | TallyRule::Schulze,
+                    BallotChoice::Rank(_) | BallotChoice::RankGroups(_)
+                )
         );
         if !shape_ok {
             return Err(invalid("choice", format!("{:?} ballots cannot carry {:?}", self.rule, self.choice)));
@@ -265,15 +283,32 @@ impl SignedMessage for Ballot {
             (TallyRule::WeightedPlurality, _) | (_, 1) => {}
             (_, w) => return Err(invalid("weight", format!("must be 1 for unweighted rules, got {w}"))),
         }
-        if let BallotChoice::Approve(list) | BallotChoice::Rank(list) = &self.choice {
-            if list.len() > MAX_CANDIDATES {
-                return Err(invalid("choice", format!("{} candidates, limit {MAX_CANDIDATES}", list.len())));
+        let named: Vec<u32> = match &self.choice {
+            BallotChoice::Single(_) => return Ok(()),
+            BallotChoice::Approve(list) | BallotChoice::Rank(list) => list.clone(),
+            BallotChoice::RankGroups(groups) => {
+                if let Some(empty) = groups.iter().position(Vec::is_empty) {
+                    return Err(invalid("choice.groups", format!("group {empty} is empty")));
+                }
+                let total: usize = groups.iter().map(Vec::len).sum();
+                if total > MAX_CANDIDATES {
+                    return Err(invalid(
+                        "choice.groups",
+                        format!("{total} candidates in all groups, limit {MAX_CANDIDATES}"),
+                    ));
+                }
+                groups.concat()
             }
-            let mut sorted = list.clone();
-            sorted.sort_unstable();
-            if sorted.windows(2).any(|w| w[0] == w[1]) {
-                return Err(invalid("choice", "a candidate appears twice".into()));
-            }
+        };
+        let field =
+            if matches!(self.choice, BallotChoice::RankGroups(_)) { "choice.groups" } else { "choice" };
+        if named.len() > MAX_CANDIDATES {
+            return Err(invalid(field, format!("{} candidates, limit {MAX_CANDIDATES}", named.len())));
+        }
+        let mut sorted = named;
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(invalid(field, format!("candidate {} appears twice", w[0])));
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 // Schulze's pairwise matrix for up to 64 candidates: a ranked candidate beats
-// every candidate ranked after it and every unranked one. Each workgroup
+// every candidate in a later group of its ballot's weak order and every
+// unranked one, and nobody in its own group (TIED flags, see params.wgsl). Each workgroup
 // counts into a private n*n matrix in workgroup memory (u32 is enough: one
 // increment per ballot per cell) and writes it to its slice of `partials`
 // after the leading invalid-ballot counter.
@@ -15,19 +16,38 @@ var<workgroup> matrix: array<atomic<u32>, 4096>;
 
 fn count_ranking(b: u32) {
     let n = params.n;
+    let start = offsets[b];
+    let end = offsets[b + 1u];
     var seen: array<u32, 2>;
-    for (var i = offsets[b]; i < offsets[b + 1u]; i++) {
-        let c = items[i];
-        if (c >= n || (seen[c >> 5u] & (1u << (c & 31u))) != 0u) {
-            atomicAdd(&partials[0], 1u);
-            return;
+    if (start < end && (items[start] & TIED) != 0u) {
+        atomicAdd(&partials[0], 1u);
+        return;
+    }
+    var i = start;
+    while (i < end) {
+        // The group [i, g): marked seen first, so its members do not beat
+        // each other.
+        var g = i + 1u;
+        while (g < end && (items[g] & TIED) != 0u) {
+            g++;
         }
-        seen[c >> 5u] |= 1u << (c & 31u);
-        for (var x = 0u; x < n; x++) {
-            if ((seen[x >> 5u] & (1u << (x & 31u))) == 0u) {
-                atomicAdd(&matrix[c * n + x], 1u);
+        for (var j = i; j < g; j++) {
+            let c = items[j] & ~TIED;
+            if (c >= n || (seen[c >> 5u] & (1u << (c & 31u))) != 0u) {
+                atomicAdd(&partials[0], 1u);
+                return;
+            }
+            seen[c >> 5u] |= 1u << (c & 31u);
+        }
+        for (var j = i; j < g; j++) {
+            let c = items[j] & ~TIED;
+            for (var x = 0u; x < n; x++) {
+                if ((seen[x >> 5u] & (1u << (x & 31u))) == 0u) {
+                    atomicAdd(&matrix[c * n + x], 1u);
+                }
             }
         }
+        i = g;
     }
 }
 

@@ -10,3 +10,7 @@ struct Params {
 
 const WG: u32 = 256u;
 
+
+// A list item that ties with the item before it (same group of a weak
+// order); must match TIED_WITH_PREVIOUS in input.rs.
+const TIED: u32 = 0x80000000u;

@@ -1,5 +1,5 @@
 // Per-candidate scores for plurality (mode 0, optionally weighted), approval
-// (mode 1) and Borda (mode 2). Each workgroup accumulates a private histogram
+// (mode 1) and Borda (mode 2), list items as weak orders (TIED flags). Each workgroup accumulates a private histogram
 // in workgroup memory as 64-bit lo/hi pairs (the adder that wraps lo carries
 // into hi, so the sum is exact) and writes it to its slice of `partials`; the
 // host adds the slices. Slot n counts invalid ballots.
@@ -23,22 +23,39 @@ fn add(slot: u32, v: u32) {
     }
 }
 
+// One ballot's list, group by group (a group is an item without TIED and the
+// TIED items after it). Approval: one point per member. Borda: one point per
+// candidate ranked strictly below, n - (end of the group within the list).
 fn count_list(b: u32) {
     let start = offsets[b];
     let end = offsets[b + 1u];
     var seen: array<u32, 32>;
-    for (var i = start; i < end; i++) {
-        let c = items[i];
-        if (c >= params.n || (seen[c >> 5u] & (1u << (c & 31u))) != 0u) {
-            add(params.n, 1u);
-            return;
+    if (start < end && (items[start] & TIED) != 0u) {
+        add(params.n, 1u);
+        return;
+    }
+    var i = start;
+    while (i < end) {
+        var g = i + 1u;
+        while (g < end && (items[g] & TIED) != 0u) {
+            g++;
         }
-        seen[c >> 5u] |= 1u << (c & 31u);
+        for (var j = i; j < g; j++) {
+            let c = items[j] & ~TIED;
+            if (c >= params.n || (seen[c >> 5u] & (1u << (c & 31u))) != 0u) {
+                add(params.n, 1u);
+                return;
+            }
+            seen[c >> 5u] |= 1u << (c & 31u);
+        }
         var points = 1u;
         if (params.mode == 2u) {
-            points = params.n - 1u - (i - start);
+            points = params.n - (g - start);
         }
-        add(c, points);
+        for (var j = i; j < g; j++) {
+            add(items[j] & ~TIED, points);
+        }
+        i = g;
     }
 }
 
