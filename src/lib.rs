@@ -8,3 +8,6 @@ pub use hivemesh_gpu as gpu;
 pub use hivemesh_llm as llm;
 pub use hivemesh_node as node;
 pub use hivemesh_protocol as protocol;
+
+/// PrefLib's preference files (soc, soi, toc, toi), read for `hivemesh tally`.
+pub mod preflib;
