@@ -1,5 +1,6 @@
 //! The local control API (HTTP on 127.0.0.1 by default): what `hivemesh
-//! members` and `hivemesh leave` talk to.
+//! members` and `hivemesh leave` talk to. Every route checks the Host and
+//! Origin headers first (see `access`, ADR 0014), then the bearer token.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,19 +11,22 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{get, post};
 use tokio::task::JoinHandle;
 
+pub use access::{AccessConfigError, AccessRules, allowed_host, allowed_origin};
 pub use client::{ApiClient, Method};
+pub use routes::{ROUTES, Route};
 
 use crate::federation::FederationHandle;
 use crate::net::{NodeClient, NodeError};
 
+mod access;
 mod auth;
 pub mod client;
 mod jobs;
 mod metrics;
 mod openai;
+mod routes;
 
 /// What every handler can reach: the node, and its federation when it takes
 /// part in jobs.
@@ -59,10 +63,13 @@ pub struct ApiConfig<'a> {
     pub client: NodeClient,
     pub jobs: Option<FederationHandle>,
     pub data_dir: &'a Path,
+    /// Host names and web origins allowed beyond the bound address,
+    /// `localhost` and the API's own origin (ADR 0014).
+    pub access: AccessRules,
 }
 
 pub async fn serve(config: ApiConfig<'_>) -> Result<(SocketAddr, JoinHandle<()>), NodeError> {
-    let ApiConfig { address, token, client, jobs, data_dir } = config;
+    let ApiConfig { address, token, client, jobs, data_dir, access } = config;
     if !address.ip().is_loopback() && token.is_none() {
         return Err(NodeError::ApiTokenRequired(address));
     }
@@ -81,20 +88,15 @@ pub async fn serve(config: ApiConfig<'_>) -> Result<(SocketAddr, JoinHandle<()>)
     if let Err(e) = std::fs::write(api_addr_file(data_dir), bound.to_string()) {
         tracing::warn!(error = %e, "could not record the API address in the data directory");
     }
-    let app = axum::Router::new()
-        .route("/v1/members", get(members))
-        .route("/v1/advertise", post(advertise))
-        .route("/v1/status", get(status))
-        .route("/v1/leave", post(leave))
-        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
-        .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
-        .route("/v1/jobs/{id}/events", get(jobs::events))
-        .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/models", get(openai::models))
-        .route("/metrics", get(metrics::render))
+    let policy = access::AccessPolicy::new(bound.ip(), access);
+    // Outermost first: errors in OpenAI's shape, the Host and Origin checks,
+    // CORS (preflights need no token), the bearer token, the body limit.
+    let app = routes::router()
         .fallback(no_route)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(token.map(Arc::<str>::from), auth::require_token))
+        .layer(access::cors(policy.clone()))
+        .layer(axum::middleware::from_fn_with_state(policy, access::guard))
         .layer(axum::middleware::from_fn(openai_errors))
         .with_state(AppState { client, jobs, started_s: openai::unix_seconds() });
     // Without TCP_NODELAY a streamed response stalls on Nagle's algorithm.

@@ -38,6 +38,16 @@ pub struct NodeConfig {
     /// Bearer token every API request must carry; required when the API is
     /// bound beyond loopback.
     pub api_token: Option<String>,
+    /// Names (or IP addresses) the API also answers to in the `Host`
+    /// header, beyond the address it is bound to and `localhost`: e.g. the
+    /// name of a proxy in front of it (`--api-allow-host`). Any other Host
+    /// gets 421 (ADR 0014).
+    pub api_allow_hosts: Vec<String>,
+    /// Web origins (`scheme://host[:port]`, exact) whose pages may call the
+    /// API, with CORS answers (`--api-allow-origin`). A request from any
+    /// other page's origin gets 403; requests without `Origin` (curl, SDKs)
+    /// pass. `*` and `null` are refused at start (ADR 0014).
+    pub api_allow_origins: Vec<String>,
     pub membership: MembershipConfig,
     pub replication: ReplicationConfig,
     /// Taking part in LLM jobs; `None` for a node that only relays state.
@@ -84,6 +94,8 @@ impl NodeConfig {
             mdns: false,
             api: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             api_token: None,
+            api_allow_hosts: Vec::new(),
+            api_allow_origins: Vec::new(),
             membership: MembershipConfig::lan(16),
             replication: ReplicationConfig::default(),
             federation: None,
@@ -103,6 +115,8 @@ pub enum NodeError {
     Api { address: SocketAddr, source: std::io::Error },
     #[error("the control API on {0} is reachable beyond loopback: it needs a bearer token")]
     ApiTokenRequired(SocketAddr),
+    #[error(transparent)]
+    ApiAccess(#[from] crate::api::AccessConfigError),
     #[error("the node has stopped")]
     Stopped,
     #[error("cannot open the node's state: {0}")]
@@ -383,6 +397,7 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     if let Some(address) = config.api.filter(|a| !a.ip().is_loopback() && config.api_token.is_none()) {
         return Err(NodeError::ApiTokenRequired(address));
     }
+    let access = crate::api::AccessRules::new(&config.api_allow_hosts, &config.api_allow_origins)?;
     let stored = load_or_create(&config.data_dir)?;
     let identity = stored.identity;
     let keypair = identity.to_libp2p_keypair();
@@ -450,6 +465,7 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
                 client: client.clone(),
                 jobs,
                 data_dir: &config.data_dir,
+                access,
             })
             .await?;
             (Some(bound), Some(task))

@@ -1,0 +1,59 @@
+//! Every route the API serves, as one table: the router is built from it
+//! alone, and tests walk it to check every route and method (the Host and
+//! Origin checks among them), so a route added here is tested at once.
+
+use axum::Router;
+use axum::http::Method;
+use axum::routing::{MethodRouter, get, post};
+
+use super::{AppState, advertise, jobs, leave, members, metrics, openai, status};
+
+/// One path and what it answers.
+pub struct Route {
+    /// The path as axum matches it (`{id}` is a path parameter).
+    pub path: &'static str,
+    /// The methods routed (a `GET` route also answers `HEAD`); any other
+    /// method gets 405.
+    pub methods: &'static [Method],
+    /// The handlers, one per method in `methods`.
+    handlers: fn() -> MethodRouter<AppState>,
+}
+
+impl Route {
+    /// Whether `method` may change state or spend money here: anything but
+    /// `GET`, `HEAD` and `OPTIONS` (a CORS preflight).
+    pub fn changes_state(method: &Method) -> bool {
+        !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+    }
+}
+
+/// The API's routes. Add a route here, never with `.route` elsewhere.
+pub const ROUTES: &[Route] = &[
+    Route { path: "/v1/members", methods: &[Method::GET], handlers: || get(members) },
+    Route { path: "/v1/advertise", methods: &[Method::POST], handlers: || post(advertise) },
+    Route { path: "/v1/status", methods: &[Method::GET], handlers: || get(status) },
+    Route { path: "/v1/leave", methods: &[Method::POST], handlers: || post(leave) },
+    Route {
+        path: "/v1/jobs",
+        methods: &[Method::POST, Method::GET],
+        handlers: || post(jobs::submit).get(jobs::list),
+    },
+    Route {
+        path: "/v1/jobs/{id}",
+        methods: &[Method::GET, Method::DELETE],
+        handlers: || get(jobs::show).delete(jobs::cancel),
+    },
+    Route { path: "/v1/jobs/{id}/events", methods: &[Method::GET], handlers: || get(jobs::events) },
+    Route {
+        path: "/v1/chat/completions",
+        methods: &[Method::POST],
+        handlers: || post(openai::chat_completions),
+    },
+    Route { path: "/v1/models", methods: &[Method::GET], handlers: || get(openai::models) },
+    Route { path: "/metrics", methods: &[Method::GET], handlers: || get(metrics::render) },
+];
+
+/// A router serving exactly [`ROUTES`].
+pub(super) fn router() -> Router<AppState> {
+    ROUTES.iter().fold(Router::new(), |router, route| router.route(route.path, (route.handlers)()))
+}
