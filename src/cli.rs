@@ -96,11 +96,14 @@ pub enum Command {
         mdns: bool,
         /// Control and job API address. Beyond loopback it needs a bearer
         /// token: --api-token, or one generated into DATA_DIR/api.token.
+        /// Web pages cannot use it unless --api-allow-origin names them.
         #[arg(long, default_value = "127.0.0.1:7480")]
         api: SocketAddr,
         /// Bearer token the API requires (also read by `hivemesh` commands).
         #[arg(long, env = "HIVEMESH_API_TOKEN", hide_env_values = true, value_name = "TOKEN")]
         api_token: Option<String>,
+        #[command(flatten)]
+        api_access: ApiAccessArgs,
         /// Expected swarm size; tunes how long updates are gossiped and how
         /// long a suspect has to refute.
         #[arg(long, default_value_t = 50)]
@@ -385,6 +388,45 @@ pub struct NodeArgs {
     /// for the node on this data dir only, DATA_DIR/api.token).
     #[arg(long, env = "HIVEMESH_API_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub api_token: Option<String>,
+}
+
+/// Which Host names and web pages the API answers besides its own address
+/// (ADR 0014). Requests without an Origin header (curl, SDKs, `hivemesh`
+/// commands) need neither.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ApiAccessArgs {
+    /// A name the API also answers to in the Host header (repeatable or
+    /// comma-separated), e.g. the name of a proxy in front of it. Always
+    /// accepted: the bound address (any IP address when bound to 0.0.0.0
+    /// or ::) and localhost; any other Host gets 421 (DNS rebinding).
+    #[arg(
+        long = "api-allow-host",
+        env = "HIVEMESH_API_ALLOW_HOST",
+        value_delimiter = ',',
+        value_name = "NAME",
+        value_parser = parse_allowed_host
+    )]
+    pub allow_hosts: Vec<String>,
+    /// A web origin whose pages may call the API, with CORS answers
+    /// (repeatable or comma-separated): exactly scheme://host[:port], e.g.
+    /// http://localhost:3000. Requests from any other page get 403; `*` and
+    /// `null` are not accepted.
+    #[arg(
+        long = "api-allow-origin",
+        env = "HIVEMESH_API_ALLOW_ORIGIN",
+        value_delimiter = ',',
+        value_name = "ORIGIN",
+        value_parser = parse_allowed_origin
+    )]
+    pub allow_origins: Vec<String>,
+}
+
+fn parse_allowed_host(text: &str) -> Result<String, String> {
+    hivemesh::node::api::allowed_host(text).map_err(|e| e.to_string())
+}
+
+fn parse_allowed_origin(text: &str) -> Result<String, String> {
+    hivemesh::node::api::allowed_origin(text).map_err(|e| e.to_string())
 }
 
 /// What a node offers, on `run` and `advertise`. A flag not given leaves

@@ -13,7 +13,7 @@ use hivemesh::node::replica::{Profile, ViewKind, ViewMember, ViewReport};
 use hivemesh::node::{Multiaddr, NodeConfig, ReplicationConfig, spawn_node};
 use hivemesh::protocol::{GpuInfo, Role};
 
-use crate::cli::{AdvertiseArgs, JobLimitArgs, LlmArgs, NodeArgs};
+use crate::cli::{AdvertiseArgs, ApiAccessArgs, JobLimitArgs, LlmArgs, NodeArgs};
 use crate::output::{errln, outln};
 
 pub struct RunArgs {
@@ -22,6 +22,8 @@ pub struct RunArgs {
     pub mdns: bool,
     pub api: SocketAddr,
     pub api_token: Option<String>,
+    /// `--api-allow-host` and `--api-allow-origin`.
+    pub api_access: ApiAccessArgs,
     pub expected_size: u32,
     /// `--models`, `--role` and `--gpu`: the profile, when any is given.
     pub profile: ProfileChange,
@@ -122,6 +124,7 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let api_token = api_token(data_dir, args.api, args.api_token)?;
+    let web_origins = args.api_access.allow_origins.join(", ");
     let config = NodeConfig {
         data_dir: data_dir.to_path_buf(),
         listen,
@@ -129,6 +132,8 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         mdns: args.mdns,
         api: Some(args.api),
         api_token,
+        api_allow_hosts: args.api_access.allow_hosts,
+        api_allow_origins: args.api_access.allow_origins,
         membership: MembershipConfig::lan(args.expected_size),
         replication: ReplicationConfig {
             anti_entropy: args.anti_entropy,
@@ -148,6 +153,9 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(api) = node.api {
         outln!("control API: http://{api} (try `hivemesh members`)");
+        if !web_origins.is_empty() {
+            outln!("web pages allowed to call it: {web_origins}");
+        }
         if node.federation().is_some() {
             outln!("jobs: hivemesh ask --node http://{api} --mode council \"QUESTION\"");
         }
