@@ -33,29 +33,43 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Re-check a job's outcome from its signed ballots, or generate a ballot file.
+    /// Re-check a job's outcome from its signed ballots, count a PrefLib
+    /// election file, or generate a ballot file.
     ///
-    /// Verifies every signature, drops ballots from ineligible voters, for
-    /// unknown candidates or for another job, excludes both ballots of a voter
-    /// who signed two different ones (equivocation), checks quorum, and
-    /// tallies. Prints the outcome, the counts (or Schulze's pairwise and
+    /// Signed files: verifies every signature, drops ballots from ineligible
+    /// voters, for unknown candidates or for another job, excludes both
+    /// ballots of a voter who signed two different ones (equivocation),
+    /// checks quorum, and tallies. Prints the outcome (every candidate tied
+    /// for first when there is a tie), the counts (or Schulze's pairwise and
     /// strongest-path matrices) and every excluded ballot with its reason.
     /// Exits 2 when quorum was not reached, 1 on malformed input.
     ///
-    /// File format (JSON): {"job": HEX32, "rule": RULE, "candidates": N or
-    /// [labels], "eligible": [PEER_ID, ...], "ballots": [HEX, ...]}, each
-    /// ballot being a postcard-encoded signed envelope.
+    /// Signed file format (JSON): {"job": HEX32, "rule": RULE, "candidates":
+    /// N or [labels], "eligible": [PEER_ID, ...], "ballots": [HEX, ...]},
+    /// each ballot being a postcard-encoded signed envelope.
+    ///
+    /// PrefLib files (.soc, .soi, .toc, .toi; told apart by their "#" header
+    /// or extension, the pre-2022 layout too) hold unsigned ballots: no
+    /// signature, eligibility or quorum checks, candidate names from the
+    /// file. Orders are weak orders (`{2,3}` ties, unlisted alternatives tie
+    /// last). schulze (the default) and borda read them whole (Borda: a point
+    /// per alternative ranked strictly below); plurality takes each order's
+    /// first choice and refuses a tie for it; approval approves every listed
+    /// alternative; weighted is refused. A malformed file is an error naming
+    /// its line.
     Tally {
-        /// Ballot file, or - for stdin. Not used with --generate.
+        /// Ballot file (signed JSON or PrefLib), or - for stdin. Not used with --generate.
         #[arg(required_unless_present = "generate")]
         file: Option<PathBuf>,
-        /// plurality, weighted, approval, borda or schulze. Defaults to the file's rule.
+        /// plurality, weighted, approval, borda or schulze. Defaults to the
+        /// file's rule (schulze for PrefLib files).
         #[arg(long)]
         rule: Option<String>,
         /// cpu, gpu (software adapters allowed) or auto (a real GPU above the measured crossover).
         #[arg(long, default_value = "auto")]
         backend: String,
-        /// two-thirds (more than 2/3 of eligible voters), majority, or a number of ballots.
+        /// two-thirds (more than 2/3 of eligible voters), majority, or a number of ballots
+        /// (signed files only).
         #[arg(long, default_value = "two-thirds")]
         quorum: String,
         /// Print the full report as JSON.

@@ -1,14 +1,19 @@
-//! `hivemesh tally`: re-check a job's signed ballots, or generate a file of them.
+//! `hivemesh tally`: re-check a job's signed ballots, count a PrefLib file
+//! of unsigned ones, or generate a file of signed ballots.
 //!
-//! File format (JSON):
+//! Signed ballot file format (JSON):
 //! `{"job": HEX32, "rule": RULE, "candidates": N | [labels],
-//!   "eligible": [PEER_ID...], "ballots": [HEX(postcard(Envelope))...]}`
+//!   "eligible": [PEER_ID...], "ballots": [HEX(postcard(Envelope))...]}`.
+//! PrefLib files (`soc`, `soi`, `toc`, `toi`) are told apart by their
+//! content (a `#` header) or their extension; see [`preflib`].
 
+use std::borrow::Cow;
 use std::io::Read;
 use std::path::Path;
 
 use crate::output::outln;
 use anyhow::{Context, bail};
+use hivemesh::gpu::TallyResult;
 use hivemesh::gpu::ballot_box::{JobSpec, Quorum, validate};
 use hivemesh::gpu::engine::{BackendChoice, TallyEngine};
 use hivemesh::protocol::{
@@ -17,7 +22,10 @@ use hivemesh::protocol::{
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+mod preflib;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -26,6 +34,7 @@ pub enum Candidates {
     Labels(Vec<String>),
 }
 
+/// A signed ballot file as `--generate` writes it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct BallotFile {
     pub job: String,
@@ -35,23 +44,44 @@ pub struct BallotFile {
     pub ballots: Vec<String>,
 }
 
+/// The same file as read: every ballot's hex borrowed from the file's text
+/// (copied only if it holds JSON escapes), so 64 K ballots cost no 64 K
+/// strings before they are decoded.
+#[derive(Debug, Deserialize)]
+struct BallotFileRef<'a> {
+    #[serde(borrow)]
+    job: Cow<'a, str>,
+    rule: String,
+    candidates: Candidates,
+    #[serde(borrow)]
+    eligible: Vec<Cow<'a, str>>,
+    #[serde(borrow)]
+    ballots: Vec<Cow<'a, str>>,
+}
+
 pub fn parse_rule(s: &str) -> anyhow::Result<TallyRule> {
     s.parse().map_err(anyhow::Error::msg)
 }
 
-/// The whole of a file, or of stdin for `-`.
+/// The whole of a file, or of stdin for `-`, as text.
 pub fn read_input(path: &Path) -> anyhow::Result<String> {
-    let mut text = String::new();
-    if path == Path::new("-") {
-        std::io::stdin().read_to_string(&mut text).context("reading stdin")?;
-    } else {
-        text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    }
-    Ok(text)
+    String::from_utf8(read_bytes(path)?).with_context(|| format!("{} is not UTF-8 text", path.display()))
 }
 
-/// Validates and tallies a ballot file; prints the report; returns whether
-/// quorum was reached.
+/// The whole of a file, or of stdin for `-`.
+fn read_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    if path == Path::new("-") {
+        std::io::stdin().read_to_end(&mut bytes).context("reading stdin")?;
+    } else {
+        bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    }
+    Ok(bytes)
+}
+
+/// Tallies `path`: a PrefLib file (by content or extension) or a signed
+/// ballot file. Prints the report; returns whether quorum was reached
+/// (always true for PrefLib files, which have no quorum).
 pub fn recheck(
     path: &Path,
     rule: Option<&str>,
@@ -59,9 +89,70 @@ pub fn recheck(
     quorum: Quorum,
     json: bool,
 ) -> anyhow::Result<bool> {
-    let file: BallotFile = serde_json::from_str(&read_input(path)?)
-        .with_context(|| format!("{} is not a ballot file", path.display()))?;
-    let job_bytes: [u8; 16] = hex::decode(&file.job)
+    let bytes = read_bytes(path)?;
+    let extension_type =
+        path.extension().and_then(|e| e.to_str()).and_then(hivemesh::preflib::DataType::from_name);
+    if extension_type.is_some() || hivemesh::preflib::looks_like_preflib(&bytes) {
+        preflib::tally(path, &bytes, extension_type, rule, backend, json)?;
+        return Ok(true);
+    }
+    recheck_signed(path, &bytes, rule, backend, quorum, json)
+}
+
+/// Prints the outcome lines shared by signed and PrefLib reports: the
+/// winner (its number only when its label is not already that number),
+/// any tie for first, the ranking and the counts. `number(c)` is how
+/// candidate c is numbered for the reader ("candidate 2", "alternative 3").
+fn print_outcome(
+    result: &TallyResult,
+    labels: &[String],
+    number: impl Fn(u32) -> String,
+) -> anyhow::Result<()> {
+    let label = |c: u32| labels.get(c as usize).cloned().unwrap_or_else(|| number(c));
+    match result.winner {
+        Some(w) if label(w) == number(w) => outln!("winner: {}", label(w)),
+        Some(w) => outln!("winner: {} ({})", label(w), number(w)),
+        None => outln!("winner: none (no valid ballots)"),
+    }
+    if result.tied_for_first.len() > 1 {
+        let tied: Vec<String> = result.tied_for_first.iter().map(|&c| label(c)).collect();
+        outln!("tied for first: {}", tied.join(", "));
+    }
+    let ranking: Vec<String> = result.ranking.iter().map(|&c| label(c)).collect();
+    outln!("ranking: {}", ranking.join(" > "));
+    outln!("counts: {}", serde_json::to_string(&result.counts)?);
+    Ok(())
+}
+
+/// Decodes every ballot (hex, then a postcard envelope) on all cores, one
+/// reused buffer per worker; the first bad ballot's error names its index.
+fn decode_envelopes(ballots: &[Cow<'_, str>]) -> anyhow::Result<Vec<Envelope>> {
+    let decoded: Vec<anyhow::Result<Envelope>> = ballots
+        .par_iter()
+        .enumerate()
+        .map_init(Vec::new, |buffer: &mut Vec<u8>, (i, text)| {
+            buffer.resize(text.len() / 2, 0);
+            hex::decode_to_slice(text.as_bytes(), buffer)
+                .with_context(|| format!("ballot {i} is not hex"))?;
+            decode_message::<Envelope>(buffer).with_context(|| format!("ballot {i} is not an envelope"))
+        })
+        .collect();
+    decoded.into_iter().collect()
+}
+
+/// Validates and tallies a signed ballot file; prints the report; returns
+/// whether quorum was reached.
+fn recheck_signed(
+    path: &Path,
+    bytes: &[u8],
+    rule: Option<&str>,
+    backend: BackendChoice,
+    quorum: Quorum,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let file: BallotFileRef<'_> =
+        serde_json::from_slice(bytes).with_context(|| format!("{} is not a ballot file", path.display()))?;
+    let job_bytes: [u8; 16] = hex::decode(file.job.as_bytes())
         .ok()
         .and_then(|b| b.try_into().ok())
         .with_context(|| format!("job {:?} is not 32 hex digits", file.job))?;
@@ -70,29 +161,24 @@ pub fn recheck(
         Candidates::Count(n) => (n, (0..n).map(|i| format!("candidate {i}")).collect()),
         Candidates::Labels(labels) => (labels.len() as u32, labels),
     };
-    let eligible = file
+    // Peer ids decode a public key each: on all cores too.
+    let eligible: Vec<anyhow::Result<NodeId>> = file
         .eligible
-        .iter()
+        .par_iter()
         .enumerate()
         .map(|(i, p)| {
             p.parse::<NodeId>().map_err(|_| anyhow::anyhow!("eligible[{i}] {p:?} is not a peer id"))
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let envelopes = file
-        .ballots
-        .iter()
-        .enumerate()
-        .map(|(i, text)| {
-            let bytes = hex::decode(text).with_context(|| format!("ballot {i} is not hex"))?;
-            decode_message::<Envelope>(&bytes).with_context(|| format!("ballot {i} is not an envelope"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect();
+    let eligible = eligible.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let envelopes = decode_envelopes(&file.ballots)?;
     let spec = JobSpec { job: JobId(job_bytes), rule, candidates, eligible, quorum };
     let counted = validate(&spec, &envelopes);
     let engine = TallyEngine::new(backend).context("opening the tally backend")?;
     let (result, used) = engine.tally(&counted.input);
     let result = result.context("tallying")?;
     let reached = counted.quorum_reached();
+    let label = |c: u32| labels.get(c as usize).cloned().unwrap_or_default();
     let report = serde_json::json!({
         "status": if reached { "final" } else { "no quorum" },
         "rule": rule.name(),
@@ -101,7 +187,7 @@ pub fn recheck(
         "valid": counted.voters.len(),
         "quorum_required": counted.quorum_required,
         "quorum_reached": reached,
-        "winner": result.winner.map(|w| serde_json::json!({"index": w, "label": labels[w as usize]})),
+        "winner": result.winner.map(|w| serde_json::json!({"index": w, "label": label(w)})),
         "tied_for_first": result.tied_for_first,
         "ranking": result.ranking,
         "counts": result.counts,
@@ -110,33 +196,27 @@ pub fn recheck(
     });
     if json {
         outln!("{report:#}");
-    } else {
+        return Ok(reached);
+    }
+    outln!(
+        "status: {} ({} of {} eligible voters; quorum needs {})",
+        report["status"].as_str().unwrap_or(""),
+        counted.voters.len(),
+        spec.eligible.len(),
+        counted.quorum_required
+    );
+    outln!("rule: {}   backend: {used}", rule.name());
+    print_outcome(&result, &labels, |c| format!("candidate {c}"))?;
+    for e in &counted.excluded {
+        outln!("excluded ballot {}: {}", e.index, e.reason);
+    }
+    for e in &counted.equivocations {
         outln!(
-            "status: {} ({} of {} eligible voters; quorum needs {})",
-            report["status"].as_str().unwrap_or(""),
-            counted.voters.len(),
-            spec.eligible.len(),
-            counted.quorum_required
+            "equivocation by {}: ballots {} and {} (both signatures verify)",
+            e.voter,
+            e.ballots[0],
+            e.ballots[1]
         );
-        outln!("rule: {}   backend: {used}", rule.name());
-        match result.winner {
-            Some(w) => outln!("winner: {} (candidate {w})", labels[w as usize]),
-            None => outln!("winner: none (no valid ballots)"),
-        }
-        let ranking: Vec<String> = result.ranking.iter().map(|&c| labels[c as usize].clone()).collect();
-        outln!("ranking: {}", ranking.join(" > "));
-        outln!("counts: {}", serde_json::to_string(&result.counts)?);
-        for e in &counted.excluded {
-            outln!("excluded ballot {}: {}", e.index, e.reason);
-        }
-        for e in &counted.equivocations {
-            outln!(
-                "equivocation by {}: ballots {} and {} (both signatures verify)",
-                e.voter,
-                e.ballots[0],
-                e.ballots[1]
-            );
-        }
     }
     Ok(reached)
 }

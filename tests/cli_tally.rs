@@ -67,3 +67,16 @@ fn malformed_input_names_the_offending_ballot() {
     let out = hivemesh(&["tally", "--rule", "dictator", file.to_str().expect("utf-8")]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown rule"), "{out:?}");
 }
+
+#[test]
+fn the_human_report_names_the_winner_once_and_the_ranking_by_label() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = generate(dir.path(), &["--rule", "borda"]);
+    let out = hivemesh(&["tally", file.to_str().expect("utf-8"), "--backend", "cpu"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let winner = text.lines().find_map(|l| l.strip_prefix("winner: ")).expect("a winner line");
+    // Generic labels are the index already: "candidate 2", not "candidate 2 (candidate 2)".
+    assert!(winner.starts_with("candidate ") && !winner.contains('('), "{text}");
+    let ranking = text.lines().find_map(|l| l.strip_prefix("ranking: ")).expect("a ranking line");
+    assert_eq!(ranking.split(" > ").next(), Some(winner), "{text}");
+}

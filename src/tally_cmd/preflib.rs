@@ -1,0 +1,114 @@
+//! `hivemesh tally FILE.soc|.soi|.toc|.toi`: a PrefLib file's unsigned
+//! ballots through the same engine as signed ones.
+//!
+//! How each rule reads a PrefLib order (groups best first, ties inside a
+//! group, unlisted alternatives tied last):
+//! - `schulze`, `borda`: the weak order as it stands (Borda: one point per
+//!   alternative ranked strictly below, unlisted ones included).
+//! - `plurality`: the first group, which must be one alternative; an order
+//!   that ties several first is an error naming its line.
+//! - `approval`: every alternative the order lists is approved (so in a
+//!   complete file, soc or toc, every ballot approves everyone).
+//! - `weighted`: refused; PrefLib ballots carry no weights.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use hivemesh::gpu::TallyInput;
+use hivemesh::gpu::engine::{BackendChoice, TallyEngine};
+use hivemesh::preflib::{DataType, PrefLibFile, parse};
+use hivemesh::protocol::TallyRule;
+
+use super::{parse_rule, print_outcome};
+use crate::output::outln;
+
+/// Parses, tallies and reports a PrefLib file. The default rule is Schulze.
+pub fn tally(
+    path: &Path,
+    bytes: &[u8],
+    extension_type: Option<DataType>,
+    rule: Option<&str>,
+    backend: BackendChoice,
+    json: bool,
+) -> anyhow::Result<()> {
+    let file =
+        parse(bytes, extension_type).with_context(|| format!("{} is not a PrefLib file", path.display()))?;
+    let rule = parse_rule(rule.unwrap_or("schulze"))?;
+    let input = input(&file, rule)?;
+    let engine = TallyEngine::new(backend).context("opening the tally backend")?;
+    let (result, used) = engine.tally(&input);
+    let result = result.context("tallying")?;
+    let source = format!(
+        "PrefLib {} file (unsigned ballots; no signature, eligibility or quorum checks)",
+        file.data_type.name()
+    );
+    let number = |c: u32| format!("alternative {}", c + 1);
+    if json {
+        let label = |c: u32| file.names.get(c as usize).cloned().unwrap_or_else(|| number(c));
+        let report = serde_json::json!({
+            "status": "final",
+            "source": source,
+            "signed": false,
+            "data_type": file.data_type.name(),
+            "title": file.title,
+            "rule": rule.name(),
+            "backend": used,
+            "voters": file.voters(),
+            "unique_orders": file.orders.len(),
+            "candidates": file.names,
+            "winner": result.winner.map(|w| serde_json::json!({"index": w, "label": label(w)})),
+            "tied_for_first": result.tied_for_first,
+            "ranking": result.ranking,
+            "counts": result.counts,
+        });
+        outln!("{report:#}");
+        return Ok(());
+    }
+    outln!("source: {source}");
+    if let Some(title) = &file.title {
+        outln!("title: {title}");
+    }
+    outln!("voters: {} ({} distinct orders)", file.voters(), file.orders.len());
+    outln!("rule: {}   backend: {used}", rule.name());
+    print_outcome(&result, &file.names, number)
+}
+
+/// The tally input for `rule`: every order repeated `count` times.
+fn input(file: &PrefLibFile, rule: TallyRule) -> anyhow::Result<TallyInput> {
+    let candidates = file.names.len() as u32;
+    match rule {
+        TallyRule::Schulze | TallyRule::Borda => {
+            Ok(TallyInput::weak_orders(rule, candidates, &file.ballots()))
+        }
+        TallyRule::Approval => {
+            let mut lists = Vec::new();
+            for order in &file.orders {
+                let approved: Vec<u32> = order.groups.concat();
+                lists.extend(std::iter::repeat_n(approved, order.count as usize));
+            }
+            Ok(TallyInput::lists(rule, candidates, &lists))
+        }
+        TallyRule::Plurality => {
+            let mut choices = Vec::new();
+            for order in &file.orders {
+                match order.groups.first().map(Vec::as_slice) {
+                    Some(&[first]) => choices.extend(std::iter::repeat_n(first, order.count as usize)),
+                    Some(tied) => {
+                        let tied: Vec<String> = tied.iter().map(|c| (c + 1).to_string()).collect();
+                        bail!(
+                            "line {}: plurality counts each ballot's single first choice, but this order \
+                             ties {{{}}} first (use schulze or borda)",
+                            order.line,
+                            tied.join(",")
+                        )
+                    }
+                    None => bail!("line {}: an empty order has no first choice", order.line),
+                }
+            }
+            Ok(TallyInput::plurality(candidates, choices))
+        }
+        TallyRule::WeightedPlurality => {
+            bail!("PrefLib ballots carry no weights: use plurality (each voter counts once)")
+        }
+    }
+}
