@@ -55,8 +55,9 @@ pub enum Command {
     /// last). schulze (the default) and borda read them whole (Borda: a point
     /// per alternative ranked strictly below); plurality takes each order's
     /// first choice and refuses a tie for it; approval approves every listed
-    /// alternative; weighted is refused. A malformed file is an error naming
-    /// its line.
+    /// alternative; weighted is refused. A Debian vote's tally sheet (its
+    /// `V: 1-22` lines) is read the same way. A malformed file is an error
+    /// naming its line.
     Tally {
         /// Ballot file (signed JSON or PrefLib), or - for stdin. Not used with --generate.
         #[arg(required_unless_present = "generate")]

@@ -82,8 +82,30 @@ pub struct Order {
     /// Voters who cast it (at least 1).
     pub count: u64,
     /// Groups best first; the members of a group tie. Candidates are
-    /// 0-based (PrefLib's alternative i is candidate i-1). Never empty.
+    /// 0-based (PrefLib's alternative i is candidate i-1). Never empty in a
+    /// PrefLib file; a Debian ballot that ranks nothing has no group.
     pub groups: Vec<Vec<u32>>,
+}
+
+/// The layouts read into a [`PrefLibFile`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// PrefLib since 2022: the `# KEY: VALUE` header.
+    PrefLib,
+    /// PrefLib before 2022: counts and `i,name` lines, no `#`.
+    PrefLibLegacy,
+    /// A Debian vote's tally sheet ([`debian`]): one `V:` line per ballot.
+    DebianTallySheet,
+}
+
+impl Layout {
+    /// How a report names the source: "PrefLib toi file", "Debian tally sheet".
+    pub fn describe(self, data_type: DataType) -> String {
+        match self {
+            Self::PrefLib | Self::PrefLibLegacy => format!("PrefLib {} file", data_type.name()),
+            Self::DebianTallySheet => "Debian tally sheet".to_string(),
+        }
+    }
 }
 
 /// A parsed PrefLib file.
@@ -96,8 +118,8 @@ pub struct PrefLibFile {
     pub names: Vec<String>,
     /// The order lines, in file order.
     pub orders: Vec<Order>,
-    /// Whether the file used the pre-2022 layout.
-    pub legacy: bool,
+    /// Which layout the file used.
+    pub layout: Layout,
 }
 
 impl PrefLibFile {
@@ -222,7 +244,8 @@ pub fn parse(bytes: &[u8], extension_type: Option<DataType>) -> Result<PrefLibFi
         .enumerate()
         .map(|(i, name)| name.unwrap_or_else(|| format!("alternative {}", i + 1)))
         .collect();
-    Ok(PrefLibFile { data_type, title: head.title, names, orders, legacy })
+    let layout = if legacy { Layout::PrefLibLegacy } else { Layout::PrefLib };
+    Ok(PrefLibFile { data_type, title: head.title, names, orders, layout })
 }
 
 /// One `count: order` (legacy: `count,order`) line. `seen` is scratch space
@@ -325,6 +348,7 @@ fn parse_groups(
     }
 }
 
+pub mod debian;
 mod header;
 #[cfg(test)]
 mod tests;

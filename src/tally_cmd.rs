@@ -5,7 +5,8 @@
 //! `{"job": HEX32, "rule": RULE, "candidates": N | [labels],
 //!   "eligible": [PEER_ID...], "ballots": [HEX(postcard(Envelope))...]}`.
 //! PrefLib files (`soc`, `soi`, `toc`, `toi`) are told apart by their
-//! content (a `#` header) or their extension; see [`preflib`].
+//! content (a `#` header) or their extension, Debian tally sheets by their
+//! `V:` lines; see [`preflib`].
 
 use std::borrow::Cow;
 use std::io::Read;
@@ -79,8 +80,8 @@ fn read_bytes(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Tallies `path`: a PrefLib file (by content or extension) or a signed
-/// ballot file. Prints the report; returns whether quorum was reached
+/// Tallies `path`: a PrefLib file (by content or extension), a Debian
+/// tally sheet (by content) or a signed ballot file. Prints the report; returns whether quorum was reached
 /// (always true for PrefLib files, which have no quorum).
 pub fn recheck(
     path: &Path,
@@ -90,10 +91,8 @@ pub fn recheck(
     json: bool,
 ) -> anyhow::Result<bool> {
     let bytes = read_bytes(path)?;
-    let extension_type =
-        path.extension().and_then(|e| e.to_str()).and_then(hivemesh::preflib::DataType::from_name);
-    if extension_type.is_some() || hivemesh::preflib::looks_like_preflib(&bytes) {
-        preflib::tally(path, &bytes, extension_type, rule, backend, json)?;
+    if let Some(file) = preflib::read(path, &bytes)? {
+        preflib::tally(&file, rule, backend, json)?;
         return Ok(true);
     }
     recheck_signed(path, &bytes, rule, backend, quorum, json)

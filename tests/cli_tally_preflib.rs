@@ -297,3 +297,41 @@ fn real_debian_elections_give_the_published_winners_and_independently_counted_to
         }
     }
 }
+
+#[test]
+fn a_debian_tally_sheet_is_counted_like_a_toi_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The layout of https://www.debian.org/vote/2020/vote_001_tally.txt:
+    // one rank per option, equal ranks tie, '-' unranked.
+    let sheet = "           Tally Sheet for the votes cast.\n\n\
+                 \x20    Option 1--------->: Jonathan Carter\n   /  Option 2-------->: Sruthi Chandran\n\
+                 \x20  |/  Option 3------->: Brian Gupta\n   ||/  Option 4------>: None Of The Above\n   |||/\n\
+                 V: 122-\t\t6e7f2b\nV: 122-\t\t00aa11\nV: 122-\t\t22bb33\nV: -1-2\t\tc0ffee\n\
+                 V: -1-2\t\tdecade\nV: ---1\t\tbeef00\nV: ----\t\tfeed42\n";
+    let file = write(dir.path(), "vote_001_tally.txt", sheet);
+    // Pairwise: Carter>Chandran 3, >Gupta 3, >NOTA 3; Chandran>Carter 2,
+    // >Gupta 2, >NOTA 3+2; Gupta>NOTA 3; NOTA>Carter 2+1, >Chandran 1,
+    // >Gupta 2+1 (Carter-NOTA and Gupta-NOTA are pairwise ties). Strongest
+    // paths: Carter->Chandran 3, ->Gupta 3, ->NOTA 3 (through Chandran);
+    // Chandran->Gupta 2, ->NOTA 5; Gupta and NOTA none, so they tie last.
+    let schulze = report(&file, "schulze");
+    check(
+        &schulze,
+        0,
+        &[0],
+        &[0, 1, 2, 3],
+        self::schulze(
+            &[0, 3, 3, 3, 2, 0, 2, 5, 0, 0, 0, 3, 3, 1, 3, 0],
+            &[0, 3, 3, 3, 0, 0, 2, 5, 0, 0, 0, 0, 0, 0, 0, 0],
+        ),
+    );
+    assert_eq!(schulze["format"], "debian-tally-sheet");
+    assert_eq!(schulze["voters"], 7);
+    // Plurality: Carter 3, Chandran 2, NOTA 1; the ballot ranking nothing
+    // votes for no one.
+    check(&report(&file, "plurality"), 0, &[0], &[0, 1, 3, 2], scores(&[3, 2, 0, 1]));
+    let human = hivemesh(&["tally", file.to_str().expect("utf-8"), "--rule", "plurality"]);
+    let human = String::from_utf8(human.stdout).expect("utf-8");
+    assert!(human.starts_with("source: Debian tally sheet (unsigned ballots;"), "{human}");
+    assert!(human.contains("winner: Jonathan Carter (option 1)\n"), "{human}");
+}

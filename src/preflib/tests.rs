@@ -25,7 +25,7 @@ fn the_debian_2020_ballot_is_a_toi_line_with_a_tie_and_an_unranked_alternative()
     assert_eq!(file.orders, vec![Order { line: 11, count: 3, groups: vec![vec![0], vec![1, 2]] }]);
     assert_eq!(file.voters(), 3);
     assert_eq!(file.ballots(), vec![vec![vec![0], vec![1, 2]]; 3]);
-    assert!(!file.legacy);
+    assert_eq!(file.layout, Layout::PrefLib);
 }
 
 #[test]
@@ -40,7 +40,7 @@ fn spaces_crlf_and_blank_lines_are_accepted() {
 fn the_pre_2022_layout_is_read_with_its_type_from_the_file_name() {
     let text = "3\n1,Alice\n2,Bob\n3,Carol\n5,5,2\n3,1,2,3\n2,{2,3},1\n";
     let file = parse(text.as_bytes(), Some(DataType::Toc)).expect("parse");
-    assert!(file.legacy);
+    assert_eq!(file.layout, Layout::PrefLibLegacy);
     assert_eq!(file.names, ["Alice", "Bob", "Carol"]);
     assert_eq!(file.orders[1], Order { line: 7, count: 2, groups: vec![vec![1, 2], vec![0]] });
     let untyped = parse(text.as_bytes(), None).expect_err("no type");
