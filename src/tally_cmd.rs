@@ -149,6 +149,7 @@ fn recheck_signed(
     quorum: Quorum,
     json: bool,
 ) -> anyhow::Result<bool> {
+    let started = std::time::Instant::now();
     let file: BallotFileRef<'_> =
         serde_json::from_slice(bytes).with_context(|| format!("{} is not a ballot file", path.display()))?;
     let job_bytes: [u8; 16] = hex::decode(file.job.as_bytes())
@@ -171,11 +172,20 @@ fn recheck_signed(
         .collect();
     let eligible = eligible.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     let envelopes = decode_envelopes(&file.ballots)?;
+    let decoded = started.elapsed();
     let spec = JobSpec { job: JobId(job_bytes), rule, candidates, eligible, quorum };
     let counted = validate(&spec, &envelopes);
+    let validated = started.elapsed();
     let engine = TallyEngine::new(backend).context("opening the tally backend")?;
     let (result, used) = engine.tally(&counted.input);
     let result = result.context("tallying")?;
+    tracing::debug!(
+        ballots = envelopes.len(),
+        parse_and_decode_ms = decoded.as_secs_f64() * 1e3,
+        validate_ms = (validated - decoded).as_secs_f64() * 1e3,
+        tally_ms = (started.elapsed() - validated).as_secs_f64() * 1e3,
+        "tally file timings"
+    );
     let reached = counted.quorum_reached();
     let label = |c: u32| labels.get(c as usize).cloned().unwrap_or_default();
     let report = serde_json::json!({
