@@ -14,9 +14,11 @@ pub const MAX_ADDRESS_BYTES: usize = 128;
 ///
 /// `node` is the stable name (foca's `Addr`): at most one identity per node is
 /// kept. `generation` orders identities of the same node: a restarted process
-/// starts from the wall clock in milliseconds, and `renew` bumps it, so the
-/// newest one always wins and a restarted node rejoins at once instead of
-/// waiting for its old identity to be forgotten.
+/// starts from the wall clock in milliseconds, or just above the highest
+/// generation its data directory used if the clock is behind that
+/// ([`super::start_generation`]), and `renew` bumps it, so the newest one
+/// always wins and a restarted node rejoins at once instead of waiting for
+/// its old identity to be forgotten.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MemberId {
     pub node: NodeId,

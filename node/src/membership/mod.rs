@@ -4,12 +4,15 @@
 //! with tokio and real libp2p connections, the simulation with a virtual
 //! clock and a simulated network, and both run exactly this code.
 
+pub mod clock;
 mod config;
 mod machine;
 mod member_id;
+mod restart;
 mod view;
 
 pub use config::MembershipConfig;
 pub use machine::{Membership, Output, Timer};
 pub use member_id::{MAX_ADDRESSES_PER_MEMBER, MemberId};
+pub use restart::start_generation;
 pub use view::{MemberEvent, MemberState, MemberView, MembershipStats, RejectReason};

@@ -2,7 +2,7 @@
 //! and feeds one to the other. Timers are tokio sleeps that post back.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use libp2p::futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
@@ -21,8 +21,9 @@ use super::replication::ReplicationState;
 use crate::membership::{MemberEvent, MemberId, Membership, Output, Timer};
 use crate::replica::{Profile, Replica, ViewKind, ViewReport};
 
+/// The node's wall clock in Unix ms (see [`crate::membership::clock`]).
 pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    crate::membership::clock::unix_ms()
 }
 
 pub enum Command {
@@ -203,6 +204,12 @@ impl Driver {
                     if let MemberEvent::Up(member) | MemberEvent::Renamed { new: member, .. } = &event {
                         self.dial_fresh_addresses(member);
                         self.on_member_up(member);
+                    }
+                    if let MemberEvent::Rejoined(me) = &event {
+                        // The next start must begin above this one (ADR 0015).
+                        if let Err(error) = self.replica.store().put_generation(me.generation) {
+                            tracing::warn!(%error, "could not record the rejoined generation");
+                        }
                     }
                     let _ = self.events.send(event);
                 }

@@ -20,7 +20,9 @@ use super::driver::{Command, Driver, unix_ms};
 use super::job_sync::JobCommand;
 use crate::federation::{FederationConfig, FederationHandle};
 use crate::keystore::{KeystoreError, load_or_create};
-use crate::membership::{MemberEvent, MemberId, MemberView, Membership, MembershipConfig, MembershipStats};
+use crate::membership::{
+    MemberEvent, MemberId, MemberView, Membership, MembershipConfig, MembershipStats, start_generation,
+};
 use crate::replica::{
     JobError, JobFrame, JobView, JobsConfig, Profile, Replica, ReplicaStats, ViewKind, ViewReport,
 };
@@ -429,7 +431,11 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     }
     let listen = wait_for_listeners(&mut swarm, listeners).await?;
 
-    let me = MemberId::new(node_id, unix_ms(), listen.iter().map(|a| a.to_vec()).collect());
+    // Above every generation this data directory used before, whatever the
+    // clock says, so peers holding the old identity down accept the new one.
+    let generation = start_generation(replica.store().generation(), unix_ms());
+    replica.store().put_generation(generation)?;
+    let me = MemberId::new(node_id, generation, listen.iter().map(|a| a.to_vec()).collect());
     let seed = getrandom::u64().unwrap_or_else(|_| unix_ms());
     let mut membership = Membership::new(me, config.membership.clone(), seed, unix_ms());
     let mut unresolved = UnresolvedBootstrap::default();

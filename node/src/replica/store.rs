@@ -135,6 +135,23 @@ impl Store {
             .ok()
     }
 
+    /// The highest membership generation this data directory has used (a
+    /// start or a rejoin), if any; an unreadable record counts as none.
+    pub fn generation(&self) -> Option<u64> {
+        let bytes = self.meta.get(GENERATION_KEY).ok()??;
+        Some(u64::from_be_bytes(bytes.as_ref().try_into().ok()?))
+    }
+
+    /// Records `generation` as used (kept if a higher one is recorded) and
+    /// flushes, so the next start begins above it even after a `kill -9`.
+    pub fn put_generation(&self, generation: u64) -> Result<(), StoreError> {
+        if self.generation().is_some_and(|held| held >= generation) {
+            return Ok(());
+        }
+        self.meta.insert(GENERATION_KEY, &generation.to_be_bytes())?;
+        self.flush()
+    }
+
     /// Appends one incremental save of `job` as record `seq`.
     pub fn put_job_chunk(&self, job: &JobId, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
         self.job_chunks.insert(job_chunk_key(job, seq), bytes)?;
@@ -203,6 +220,9 @@ impl Store {
     }
 }
 
+/// The meta key of the highest generation used (8 bytes, big-endian).
+const GENERATION_KEY: &str = "generation";
+
 /// The job id then the record's sequence number, big-endian, so a prefix scan
 /// returns a job's records in order.
 fn job_chunk_key(job: &JobId, seq: u64) -> [u8; 24] {
@@ -224,6 +244,20 @@ mod tests {
         assert!(matches!(error, StoreError::InUse { .. }), "{error:?}");
         let text = error.to_string();
         assert!(text.contains("another hivemesh is using") && !text.contains("Os {"), "{text}");
+    }
+
+    #[test]
+    fn the_highest_generation_survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            assert_eq!(store.generation(), None);
+            store.put_generation(1_000).expect("put");
+            store.put_generation(2_000).expect("put");
+            store.put_generation(1_500).expect("a lower one is ignored");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.generation(), Some(2_000));
     }
 
     #[test]
