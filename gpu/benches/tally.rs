@@ -1,6 +1,9 @@
 //! Tally hot paths: plurality and Schulze on the CPU, the same on the GPU
 //! backend (a software adapter on machines without a GPU: labelled), and
 //! signed-ballot ingest (verify + dedupe + count).
+//!
+//! `cargo bench -p hivemesh-gpu --bench tally -- ingest` runs the ingest
+//! group alone; `RAYON_NUM_THREADS=1` gives the per-core figure.
 
 use std::hint::black_box;
 
@@ -8,7 +11,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hivemesh_gpu::ballot_box::{JobSpec, Quorum, validate};
 use hivemesh_gpu::wgpu_backend::GpuBackend;
 use hivemesh_gpu::{TallyInput, cpu};
-use hivemesh_protocol::{Ballot, BallotChoice, JobId, NodeIdentity, TallyRule, seal};
+use hivemesh_protocol::{Ballot, BallotChoice, Envelope, JobId, NodeIdentity, TallyRule, seal};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
@@ -71,37 +74,55 @@ fn bench(c: &mut Criterion) {
         eprintln!("no wgpu adapter: GPU benchmarks skipped");
     }
 
-    // Ingest: 1,000 voters' signed ballots, verified in one batch, deduplicated, counted.
-    let voters: Vec<NodeIdentity> = (0..1000u32).map(voter).collect();
+    // Ingest: signed ballots verified in parallel batches, decoded,
+    // deduplicated, counted. 1,000 plurality ballots, and 65,536 Schulze
+    // rankings of 14 candidates (the size of issue 14's real election).
+    let mut group = c.benchmark_group("ingest");
+    group.sample_size(10);
+    for (rule, count, candidates) in [(TallyRule::Plurality, 1000u32, 4u32), (TallyRule::Schulze, 65_536, 14)]
+    {
+        let (spec, envelopes) = signed_ballots(rule, count, candidates);
+        group.throughput(Throughput::Elements(u64::from(count)));
+        let name = match rule {
+            TallyRule::Plurality => format!("signed_ballots_{count}"),
+            rule => format!("signed_{}_{count}", rule.name()),
+        };
+        group.bench_function(name, |b| {
+            b.iter(|| cpu::tally(&validate(black_box(&spec), black_box(&envelopes)).input))
+        });
+    }
+    group.finish();
+}
+
+/// `count` voters' signed ballots for one job: plurality votes, or random
+/// full rankings for list rules.
+fn signed_ballots(rule: TallyRule, count: u32, candidates: u32) -> (JobSpec, Vec<Envelope>) {
+    let voters: Vec<NodeIdentity> = (0..count).map(voter).collect();
     let job = JobId([9; 16]);
-    let envelopes: Vec<_> = voters
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut order: Vec<u32> = (0..candidates).collect();
+    let envelopes = voters
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let ballot = Ballot {
-                job,
-                voter: v.node_id(),
-                rule: TallyRule::Plurality,
-                choice: BallotChoice::Single(i as u32 % 4),
-                weight: 1,
+            let choice = if rule == TallyRule::Plurality {
+                BallotChoice::Single(i as u32 % candidates)
+            } else {
+                order.shuffle(&mut rng);
+                BallotChoice::Rank(order.clone())
             };
+            let ballot = Ballot { job, voter: v.node_id(), rule, choice, weight: 1 };
             seal(v, 1, 1_000, &ballot).expect("seal")
         })
         .collect();
     let spec = JobSpec {
         job,
-        rule: TallyRule::Plurality,
-        candidates: 4,
+        rule,
+        candidates,
         eligible: voters.iter().map(NodeIdentity::node_id).collect(),
         quorum: Quorum::TwoThirds,
     };
-    let mut group = c.benchmark_group("ingest");
-    group.sample_size(10);
-    group.throughput(Throughput::Elements(1000));
-    group.bench_function("signed_ballots_1000", |b| {
-        b.iter(|| cpu::tally(&validate(black_box(&spec), black_box(&envelopes)).input))
-    });
-    group.finish();
+    (spec, envelopes)
 }
 
 criterion_group!(benches, bench);

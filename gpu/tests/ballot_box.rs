@@ -100,3 +100,66 @@ fn quorum_rules() {
     assert_eq!("7".parse::<Quorum>(), Ok(Quorum::AtLeast(7)));
     assert!("most".parse::<Quorum>().is_err());
 }
+
+/// Signatures are batch-checked in parallel chunks (one per rayon thread,
+/// `MIN_VERIFY_CHUNK` to `MAX_VERIFY_CHUNK` envelopes): bad signatures in
+/// several chunks, duplicates and equivocations whose two ballots sit in
+/// different chunks give the same exclusions, in input order, as the
+/// one-by-one rules, whatever the number of threads (and so of chunks).
+#[test]
+fn chunked_verification_keeps_every_result_and_its_order() {
+    let voters = 600;
+    let forged = [1, 200, 450];
+    let ids: Vec<NodeIdentity> = (0..voters as u32)
+        .map(|i| {
+            let mut seed = [1u8; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            NodeIdentity::from_seed(seed)
+        })
+        .collect();
+    let mut envs: Vec<Envelope> = ids.iter().map(|id| ballot(id, 1, JOB, vec![0, 1, 2])).collect();
+    for &i in &forged {
+        envs[i].payload[0] ^= 1;
+    }
+    // Voters 0..50 vote again at the end: even ones the same ballot (a
+    // duplicate), odd ones a different one (equivocation).
+    for (j, id) in ids.iter().enumerate().take(50) {
+        let ranking = if j % 2 == 0 { vec![0, 1, 2] } else { vec![2, 1, 0] };
+        envs.push(ballot(id, 2, JOB, ranking));
+    }
+    let mut expected: Vec<(usize, &str)> = forged.iter().map(|&i| (i, "bad signature")).collect();
+    for j in 0..50 {
+        if j % 2 == 0 {
+            expected.push((voters + j, "duplicate of ballot"));
+        } else if j != 1 {
+            expected.push((j, "equivocation"));
+            expected.push((voters + j, "equivocation"));
+        } else {
+            // Voter 1's first ballot is forged: its second one counts.
+            expected.push((voters + j, "counted"));
+        }
+    }
+    expected.retain(|(_, why)| *why != "counted");
+    expected.sort();
+    let counted_voters: Vec<usize> =
+        (0..voters).filter(|i| !forged.contains(i) && (*i >= 50 || i % 2 == 0)).chain([1]).collect();
+    let spec = spec(&ids, Quorum::Majority);
+    for threads in [1, 3, 8] {
+        // 650 envelopes: one chunk of 650, 3 of 217, 8 of 82.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+        let counted = pool.install(|| validate(&spec, &envs));
+        let got: Vec<(usize, String)> =
+            counted.excluded.iter().map(|e| (e.index, e.reason.clone())).collect();
+        assert_eq!(got.len(), expected.len(), "{threads} threads: {got:?}");
+        for ((index, reason), (want_index, want)) in got.iter().zip(&expected) {
+            assert_eq!(index, want_index, "{threads} threads");
+            assert!(reason.contains(want), "{threads} threads, {index}: {reason}");
+        }
+        assert_eq!(counted.equivocations.len(), 24, "{threads} threads");
+        assert_eq!(counted.equivocations[0].ballots, [3, voters + 3], "{threads} threads");
+        let mut voters_in_order: Vec<usize> = counted_voters.clone();
+        voters_in_order.sort_by_key(|&i| if i == 1 { voters + 1 } else { i });
+        assert_eq!(counted.voters, voters_in_order.iter().map(|&i| ids[i].node_id()).collect::<Vec<_>>());
+        assert_eq!(counted.input.ballot_count(), counted_voters.len());
+    }
+}

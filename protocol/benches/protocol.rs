@@ -5,7 +5,9 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use hivemesh_protocol::limits::MAX_FRAME_BYTES;
-use hivemesh_protocol::{Domain, Envelope, NodeIdentity, Verifier, decode_frame, encode_frame};
+use hivemesh_protocol::{
+    Domain, Envelope, NodeIdentity, Verifier, decode_frame, encode_frame, verify_batch_stateless,
+};
 
 const NOW: u64 = 1_800_000_000_000;
 const BATCH: usize = 64;
@@ -60,6 +62,30 @@ fn signing(c: &mut Criterion) {
             |mut v| v.verify_batch(black_box(&next), Domain::BALLOT, NOW),
             BatchSize::SmallInput,
         )
+    });
+    group.finish();
+
+    // Stateless batch checks (signed ballot files): the cost per envelope
+    // falls with the batch size (one multiscalar multiplication per batch).
+    // Distinct senders, so every key is decompressed.
+    let mut group = c.benchmark_group("verify_batch_stateless");
+    group.sample_size(10);
+    let distinct: Vec<Envelope> = (0..4096u32)
+        .map(|i| {
+            let mut seed = [3u8; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            Envelope::seal(&NodeIdentity::from_seed(seed), Domain::BALLOT, 1, NOW, vec![7; 96]).expect("seal")
+        })
+        .collect();
+    for size in [64usize, 256, 1024, 4096] {
+        group.throughput(Throughput::Elements(size as u64));
+        group.bench_function(format!("{size}"), |b| {
+            b.iter(|| verify_batch_stateless(black_box(&distinct[..size]), Domain::BALLOT))
+        });
+    }
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("sender_key_decompression", |b| {
+        b.iter(|| black_box(&distinct[0]).sender.verifying_key())
     });
     group.finish();
 }

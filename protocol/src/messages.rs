@@ -283,35 +283,52 @@ impl SignedMessage for Ballot {
             (TallyRule::WeightedPlurality, _) | (_, 1) => {}
             (_, w) => return Err(invalid("weight", format!("must be 1 for unweighted rules, got {w}"))),
         }
-        let named: Vec<u32> = match &self.choice {
+        let (field, count) = match &self.choice {
             BallotChoice::Single(_) => return Ok(()),
-            BallotChoice::Approve(list) | BallotChoice::Rank(list) => list.clone(),
+            BallotChoice::Approve(list) | BallotChoice::Rank(list) => ("choice", list.len()),
             BallotChoice::RankGroups(groups) => {
                 if let Some(empty) = groups.iter().position(Vec::is_empty) {
                     return Err(invalid("choice.groups", format!("group {empty} is empty")));
                 }
-                let total: usize = groups.iter().map(Vec::len).sum();
-                if total > MAX_CANDIDATES {
-                    return Err(invalid(
-                        "choice.groups",
-                        format!("{total} candidates in all groups, limit {MAX_CANDIDATES}"),
-                    ));
-                }
-                groups.concat()
+                ("choice.groups", groups.iter().map(Vec::len).sum())
             }
         };
-        let field =
-            if matches!(self.choice, BallotChoice::RankGroups(_)) { "choice.groups" } else { "choice" };
-        if named.len() > MAX_CANDIDATES {
-            return Err(invalid(field, format!("{} candidates, limit {MAX_CANDIDATES}", named.len())));
+        if count > MAX_CANDIDATES {
+            let what = if field == "choice" { "" } else { " in all groups" };
+            return Err(invalid(field, format!("{count} candidates{what}, limit {MAX_CANDIDATES}")));
         }
-        let mut sorted = named;
-        sorted.sort_unstable();
-        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
-            return Err(invalid(field, format!("candidate {} appears twice", w[0])));
+        let named: &mut dyn Iterator<Item = u32> = match &self.choice {
+            BallotChoice::Approve(list) | BallotChoice::Rank(list) => &mut list.iter().copied(),
+            BallotChoice::RankGroups(groups) => &mut groups.iter().flatten().copied(),
+            BallotChoice::Single(_) => return Ok(()),
+        };
+        match first_repeat(named) {
+            Some(c) => Err(invalid(field, format!("candidate {c} appears twice"))),
+            None => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// A candidate named twice, if any. A bitmap for indices below
+/// [`MAX_CANDIDATES`] (no allocation: this runs for every ballot opened);
+/// larger indices, which no job accepts, are sorted and compared.
+fn first_repeat(named: &mut dyn Iterator<Item = u32>) -> Option<u32> {
+    let mut seen = [0u64; MAX_CANDIDATES / 64];
+    let mut large: Vec<u32> = Vec::new();
+    for c in named {
+        match seen.get_mut(c as usize / 64) {
+            Some(word) => {
+                let bit = 1u64 << (c % 64);
+                if *word & bit != 0 {
+                    return Some(c);
+                }
+                *word |= bit;
+            }
+            None => large.push(c),
+        }
+    }
+    large.sort_unstable();
+    large.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
 }
 
 fn invalid(field: &'static str, reason: String) -> MessageError {

@@ -87,4 +87,10 @@ fn rank_groups_validation_names_the_field() {
     // Rank keeps its own field name and now says which candidate repeats.
     let repeated = seal(&v, 1, 1, &ballot(&v, TallyRule::Borda, BallotChoice::Rank(vec![1, 0, 1])));
     assert_eq!(invalid(repeated), ("choice", "candidate 1 appears twice".to_string()));
+    let large =
+        seal(&v, 1, 1, &ballot(&v, TallyRule::Borda, BallotChoice::Rank(vec![5000, 1, 70_000, 5000])));
+    assert_eq!(invalid(large), ("choice", "candidate 5000 appears twice".to_string()));
+    let distinct =
+        ballot(&v, TallyRule::Schulze, BallotChoice::RankGroups(vec![vec![5000, 1023], vec![0, 64, 63]]));
+    assert!(seal(&v, 1, 1, &distinct).is_ok());
 }
