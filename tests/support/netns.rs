@@ -37,21 +37,29 @@ const PREFIX: &str = "hm5-";
 /// The listen port of every node (each host has its own address).
 pub const PORT: u16 = 4001;
 
-/// Whether this machine can run the bed: `Err` says why not.
+/// Whether this machine can run the bed: `Err` says why not. Makes and
+/// deletes a probe namespace and runs nftables inside it, so root without
+/// CAP_SYS_ADMIN (a container) is caught here rather than half-way through.
 pub fn available() -> Result<(), String> {
     let uid = Command::new("id").arg("-u").output().map(|out| text(&out.stdout).trim().to_string());
     if uid.as_deref().ok() != Some("0") {
         return Err("not root (network namespaces need CAP_SYS_ADMIN)".into());
     }
-    for tool in [["ip", "netns", "list"], ["nft", "--version", ""]] {
-        let args: Vec<&str> = tool[1..].iter().copied().filter(|a| !a.is_empty()).collect();
-        match Command::new(tool[0]).args(&args).output() {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                return Err(format!("`{}` failed: {}", tool.join(" ").trim(), text(&out.stderr).trim()));
-            }
-            Err(e) => return Err(format!("`{}` is missing ({e}); install iproute2 and nftables", tool[0])),
-        }
+    let probe = format!("{PREFIX}{}-probe", std::process::id());
+    let steps: [&[&str]; 3] = [
+        &["ip", "netns", "add", &probe],
+        &["ip", "netns", "exec", &probe, "nft", "list", "ruleset"],
+        &["ip", "netns", "del", &probe],
+    ];
+    for step in steps {
+        let outcome = Command::new(step[0]).args(&step[1..]).stdin(Stdio::null()).output();
+        let failure = match outcome {
+            Ok(out) if out.status.success() => continue,
+            Ok(out) => format!("`{}` failed: {}", step.join(" "), text(&out.stderr).trim()),
+            Err(e) => format!("`{}` is missing ({e}); install iproute2 and nftables", step[0]),
+        };
+        delete_namespace(&probe);
+        return Err(failure);
     }
     Ok(())
 }
