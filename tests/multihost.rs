@@ -70,7 +70,7 @@ fn wait_for_registry(bed: &Bed, on: &[usize], of: usize, models: &[&str]) -> Res
         if started.elapsed() > LIMIT {
             return Err(format!("hosts {missing:?} lack host {of}'s advertisement {models:?}"));
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(netns::POLL);
     }
 }
 

@@ -34,6 +34,11 @@ use serde_json::Value;
 /// process id, then a counter: `hm5-<pid>-<n>-<role>`.
 const PREFIX: &str = "hm5-";
 
+/// Pause between polls of the nodes. Each poll of a host starts one
+/// `hivemesh members` process; polling faster takes CPU from the nodes on a
+/// 2-core machine (and so disturbs what is measured).
+pub const POLL: Duration = Duration::from_millis(400);
+
 /// The listen port of every node (each host has its own address).
 pub const PORT: u16 = 4001;
 
@@ -441,7 +446,7 @@ impl Bed {
 
     /// Polls until `done` holds for the hosts `watch` (each one's member
     /// states by peer id), or `limit` passes; returns the time it took, or
-    /// `None` with the last states seen. `each` sees every poll (for
+    /// `Err` with the states last seen. `each` sees every poll (for
     /// invariants such as "no false downs").
     pub fn wait_until(
         &self,
@@ -468,7 +473,7 @@ impl Bed {
             if started.elapsed() > limit {
                 return Err(last);
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(POLL);
         }
     }
 
