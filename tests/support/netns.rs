@@ -17,18 +17,16 @@
 //! the host's output, a partition drops traffic to and from a set of
 //! addresses. There is no latency emulation.
 //!
-//! Needs root (`ip netns add`): [`available`] says why not, and [`skip`]
+//! Needs root (`ip netns add`): `shell::available` says why not, and [`skip`]
 //! turns that into one printed line, or a failure when
 //! `HIVEMESH_REQUIRE_NETNS_TESTS=1` (set in `.ci/run`).
 #![allow(dead_code)]
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-
-use serde_json::Value;
 
 /// Every namespace this module makes starts with this, then the test
 /// process id, then a counter: `hm5-<pid>-<n>-<role>`.
@@ -42,204 +40,14 @@ pub const POLL: Duration = Duration::from_millis(400);
 /// The listen port of every node (each host has its own address).
 pub const PORT: u16 = 4001;
 
-/// Whether this machine can run the bed: `Err` says why not. Makes and
-/// deletes a probe namespace and runs nftables inside it, so root without
-/// CAP_SYS_ADMIN (a container) is caught here rather than half-way through.
-pub fn available() -> Result<(), String> {
-    let uid = Command::new("id").arg("-u").output().map(|out| text(&out.stdout).trim().to_string());
-    if uid.as_deref().ok() != Some("0") {
-        return Err("not root (network namespaces need CAP_SYS_ADMIN)".into());
-    }
-    let probe = format!("{PREFIX}{}-probe", std::process::id());
-    let steps: [&[&str]; 3] = [
-        &["ip", "netns", "add", &probe],
-        &["ip", "netns", "exec", &probe, "nft", "list", "ruleset"],
-        &["ip", "netns", "del", &probe],
-    ];
-    for step in steps {
-        let outcome = Command::new(step[0]).args(&step[1..]).stdin(Stdio::null()).output();
-        let failure = match outcome {
-            Ok(out) if out.status.success() => continue,
-            Ok(out) => format!("`{}` failed: {}", step.join(" "), text(&out.stderr).trim()),
-            Err(e) => format!("`{}` is missing ({e}); install iproute2 and nftables", step[0]),
-        };
-        delete_namespace(&probe);
-        return Err(failure);
-    }
-    Ok(())
-}
+#[path = "netns/host.rs"]
+mod host;
+#[path = "netns/shell.rs"]
+mod shell;
 
-/// `true` when `test` must be skipped: prints one line saying why. Panics
-/// instead when `HIVEMESH_REQUIRE_NETNS_TESTS=1`.
-pub fn skip(test: &str) -> bool {
-    let Err(why) = available() else { return false };
-    if std::env::var("HIVEMESH_REQUIRE_NETNS_TESTS").is_ok_and(|v| v == "1") {
-        panic!(
-            "{test}: the network-namespace test bed is required (HIVEMESH_REQUIRE_NETNS_TESTS=1) but {why}"
-        );
-    }
-    eprintln!("skipping {test}: {why}");
-    true
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs `ip` with `args`; panics with its stderr when it fails.
-fn ip(args: &[&str]) {
-    run_ok("ip", args, None);
-}
-
-fn run_ok(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes()).expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success(), "{program} {args:?} failed: {}", text(&out.stderr));
-    out
-}
-
-/// Loads an nftables ruleset into namespace `ns`.
-fn nft(ns: &str, ruleset: &str) {
-    run_ok("ip", &["netns", "exec", ns, "nft", "-f", "-"], Some(ruleset));
-}
-
-/// Deletes an nftables table in `ns` if it exists.
-fn nft_delete_table(ns: &str, table: &str) {
-    let _ = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "delete", "table", "inet", table])
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Deletes namespaces with this module's prefix whose test process is gone
-/// (a run killed before its `Drop`), killing what still runs inside.
-pub fn sweep_stale() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
-    for line in text(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        delete_namespace(name);
-    }
-}
-
-fn delete_namespace(name: &str) {
-    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
-        for pid in text(&out.stdout).split_whitespace() {
-            let _ = Command::new("kill").args(["-KILL", pid]).status();
-        }
-    }
-    let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
-}
-
-/// One simulated host: a namespace, its address, a data directory and (when
-/// started) its node process.
-pub struct Host {
-    pub ns: String,
-    pub addr: Ipv4Addr,
-    pub peer_id: String,
-    dir: tempfile::TempDir,
-    node: Option<Child>,
-    /// Extra environment for the next start (e.g. a test clock offset).
-    env: Vec<(String, String)>,
-}
-
-impl Host {
-    pub fn data_dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Where the running node's stderr goes (appended across restarts).
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("node.log")
-    }
-
-    /// The QUIC address other nodes dial.
-    pub fn quic(&self) -> String {
-        format!("/ip4/{}/udp/{PORT}/quic-v1/p2p/{}", self.addr, self.peer_id)
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.node.is_some()
-    }
-
-    /// Runs `hivemesh args...` inside this host's namespace against its
-    /// data directory (the CLI reaches the node's API on the namespace's
-    /// loopback through DATA_DIR/api.addr).
-    pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns, env!("CARGO_BIN_EXE_hivemesh")])
-            .args(args)
-            .env("HIVEMESH_DATA_DIR", self.dir.path())
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("run hivemesh in a namespace")
-    }
-
-    /// `hivemesh members --json` (or `--view VIEW`), parsed; `None` if the
-    /// node did not answer.
-    pub fn members(&self, view: Option<&str>) -> Option<Value> {
-        let mut args = vec!["members", "--json"];
-        if let Some(view) = view {
-            args.extend(["--view", view]);
-        }
-        let out = self.cli(&args);
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    /// The state this host's node gives each peer id it lists.
-    pub fn states(&self) -> Option<Vec<(String, String)>> {
-        let report = self.members(None)?;
-        let members = report["members"].as_array()?;
-        Some(
-            members
-                .iter()
-                .map(|m| {
-                    (
-                        m["peer_id"].as_str().unwrap_or_default().to_string(),
-                        m["state"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect(),
-        )
-    }
-
-    /// SIGKILL: no shutdown code runs, as in a crash.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.node.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Sets extra environment for the next start of this host's node.
-    pub fn set_env(&mut self, key: &str, value: &str) {
-        self.env.retain(|(k, _)| k != key);
-        self.env.push((key.to_string(), value.to_string()));
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+pub use host::Host;
+use shell::{delete_namespace, ip, nft, nft_delete_table, run_ok, text};
+pub use shell::{skip, sweep_stale};
 
 /// Several hosts on one bridge. See the module docs.
 pub struct Bed {
