@@ -157,3 +157,62 @@ fn no_ballots_no_winner_but_a_full_ranking() {
     let r = cpu::tally(&TallyInput::weak_orders(Schulze, 3, &profile(""))).expect("tally");
     assert_eq!((r.winner, r.tied_for_first.len(), r.ranking), (None, 0, vec![0, 1, 2]));
 }
+
+mod properties {
+    use hivemesh_gpu::{Counts, TallyInput, cpu};
+    use hivemesh_protocol::TallyRule::Schulze;
+    use proptest::prelude::*;
+
+    /// A random weak order over `n` candidates: a permutation's prefix cut
+    /// into groups.
+    fn weak_order(n: u32) -> impl Strategy<Value = Vec<Vec<u32>>> {
+        (
+            Just((0..n).collect::<Vec<u32>>()).prop_shuffle(),
+            0..=n as usize,
+            proptest::collection::vec(any::<bool>(), n as usize),
+        )
+            .prop_map(|(order, len, ties)| {
+                let mut groups: Vec<Vec<u32>> = Vec::new();
+                for (i, c) in order.into_iter().take(len).enumerate() {
+                    match groups.last_mut() {
+                        Some(group) if ties[i] => group.push(c),
+                        _ => groups.push(vec![c]),
+                    }
+                }
+                groups
+            })
+    }
+
+    fn profile() -> impl Strategy<Value = (u32, Vec<Vec<Vec<u32>>>)> {
+        (1u32..=7).prop_flat_map(|n| (Just(n), proptest::collection::vec(weak_order(n), 1..12)))
+    }
+
+    proptest! {
+        /// The Schulze order's defining properties on random profiles: the
+        /// winners are exactly the unbeaten candidates, and nobody later in
+        /// the ranking beats anybody earlier.
+        #[test]
+        fn winners_are_the_unbeaten_and_the_ranking_respects_beats((n, ballots) in profile()) {
+            let r = cpu::tally(&TallyInput::weak_orders(Schulze, n, &ballots)).expect("tally");
+            let Counts::Pairwise { strongest: p, .. } = &r.counts else { panic!("pairwise expected") };
+            let n = n as usize;
+            let beats = |a: u32, b: u32| p[a as usize * n + b as usize] > p[b as usize * n + a as usize];
+            let unbeaten: Vec<u32> = (0..n as u32).filter(|&a| (0..n as u32).all(|b| !beats(b, a))).collect();
+            prop_assert!(!unbeaten.is_empty());
+            prop_assert_eq!(&r.tied_for_first, &unbeaten);
+            prop_assert_eq!(r.winner, unbeaten.first().copied());
+            let mut sorted = r.ranking.clone();
+            sorted.sort_unstable();
+            prop_assert_eq!(sorted, (0..n as u32).collect::<Vec<_>>());
+            for (i, &earlier) in r.ranking.iter().enumerate() {
+                for &later in &r.ranking[i + 1..] {
+                    prop_assert!(!beats(later, earlier), "{} beats {} but ranks below", later, earlier);
+                    if !beats(earlier, later) && r.tied_for_first.contains(&later) {
+                        // Inside the first tier: by index.
+                        prop_assert!(earlier < later);
+                    }
+                }
+            }
+        }
+    }
+}
