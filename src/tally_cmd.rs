@@ -9,6 +9,7 @@
 //! `V:` lines; see [`preflib`].
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::Path;
 
@@ -18,8 +19,8 @@ use hivemesh::gpu::TallyResult;
 use hivemesh::gpu::ballot_box::{JobSpec, Quorum, validate};
 use hivemesh::gpu::engine::{BackendChoice, TallyEngine};
 use hivemesh::protocol::{
-    Ballot, BallotChoice, Envelope, JobId, NodeId, NodeIdentity, TallyRule, decode_message, encode_message,
-    seal,
+    Ballot, BallotChoice, Envelope, JobId, NodeId, NodeIdentity, PeerId, TallyRule, decode_message,
+    encode_message, seal,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -123,6 +124,55 @@ fn print_outcome(
     Ok(())
 }
 
+/// The eligible voters' keys, read from their peer ids without the curve
+/// point check (`NodeId::from_str` decompresses each key: 64 K of them cost
+/// as much as a third of the signature checks). A peer id of any other
+/// shape goes through `NodeId::from_str` at once; the point check of the
+/// rest is [`check_unverified_keys`]'s, after validation.
+fn eligible_keys(peer_ids: &[Cow<'_, str>]) -> anyhow::Result<Vec<NodeId>> {
+    let keys: Vec<anyhow::Result<NodeId>> = peer_ids
+        .par_iter()
+        .enumerate()
+        .map(|(i, text)| {
+            key_bytes(text).map(Ok).unwrap_or_else(|| {
+                text.parse::<NodeId>().map_err(|_| anyhow::anyhow!("eligible[{i}] {text:?} is not a peer id"))
+            })
+        })
+        .collect();
+    keys.into_iter().collect()
+}
+
+/// An ed25519 peer id's key: the identity multihash (code 0) of the
+/// protobuf `PublicKey { Type: Ed25519 (1), Data: 32 bytes }`.
+fn key_bytes(peer_id: &str) -> Option<NodeId> {
+    const ED25519_PROTOBUF_PREFIX: [u8; 4] = [0x08, 0x01, 0x12, 0x20];
+    let peer: PeerId = peer_id.parse().ok()?;
+    let hash = peer.as_ref();
+    let key = hash.digest().strip_prefix(&ED25519_PROTOBUF_PREFIX[..]).filter(|_| hash.code() == 0)?;
+    Some(NodeId(key.try_into().ok()?))
+}
+
+/// Finishes what [`eligible_keys`] skipped: every eligible key that signed
+/// no counted ballot (a counted voter's key verified its signature, so it
+/// is a valid point) must be one, as `NodeId::from_str` demands; the first
+/// that is not is the same error it gives.
+fn check_unverified_keys(
+    peer_ids: &[Cow<'_, str>],
+    keys: &[NodeId],
+    verified: &[NodeId],
+) -> anyhow::Result<()> {
+    let verified: HashSet<&NodeId> = verified.iter().collect();
+    let bad = keys
+        .par_iter()
+        .enumerate()
+        .filter(|(_, key)| !verified.contains(key))
+        .find_first(|(i, _)| peer_ids[*i].parse::<NodeId>().is_err());
+    match bad {
+        Some((i, _)) => bail!("eligible[{i}] {:?} is not a peer id", peer_ids[i]),
+        None => Ok(()),
+    }
+}
+
 /// Decodes every ballot (hex, then a postcard envelope) on all cores, one
 /// reused buffer per worker; the first bad ballot's error names its index.
 fn decode_envelopes(ballots: &[Cow<'_, str>]) -> anyhow::Result<Vec<Envelope>> {
@@ -161,20 +211,12 @@ fn recheck_signed(
         Candidates::Count(n) => (n, (0..n).map(|i| format!("candidate {i}")).collect()),
         Candidates::Labels(labels) => (labels.len() as u32, labels),
     };
-    // Peer ids decode a public key each: on all cores too.
-    let eligible: Vec<anyhow::Result<NodeId>> = file
-        .eligible
-        .par_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            p.parse::<NodeId>().map_err(|_| anyhow::anyhow!("eligible[{i}] {p:?} is not a peer id"))
-        })
-        .collect();
-    let eligible = eligible.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let eligible = eligible_keys(&file.eligible)?;
     let envelopes = decode_envelopes(&file.ballots)?;
     let decoded = started.elapsed();
     let spec = JobSpec { job: JobId(job_bytes), rule, candidates, eligible, quorum };
     let counted = validate(&spec, &envelopes);
+    check_unverified_keys(&file.eligible, &spec.eligible, &counted.voters)?;
     let validated = started.elapsed();
     let engine = TallyEngine::new(backend).context("opening the tally backend")?;
     let (result, used) = engine.tally(&counted.input);

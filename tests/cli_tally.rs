@@ -80,3 +80,32 @@ fn the_human_report_names_the_winner_once_and_the_ranking_by_label() {
     let ranking = text.lines().find_map(|l| l.strip_prefix("ranking: ")).expect("a ranking line");
     assert_eq!(ranking.split(" > ").next(), Some(winner), "{text}");
 }
+
+/// An ed25519 peer id whose 32 key bytes are no curve point: well formed
+/// as a peer id, refused as a node id.
+fn peer_id_of_no_point() -> String {
+    use hivemesh::protocol::{NodeId, PeerId};
+    (2u8..)
+        .map(|y| {
+            let mut bytes = vec![0x00, 36, 0x08, 0x01, 0x12, 0x20, y];
+            bytes.resize(38, 0);
+            PeerId::from_bytes(&bytes).expect("identity multihash").to_base58()
+        })
+        .find(|text| text.parse::<NodeId>().is_err())
+        .expect("some y is no point")
+}
+
+#[test]
+fn an_eligible_peer_id_that_is_no_key_is_refused_even_when_it_never_voted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = generate(dir.path(), &[]);
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("json");
+    let bad = peer_id_of_no_point();
+    value["eligible"].as_array_mut().expect("eligible").push(bad.clone().into());
+    std::fs::write(&file, value.to_string()).expect("write");
+    let out = hivemesh(&["tally", file.to_str().expect("utf-8"), "--backend", "cpu"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("eligible[20] {bad:?} is not a peer id")), "{stderr}");
+}
