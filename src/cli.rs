@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use hivemesh::node::Multiaddr;
+use hivemesh::node::federation::quota::{PeerOverride, QuotaLimits};
 
 use clap::{Parser, Subcommand};
 
@@ -387,6 +388,16 @@ pub struct JobLimitArgs {
     /// Most completion tokens one model call of a job may produce.
     #[arg(long, default_value_t = 512)]
     pub max_tokens: u32,
+    /// What each remote peer's jobs may spend on this node's provider per
+    /// hour: calls, tokens (prompt + completion) and USD, any of them, e.g.
+    /// `calls=100,tokens=200000,usd=0.50`. Default: no limit. This node's
+    /// own jobs are never limited.
+    #[arg(long, value_name = "LIMITS", default_value = "none")]
+    pub peer_quota: QuotaLimits,
+    /// One peer's hourly limits instead of --peer-quota's (repeatable),
+    /// e.g. `12D3KooW...:calls=1000,usd=5`.
+    #[arg(long, value_name = "PEERID:LIMITS")]
+    pub peer_quota_for: Vec<PeerOverride>,
 }
 
 /// The longest `--deadline`: a day.

@@ -8,6 +8,7 @@ use anyhow::{Context, anyhow};
 use hivemesh::node::api::client::api_token_file;
 use hivemesh::node::api::{ApiClient, Method, api_addr_file};
 use hivemesh::node::federation::Limits;
+use hivemesh::node::federation::quota::QuotaConfig;
 use hivemesh::node::membership::MembershipConfig;
 use hivemesh::node::replica::{Profile, ViewKind, ViewMember, ViewReport};
 use hivemesh::node::{Multiaddr, NodeConfig, ReplicationConfig, spawn_node};
@@ -114,6 +115,7 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
                 max_tokens_per_call: args.limits.max_tokens,
                 ..Limits::default()
             };
+            setup.quotas = QuotaConfig::new(args.limits.peer_quota, args.limits.peer_quota_for.clone());
             // Placement prefers peers offering a model: say which, unless
             // `--models` did.
             if let Some(given) = profile.as_mut().filter(|given| given.models.is_empty()) {

@@ -125,6 +125,8 @@ pub async fn render(State(state): State<AppState>) -> Response {
             "Ballots cast here, by how candidates were ranked",
             stats.votes_by_method.clone(),
         );
+        // Remote peers' use of this node's provider (ADR 0017).
+        jobs.quotas.report(std::time::Instant::now()).register_metrics(&mut registry);
     }
 
     let mut text = String::new();

@@ -273,9 +273,20 @@ async fn advertise(State(client): State<NodeClient>, body: Result<Json<Profile>,
     }
 }
 
-async fn status(State(client): State<NodeClient>) -> Response {
-    match client.status().await {
-        Ok(report) => Json(report).into_response(),
+/// The node's status; with `quota` (ADR 0017) when it takes part in jobs.
+async fn status(State(state): State<AppState>) -> Response {
+    #[derive(serde::Serialize)]
+    struct Full {
+        #[serde(flatten)]
+        node: crate::net::StatusReport,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        quota: Option<crate::federation::quota::QuotaReport>,
+    }
+    match state.client.status().await {
+        Ok(node) => {
+            let quota = state.jobs.as_ref().map(|jobs| jobs.quotas.report(std::time::Instant::now()));
+            Json(Full { node, quota }).into_response()
+        }
         Err(e) => stopped(e),
     }
 }

@@ -8,6 +8,7 @@
 //! can read how far a job got, and a restarted asker picks up where it was.
 
 mod plan;
+pub mod quota;
 mod reactor;
 pub mod spec;
 mod work;
@@ -41,6 +42,9 @@ pub struct FederationConfig {
     pub default_deadline: Duration,
     /// How often deadlines and deaths are re-checked.
     pub tick: Duration,
+    /// Per-hour limits on what remote peers' jobs may spend here (ADR
+    /// 0017); the node's own jobs are never limited. Default: none.
+    pub quotas: quota::QuotaConfig,
 }
 
 impl std::fmt::Debug for FederationConfig {
@@ -49,6 +53,7 @@ impl std::fmt::Debug for FederationConfig {
             .field("provider", &self.client.provider_name())
             .field("limits", &self.limits)
             .field("default_deadline", &self.default_deadline)
+            .field("quotas", &self.quotas)
             .finish_non_exhaustive()
     }
 }
@@ -64,6 +69,7 @@ impl FederationConfig {
             limits: Limits::default(),
             default_deadline: Duration::from_secs(120),
             tick: Duration::from_millis(250),
+            quotas: quota::QuotaConfig::default(),
         }
     }
 }
@@ -188,6 +194,8 @@ pub struct FederationHandle {
     pub stats: Arc<FederationStats>,
     pub limits: Limits,
     pub profiles: Vec<String>,
+    /// Remote peers' use of this node's provider (`/v1/status`, `/metrics`).
+    pub quotas: Arc<quota::PeerQuotas>,
 }
 
 impl FederationHandle {

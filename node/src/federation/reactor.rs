@@ -33,11 +33,13 @@ pub fn spawn(
 ) -> (FederationHandle, JoinHandle<()>) {
     let stats = Arc::new(FederationStats::default());
     let (requests, requests_rx) = mpsc::channel(256);
+    let quotas = Arc::new(super::quota::PeerQuotas::new(config.quotas));
     let handle = FederationHandle {
         requests,
         stats: stats.clone(),
         limits: config.limits.clone(),
         profiles: config.profiles.names().map(str::to_string).collect(),
+        quotas: quotas.clone(),
     };
     let me = identity.node_id();
     let ctx = Arc::new(WorkContext {
@@ -50,6 +52,7 @@ pub fn spawn(
         stats,
         calls: Semaphore::new(config.limits.max_running_calls.max(1)),
         limits: config.limits,
+        quotas,
     });
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let reactor = Reactor {

@@ -9,7 +9,7 @@
 //! | `ballot` (any kind starting so) | each voter | signed `Ballot` envelope |
 //! | `stage.NAME` | the peer running that pipeline stage | [`Output`] |
 //! | `assign.NAME` | asker | [`Assignment`]: a stage moved to another peer |
-//! | `failure` | a participant | [`Failure`]: it could not do its part |
+//! | `failure`, `failure.stage.NAME` | a participant | [`Failure`]: it could not do its part |
 //! | `cancel` | asker | the reason |
 //! | `outcome` | asker | [`Outcome`]: the answer, ballots, tally, who did what |
 
@@ -29,6 +29,19 @@ pub use crate::replica::OUTCOME_KIND as OUTCOME;
 
 pub fn stage_kind(stage: Stage) -> String {
     format!("stage.{}", stage.as_str())
+}
+
+/// The kind a participant's failure at `part` is written under: `failure`
+/// for a candidate (one per member), `failure.stage.NAME` for a stage, so
+/// that a peer holding two stages keeps both failures in the document (one
+/// contribution per kind and author).
+pub fn failure_kind(part: &str) -> String {
+    if part == CANDIDATE { FAILURE.to_string() } else { format!("{FAILURE}.{part}") }
+}
+
+/// Whether a contribution's kind is a failure (`failure` or `failure.PART`).
+pub fn is_failure(kind: &str) -> bool {
+    kind == FAILURE || kind.strip_prefix(FAILURE).is_some_and(|rest| rest.starts_with('.'))
 }
 
 pub fn assign_kind(stage: Stage) -> String {
@@ -241,7 +254,7 @@ impl Facts {
                     facts.cancelled = Some(String::from_utf8_lossy(&c.body).into_owned())
                 }
                 OUTCOME if by_asker(c) => facts.outcome = parse(&c.body),
-                FAILURE => facts.failures.extend(parse(&c.body).map(|f| (c.author, f))),
+                kind if is_failure(kind) => facts.failures.extend(parse(&c.body).map(|f| (c.author, f))),
                 kind if kind.starts_with(BALLOT) => {
                     facts.ballots.push((c.author, c.kind.clone(), c.body.clone()))
                 }

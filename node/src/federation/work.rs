@@ -18,6 +18,7 @@ use hivemesh_protocol::{
 };
 use tokio::sync::Semaphore;
 
+use super::quota::{PeerQuotas, QUOTA_CODE};
 use super::spec::{
     self, Assignment, Attributed, CANDIDATE, FAILURE, Facts, JobSpec, Missing, Outcome, Output, ROUND, Round,
     stage_kind,
@@ -40,6 +41,8 @@ pub struct WorkContext {
     pub stats: Arc<FederationStats>,
     pub limits: Limits,
     pub calls: Semaphore,
+    /// Remote askers' hourly limits (ADR 0017).
+    pub quotas: Arc<PeerQuotas>,
 }
 
 /// Does one action for `job`; errors are logged (the loop retries what is
@@ -105,7 +108,7 @@ async fn run_stage(
     let part = stage_kind(stage);
     match call_model(ctx, job, spec, asker, &part, stage, messages).await {
         Ok(output) => put(ctx, job, &part, &output).await,
-        Err(failed) => put(ctx, job, FAILURE, &failed.into_failure(&part)).await,
+        Err(failed) => put(ctx, job, &spec::failure_kind(&part), &failed.into_failure(&part)).await,
     }
 }
 
@@ -168,6 +171,15 @@ async fn call_model(
     request.stop = sampling.stop.clone();
     request.presence_penalty = sampling.presence_penalty;
     request.frequency_penalty = sampling.frequency_penalty;
+    // A remote asker's call is admitted against its hourly quota before it
+    // waits in line; its tokens and cost are charged when it ends.
+    let remote = (asker != ctx.me).then(|| asker.to_string());
+    if let Some(peer) = &remote
+        && let Err(refusal) = ctx.quotas.admit(peer, Instant::now())
+    {
+        tracing::info!(%job, part, %refusal, "model call refused");
+        return Err(CallFailed { reason: refusal.to_string(), code: Some(QUOTA_CODE.to_string()) });
+    }
     FederationStats::bump(&ctx.stats.queued_calls);
     let permit = ctx.calls.acquire().await;
     ctx.stats.queued_calls.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -192,6 +204,12 @@ async fn call_model(
         .await;
     if let Some(rest) = batcher.finish() {
         send(rest);
+    }
+    if let (Some(peer), Ok(completion)) = (&remote, &result) {
+        let usage = completion.usage;
+        let tokens = usage.map_or(completion.chunks, |u| u.prompt_tokens + u.completion_tokens);
+        let usd = usage.and_then(|u| u.cost_usd).unwrap_or(0.0);
+        ctx.quotas.charge(peer, tokens, usd, Instant::now());
     }
     let label = vec![("part".to_string(), part.to_string())];
     ctx.stats.call_seconds.get_or_create(&label).observe(started.elapsed().as_secs_f64());
@@ -241,7 +259,11 @@ async fn vote(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> R
         .iter()
         .map(|peer| facts.candidate_of(peer).map_or("", |o| o.text.as_str()))
         .collect();
-    let ranking = judge(ctx, job, &spec.question, &texts).await;
+    // A remote asker over its quota gets a ballot ranked by word overlap,
+    // which calls no model (ADR 0017).
+    let asker = facts.asker.unwrap_or(ctx.me);
+    let free = asker != ctx.me && ctx.quotas.exhausted(&asker.to_string(), Instant::now());
+    let ranking = judge(ctx, job, &spec.question, &texts, free).await;
     let choice = match spec.rule {
         TallyRule::Plurality | TallyRule::WeightedPlurality => BallotChoice::Single(ranking[0]),
         TallyRule::Approval => BallotChoice::Approve(ranking[..ranking.len().div_ceil(2)].to_vec()),
@@ -260,10 +282,22 @@ async fn vote(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> R
 /// counted in `hivemesh_votes_total{method}`: by its own model's likelihood
 /// of each candidate (plus agreement) when its provider can score, else by
 /// embedding agreement when it has an embedding model, else by word overlap
-/// (see `hivemesh_llm::council`). A method that fails falls to the next.
-async fn judge(ctx: &WorkContext, job: JobId, question: &[ChatMessage], texts: &[&str]) -> Vec<u32> {
+/// (see `hivemesh_llm::council`). A method that fails falls to the next;
+/// `lexical_only` skips straight to word overlap.
+async fn judge(
+    ctx: &WorkContext,
+    job: JobId,
+    question: &[ChatMessage],
+    texts: &[&str],
+    lexical_only: bool,
+) -> Vec<u32> {
     let owned: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
     let lexical = lexical_agreement(texts);
+    if lexical_only {
+        let label = vec![("method".to_string(), "lexical".to_string())];
+        ctx.stats.votes_by_method.get_or_create(&label).inc();
+        return rank_by_scores(&lexical);
+    }
     let scored = match ctx.client.score(judge_messages(question), owned.clone()).await {
         Ok(Some(likelihood)) if likelihood.len() == texts.len() => {
             Some(likelihood_scores(&likelihood, &lexical, LIKELIHOOD_AGREEMENT_WEIGHT))
@@ -437,7 +471,12 @@ async fn finish_pipeline(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &
         .assignments
         .iter()
         .map(|(stage, a)| Missing {
-            code: None,
+            // The code of the failure that moved the stage (`quota`, ...).
+            code: facts
+                .failures
+                .iter()
+                .find(|(_, failure)| failure.part == stage_kind(*stage))
+                .and_then(|(_, failure)| failure.code.clone()),
             peer: a.reason.clone(),
             reason: format!("{} moved to {}", stage.as_str(), a.peer),
         })
