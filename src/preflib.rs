@@ -127,18 +127,6 @@ impl PrefLibFile {
     pub fn voters(&self) -> u64 {
         self.orders.iter().map(|o| o.count).sum()
     }
-
-    /// One weak order per voter, each order repeated `count` times, in file
-    /// order: the shape `TallyInput::weak_orders` takes.
-    pub fn ballots(&self) -> Vec<Vec<Vec<u32>>> {
-        let mut out = Vec::with_capacity(usize::try_from(self.voters()).unwrap_or(0));
-        for order in &self.orders {
-            for _ in 0..order.count {
-                out.push(order.groups.clone());
-            }
-        }
-        out
-    }
 }
 
 /// A file hivemesh cannot read, and where.
@@ -185,7 +173,11 @@ fn header_error(line: usize, text: impl fmt::Display) -> PrefLibError {
 
 /// Whether `bytes` look like a PrefLib file rather than a signed ballot
 /// file (JSON): a `#` header, or the legacy layout's bare count first.
+/// The UTF-8 byte order mark, skipped at the start of a file.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 pub fn looks_like_preflib(bytes: &[u8]) -> bool {
+    let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
     let first_line = bytes.split(|&b| b == b'\n').find(|l| !l.trim_ascii().is_empty());
     match first_line.map(<[u8]>::trim_ascii) {
         Some(line) => line.starts_with(b"#") || line.iter().all(u8::is_ascii_digit),
@@ -196,6 +188,9 @@ pub fn looks_like_preflib(bytes: &[u8]) -> bool {
 /// Parses a whole file. `extension_type` is the type the file name implies;
 /// the `DATA TYPE` header, when present, wins.
 pub fn parse(bytes: &[u8], extension_type: Option<DataType>) -> Result<PrefLibFile, PrefLibError> {
+    // Editors on Windows start UTF-8 files with a byte order mark; it is not
+    // part of the first header line.
+    let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let line = 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count();
         err(line, Problem::NotUtf8)

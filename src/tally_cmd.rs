@@ -15,9 +15,9 @@ use std::path::Path;
 
 use crate::output::outln;
 use anyhow::{Context, bail};
-use hivemesh::gpu::TallyResult;
 use hivemesh::gpu::ballot_box::{JobSpec, Quorum, validate};
 use hivemesh::gpu::engine::{BackendChoice, TallyEngine};
+use hivemesh::gpu::{Counts, TallyResult};
 use hivemesh::protocol::{
     Ballot, BallotChoice, Envelope, JobId, NodeId, NodeIdentity, PeerId, TallyRule, decode_message,
     encode_message, seal,
@@ -120,8 +120,29 @@ fn print_outcome(
     }
     let ranking: Vec<String> = result.ranking.iter().map(|&c| label(c)).collect();
     outln!("ranking: {}", ranking.join(" > "));
-    outln!("counts: {}", serde_json::to_string(&result.counts)?);
+    match &result.counts {
+        Counts::Scores(scores) => {
+            let scores: Vec<String> =
+                scores.iter().enumerate().map(|(c, s)| format!("{} {s}", label(c as u32))).collect();
+            outln!("scores: {}", scores.join(", "));
+        }
+        Counts::Pairwise { pairwise, strongest } => {
+            let names: Vec<String> = (0..result.ranking.len() as u32).map(label).collect();
+            print_matrix("pairwise (ballots preferring the row to the column)", &names, pairwise);
+            print_matrix("strongest paths", &names, strongest);
+        }
+    }
     Ok(())
+}
+
+/// An n x n matrix, one row per candidate, columns in candidate order.
+fn print_matrix(title: &str, names: &[String], cells: &[u64]) {
+    let width = cells.iter().map(|c| c.to_string().len()).max().unwrap_or(1);
+    outln!("{title}:");
+    for (row, name) in cells.chunks(names.len().max(1)).zip(names) {
+        let line: Vec<String> = row.iter().map(|c| format!("{c:>width$}")).collect();
+        outln!("  {}  {name}", line.join(" "));
+    }
 }
 
 /// The eligible voters' keys, read from their peer ids without the curve
@@ -139,7 +160,16 @@ fn eligible_keys(peer_ids: &[Cow<'_, str>]) -> anyhow::Result<Vec<NodeId>> {
             })
         })
         .collect();
-    keys.into_iter().collect()
+    let keys: Vec<NodeId> = keys.into_iter().collect::<anyhow::Result<_>>()?;
+    // A repeated entry would count one voter twice in the quorum's
+    // denominator: refuse it, naming both places.
+    let mut first_seen = std::collections::HashMap::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        if let Some(first) = first_seen.insert(*key, i) {
+            bail!("eligible[{i}] {:?} repeats eligible[{first}]: each voter is listed once", peer_ids[i]);
+        }
+    }
+    Ok(keys)
 }
 
 /// An ed25519 peer id's key: the identity multihash (code 0) of the

@@ -37,6 +37,9 @@ fn a_wildcard_or_a_host_with_a_port_is_a_usage_error() {
         ("--api-allow-origin", "*", "wildcard"),
         ("--api-allow-origin", "null", "null"),
         ("--api-allow-origin", "localhost:3000", "scheme://host"),
+        // A typo in the port once allowed the origin on port 80 instead.
+        ("--api-allow-origin", "http://ui.example:30OO", "port"),
+        ("--api-allow-origin", "http://evil.example:abc", "port"),
         ("--api-allow-host", "node.example:7480", "no scheme, port"),
     ] {
         let out = hivemesh(&["run", "--no-jobs", flag, value], dir.path());

@@ -95,7 +95,7 @@ fn a_toi_file_with_the_debian_2020_ballot_counts_ties_and_unranked_alternatives_
     assert!(
         human.contains(
             "source: PrefLib toi file (unsigned ballots; no signature, eligibility or quorum checks)\n"
-        ) && human.contains("voters: 6 (3 distinct orders)\n")
+        ) && human.contains("voters: 6 (3 order lines)\n")
             && human.contains("winner: Carter (alternative 1)\n")
             && human.contains("tied for first: Carter, Gupta\n")
             && human.contains("ranking: Carter > Gupta > Chandran > None Of The Above\n"),

@@ -42,9 +42,13 @@ impl FromStr for Quorum {
         match s {
             "two-thirds" => Ok(Quorum::TwoThirds),
             "majority" => Ok(Quorum::Majority),
-            n => n.parse().map(Quorum::AtLeast).map_err(|_| {
-                format!("unknown quorum {n:?}: use two-thirds, majority, or a number of ballots")
-            }),
+            n => match n.parse::<u32>() {
+                Ok(0) => Err("quorum 0 would make no ballots final: use a number of ballots from 1".into()),
+                Ok(k) => Ok(Quorum::AtLeast(k)),
+                Err(_) => {
+                    Err(format!("unknown quorum {n:?}: use two-thirds, majority, or a number of ballots"))
+                }
+            },
         }
     }
 }
@@ -179,7 +183,8 @@ pub fn validate(spec: &JobSpec, envelopes: &[Envelope]) -> Counted {
         voters: counted.iter().map(|(_, b)| b.voter).collect(),
         excluded,
         equivocations,
-        quorum_required: spec.quorum.required(spec.eligible.len()),
+        // Distinct voters: a repeated entry must not lower the bar.
+        quorum_required: spec.quorum.required(eligible.len()),
     }
 }
 

@@ -17,8 +17,9 @@ const BALLOT_CHUNK: usize = 1 << 14;
 pub fn tally(input: &TallyInput) -> Result<TallyResult, TallyError> {
     input.check_shape()?;
     let n = input.candidates as usize;
-    let ballots = input.ballot_count() as u64;
+    let ballots = input.voter_count();
     let (counts, invalid) = match input.rule {
+        TallyRule::Plurality if input.has_multiplicities() => weighted(&input.items, &input.weights, n),
         TallyRule::Plurality => plurality(&input.items, n),
         TallyRule::WeightedPlurality => weighted(&input.items, &input.weights, n),
         TallyRule::Approval | TallyRule::Borda => list_scores(input, n),
@@ -97,10 +98,11 @@ fn weighted(votes: &[u32], weights: &[u32], n: usize) -> (Vec<u64>, u64) {
 
 /// Runs `per_ballot` over every ballot's list in parallel chunks, each chunk
 /// with its own accumulator of `width` u64s and a `seen` scratch array, and
-/// sums the accumulators. `per_ballot` returns false for an invalid ballot.
+/// sums the accumulators. `per_ballot` gets the ballot's multiplicity (1
+/// without multiplicities) and returns false for an invalid ballot.
 fn over_lists<F>(input: &TallyInput, width: usize, per_ballot: F) -> (Vec<u64>, u64)
 where
-    F: Fn(&[u32], &mut [u64], &mut [bool]) -> bool + Sync,
+    F: Fn(&[u32], u64, &mut [u64], &mut [bool]) -> bool + Sync,
 {
     let n = input.candidates as usize;
     let ballots = input.ballot_count();
@@ -114,7 +116,8 @@ where
             let end = ((chunk + 1) * BALLOT_CHUNK).min(ballots);
             for b in chunk * BALLOT_CHUNK..end {
                 let list = &input.items[input.offsets[b] as usize..input.offsets[b + 1] as usize];
-                if !per_ballot(list, &mut acc, &mut seen) {
+                let times = if input.has_multiplicities() { u64::from(input.weights[b]) } else { 1 };
+                if !per_ballot(list, times, &mut acc, &mut seen) {
                     invalid += 1;
                 }
                 for &c in list {
@@ -173,9 +176,9 @@ fn for_each_group(
 /// a strict ranking, position i earns n-1-i. Unranked candidates earn none.
 fn list_scores(input: &TallyInput, n: usize) -> (Vec<u64>, u64) {
     let borda = input.rule == TallyRule::Borda;
-    over_lists(input, n, |list, scores, seen| {
+    over_lists(input, n, |list, times, scores, seen| {
         for_each_group(list, seen, |group, end, _| {
-            let points = if borda { (n - end) as u64 } else { 1 };
+            let points = times * if borda { (n - end) as u64 } else { 1 };
             for &c in group {
                 scores[(c & !TIED_WITH_PREVIOUS) as usize] += points;
             }
@@ -188,13 +191,13 @@ fn list_scores(input: &TallyInput, n: usize) -> (Vec<u64>, u64) {
 /// as "add 1 to row c for every candidate not seen yet" (the group already
 /// marked), a branch-free loop the compiler vectorises.
 fn pairwise(input: &TallyInput, n: usize) -> (Vec<u64>, u64) {
-    over_lists(input, n * n, |list, d, seen| {
+    over_lists(input, n * n, |list, times, d, seen| {
         for_each_group(list, seen, |group, _, seen| {
             for &c in group {
                 let c = (c & !TIED_WITH_PREVIOUS) as usize;
                 let row = &mut d[c * n..(c + 1) * n];
                 for (cell, &s) in row.iter_mut().zip(seen.iter()) {
-                    *cell += u64::from(!s);
+                    *cell += times * u64::from(!s);
                 }
             }
         })

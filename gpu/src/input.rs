@@ -19,7 +19,12 @@ pub const TIED_WITH_PREVIOUS: u32 = 1 << 31;
 ///   best first, ties inside a group); unranked candidates tie last, below
 ///   every ranked one. Approval ignores the ties (every listed candidate is
 ///   approved).
-/// - `WeightedPlurality` only: `weights[i]` is ballot i's weight.
+/// - `weights`: for `WeightedPlurality`, required, `weights[i]` is ballot
+///   i's weight. For every other rule, either empty (each ballot counts once)
+///   or one per ballot: ballot i then stands for `weights[i]` identical
+///   ballots (a PrefLib `count: order` line), counted as if repeated, without
+///   the memory of repeating it. The GPU kernels take no multiplicities; such
+///   input is counted on the CPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TallyInput {
     pub rule: TallyRule,
@@ -98,8 +103,27 @@ impl TallyInput {
         matches!(self.rule, TallyRule::Approval | TallyRule::Borda | TallyRule::Schulze)
     }
 
+    /// Ballot entries in the input (distinct entries when multiplicities are
+    /// given).
     pub fn ballot_count(&self) -> usize {
         if self.uses_lists() { self.offsets.len().saturating_sub(1) } else { self.items.len() }
+    }
+
+    /// True when `weights` are multiplicities (any rule but
+    /// `WeightedPlurality`, with one weight per ballot).
+    pub fn has_multiplicities(&self) -> bool {
+        self.rule != TallyRule::WeightedPlurality && !self.weights.is_empty()
+    }
+
+    /// Voters the input stands for: the sum of the multiplicities if there
+    /// are any, else [`TallyInput::ballot_count`]. What `TallyResult::ballots`
+    /// reports.
+    pub fn voter_count(&self) -> u64 {
+        if self.has_multiplicities() {
+            self.weights.iter().map(|&w| u64::from(w)).sum()
+        } else {
+            self.ballot_count() as u64
+        }
     }
 
     /// Structural checks that cost O(ballots) for list rules and O(1)
@@ -113,6 +137,13 @@ impl TallyInput {
                 "{} weights for {} ballots",
                 self.weights.len(),
                 self.items.len()
+            )));
+        }
+        if self.has_multiplicities() && self.weights.len() != self.ballot_count() {
+            return Err(TallyError::Shape(format!(
+                "{} multiplicities for {} ballots",
+                self.weights.len(),
+                self.ballot_count()
             )));
         }
         if self.uses_lists() {

@@ -117,16 +117,21 @@ impl GpuBackend {
 
     /// Tallies one job on the GPU. Inputs the kernels cannot take in one
     /// dispatch (Schulze over 64 candidates, list rules larger than one
-    /// buffer) are counted on the CPU instead, with a debug log.
+    /// buffer, ballots with multiplicities) are counted on the CPU instead,
+    /// with a debug log.
     pub fn tally(&self, input: &TallyInput) -> Result<TallyResult, TallyError> {
         input.check_shape()?;
         let n = input.candidates;
         let ballots = input.ballot_count() as u64;
         let too_big = input.uses_lists() && input.items.len().max(input.offsets.len()) > self.max_elements;
-        if too_big || (input.rule == TallyRule::Schulze && n > MAX_GPU_SCHULZE_CANDIDATES) {
+        if too_big
+            || input.has_multiplicities()
+            || (input.rule == TallyRule::Schulze && n > MAX_GPU_SCHULZE_CANDIDATES)
+        {
             tracing::debug!(
                 candidates = n,
                 items = input.items.len(),
+                multiplicities = input.has_multiplicities(),
                 "input exceeds the GPU kernels' limits; using the CPU"
             );
             return cpu::tally(input);

@@ -60,11 +60,19 @@ fn name_alternative(head: &mut Header, line: usize, index: &str, name: &str) -> 
 pub(super) fn modern_header(lines: &[(usize, &str)]) -> Result<Header, PrefLibError> {
     let mut head = Header::default();
     let body_start = lines.iter().position(|(_, l)| !l.trim_start().starts_with('#')).unwrap_or(lines.len());
+    // Where each key was first given: a second, different value is a
+    // contradiction the file must not get away with (the last would win).
+    let mut given: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for &(line, text) in &lines[..body_start] {
         let Some((key, value)) = text.trim_start().trim_start_matches('#').split_once(':') else {
             continue; // a comment, not metadata
         };
         let key = key.trim().to_ascii_uppercase();
+        if let Some(first) = given.insert(key.clone(), line)
+            && !key.starts_with("ALTERNATIVE NAME ")
+        {
+            return Err(header_error(line, format!("{key} is given twice (first on line {first})")));
+        }
         match key.as_str() {
             "DATA TYPE" => {
                 let t = DataType::from_name(value).ok_or_else(|| {
@@ -104,6 +112,15 @@ pub(super) fn modern_header(lines: &[(usize, &str)]) -> Result<Header, PrefLibEr
 pub(super) fn legacy_header(lines: &[(usize, &str)]) -> Result<Header, PrefLibError> {
     let mut head = Header::default();
     let (line, first) = lines[0];
+    if first.contains(':') {
+        return Err(header_error(
+            line,
+            format!(
+                "no `# DATA TYPE:` header (PrefLib 2022) and not the older layout, whose first line \
+                 is the number of alternatives: found {first:?}"
+            ),
+        ));
+    }
     let n = alternatives(line, first)?;
     head.alternatives = Some(n);
     head.names = vec![None; n];
@@ -119,13 +136,18 @@ pub(super) fn legacy_header(lines: &[(usize, &str)]) -> Result<Header, PrefLibEr
     let &(line, totals) =
         lines.get(n + 1).ok_or_else(|| header_error(line, "no \"voters,sum,unique orders\" line"))?;
     let fields: Vec<&str> = totals.split(',').collect();
-    let [_, sum, unique] = fields.as_slice() else {
+    let [voters, sum, unique] = fields.as_slice() else {
         return Err(header_error(
             line,
             format!("expected \"voters,sum of counts,unique orders\", found {totals:?}"),
         ));
     };
-    head.voters = Some((line, number(line, "sum of counts", sum)?));
+    let voters: u64 = number(line, "number of voters", voters)?;
+    let sum: u64 = number(line, "sum of counts", sum)?;
+    if voters != sum {
+        return Err(header_error(line, format!("{voters} voters declared, but the sum of counts is {sum}")));
+    }
+    head.voters = Some((line, sum));
     head.unique = Some((line, number(line, "number of unique orders", unique)?));
     head.body_start = n + 2;
     head.first_order_line = line;

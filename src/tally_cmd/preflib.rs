@@ -92,32 +92,37 @@ pub fn tally(
     if debian {
         outln!("voters: {}", file.voters());
     } else {
-        outln!("voters: {} ({} distinct orders)", file.voters(), file.orders.len());
+        outln!("voters: {} ({} order lines)", file.voters(), file.orders.len());
     }
     outln!("rule: {}   backend: {used}", rule.name());
     print_outcome(&result, &file.names, number)
 }
 
-/// The tally input for `rule`: every order repeated `count` times.
+/// The tally input for `rule`: one entry per order line, its `count` as the
+/// entry's multiplicity (never repeated in memory: a 100-byte file may stand
+/// for 2^24 voters).
 fn input(file: &PrefLibFile, rule: TallyRule) -> anyhow::Result<TallyInput> {
     let candidates = file.names.len() as u32;
-    match rule {
+    let mut counts = Vec::with_capacity(file.orders.len());
+    let mut input = match rule {
         TallyRule::Schulze | TallyRule::Borda => {
-            Ok(TallyInput::weak_orders(rule, candidates, &file.ballots()))
+            let orders: Vec<Vec<Vec<u32>>> = file.orders.iter().map(|o| o.groups.clone()).collect();
+            counts.extend(file.orders.iter().map(|o| o.count));
+            TallyInput::weak_orders(rule, candidates, &orders)
         }
         TallyRule::Approval => {
-            let mut lists = Vec::new();
-            for order in &file.orders {
-                let approved: Vec<u32> = order.groups.concat();
-                lists.extend(std::iter::repeat_n(approved, order.count as usize));
-            }
-            Ok(TallyInput::lists(rule, candidates, &lists))
+            let lists: Vec<Vec<u32>> = file.orders.iter().map(|o| o.groups.concat()).collect();
+            counts.extend(file.orders.iter().map(|o| o.count));
+            TallyInput::lists(rule, candidates, &lists)
         }
         TallyRule::Plurality => {
-            let mut choices = Vec::new();
+            let mut choices = Vec::with_capacity(file.orders.len());
             for order in &file.orders {
                 match order.groups.first().map(Vec::as_slice) {
-                    Some(&[first]) => choices.extend(std::iter::repeat_n(first, order.count as usize)),
+                    Some(&[first]) => {
+                        choices.push(first);
+                        counts.push(order.count);
+                    }
                     Some(tied) => {
                         let tied: Vec<String> = tied.iter().map(|c| (c + 1).to_string()).collect();
                         bail!(
@@ -130,10 +135,15 @@ fn input(file: &PrefLibFile, rule: TallyRule) -> anyhow::Result<TallyInput> {
                     None => {} // ranks nothing (a Debian "----" ballot): votes for no one
                 }
             }
-            Ok(TallyInput::plurality(candidates, choices))
+            TallyInput::plurality(candidates, choices)
         }
         TallyRule::WeightedPlurality => {
             bail!("PrefLib ballots carry no weights: use plurality (each voter counts once)")
         }
-    }
+    };
+    input.weights = counts
+        .into_iter()
+        .map(|count| u32::try_from(count).context("an order's count exceeds 2^32 voters"))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(input)
 }

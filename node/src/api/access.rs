@@ -84,7 +84,18 @@ pub(crate) fn parse_host(value: &str) -> Option<(HostName, Option<u16>)> {
         return None;
     }
     let authority = Authority::from_str(value).ok()?;
-    Some((host_name(authority.host())?, authority.port_u16()))
+    Some((host_name(authority.host())?, port(&authority).ok()?))
+}
+
+/// The authority's port: `Ok(None)` when none is written, `Err` when the
+/// text after the host is not a port (`:abc`, `:99999`, a bare `:`). The
+/// `http` crate's `port_u16` says `None` for both, and reading a malformed
+/// port as "the default" would allow another origin than the one written.
+fn port(authority: &Authority) -> Result<Option<u16>, ()> {
+    if authority.as_str().len() == authority.host().len() {
+        return Ok(None);
+    }
+    authority.port_u16().map(Some).ok_or(())
 }
 
 /// A web origin (RFC 6454): scheme, host, and the port when it is not the
@@ -126,7 +137,9 @@ impl Origin {
         }
         let host = host_name(authority.host()).ok_or("the host is not a valid name or IP address")?;
         let scheme = scheme.to_ascii_lowercase();
-        let port = authority.port_u16().filter(|port| Some(*port) != default_port(&scheme));
+        let port = port(authority)
+            .map_err(|()| "the port is not a number from 0 to 65535")?
+            .filter(|port| Some(*port) != default_port(&scheme));
         Ok(Self { scheme, host, port })
     }
 

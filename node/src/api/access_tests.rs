@@ -156,3 +156,18 @@ fn without_a_host_only_listed_origins_pass() {
     assert!(check("http://ui.example:8080").is_ok());
     assert!(check("http://127.0.0.1:7480").is_err());
 }
+
+#[test]
+fn a_malformed_port_is_never_read_as_the_default_one() {
+    // `http://evil.example:abc` once became `http://evil.example` (port 80).
+    for bad in
+        ["http://evil.example:abc", "http://ui.example:30OO", "http://ui.example:99999", "http://ui.example:"]
+    {
+        assert!(allowed_origin(bad).is_err(), "{bad} must be refused");
+    }
+    assert_eq!(allowed_origin("http://ui.example:3000").as_deref(), Ok("http://ui.example:3000"));
+    let p = policy("127.0.0.1", &[], &[]);
+    for bad in ["localhost:99999", "localhost:abc", "localhost:"] {
+        assert!(!host_ok(&p, bad), "Host {bad} must be refused");
+    }
+}
