@@ -24,6 +24,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Print a new swarm key for a private swarm (`run --swarm-key FILE`).
+    ///
+    /// The format of libp2p pnet and IPFS/kubo's swarm.key: three lines,
+    /// /key/swarm/psk/1.0.0/, /base16/ and 64 hex digits (32 random bytes).
+    /// Every member needs the same file; keep it secret.
+    /// Example: hivemesh swarm-key > swarm.key && chmod 600 swarm.key
+    SwarmKey {
+        /// Print only the key's fingerprint read from FILE (safe to share, to
+        /// check that two nodes hold the same key).
+        #[arg(long, value_name = "FILE")]
+        fingerprint: Option<PathBuf>,
+    },
     /// Print this node's PeerId, creating its identity on first use.
     ///
     /// The identity is an ed25519 key in DATA_DIR/identity.key (PKCS#8 PEM,
@@ -142,6 +154,8 @@ pub enum Command {
         llm: LlmArgs,
         #[command(flatten)]
         limits: JobLimitArgs,
+        #[command(flatten)]
+        private: Box<PrivateSwarmArgs>,
     },
     /// Change what a running node advertises in the registry (models, role,
     /// GPU); the new entry is signed, stored and pushed to every member.
@@ -162,6 +176,10 @@ pub enum Command {
         /// Do not use mDNS (it is on by default here).
         #[arg(long)]
         no_mdns: bool,
+        /// A swarm key file (`hivemesh swarm-key`) every node of the mesh
+        /// uses: TCP only, QUIC off.
+        #[arg(long, value_name = "FILE")]
+        swarm_key: Option<PathBuf>,
         /// Measure and exit: time to converge, time for every node to mark a
         /// killed node down, membership traffic per node.
         #[arg(long)]
@@ -482,4 +500,19 @@ fn parse_range(text: &str) -> Result<std::ops::Range<u64>, String> {
         return Err(format!("empty range {a}..{b}"));
     }
     Ok(a..b)
+}
+
+/// Private swarms (ADR 0016): `--swarm-key` and `--allow-peers`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PrivateSwarmArgs {
+    /// Talk only to nodes holding the same swarm key (a file from `hivemesh
+    /// swarm-key`, kubo's swarm.key format). TCP only: QUIC has no
+    /// pre-shared key, so QUIC --listen and --bootstrap addresses are refused.
+    #[arg(long, value_name = "FILE")]
+    pub swarm_key: Option<PathBuf>,
+    /// Keep connections only with these peers: one PeerId a line, `#`
+    /// comments. Re-read on SIGHUP (peers removed are disconnected; a bad
+    /// file keeps the old list).
+    #[arg(long, value_name = "FILE")]
+    pub allow_peers: Option<PathBuf>,
 }

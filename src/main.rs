@@ -20,6 +20,7 @@ mod node_cmd;
 mod output;
 mod remote_ask;
 mod sim_cmd;
+mod swarm_key_cmd;
 mod tally_cmd;
 use cli::{Cli, Command, ModelAction};
 use output::{errln, outln};
@@ -108,6 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_jobs,
             llm,
             limits,
+            private,
         } => {
             let args = node_cmd::RunArgs {
                 listen: listen.clone(),
@@ -122,6 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 majority_threshold: *majority_threshold,
                 llm: (!no_jobs).then(|| llm.clone()),
                 limits: limits.clone(),
+                private: (**private).clone(),
             };
             let dir = data_dir()?;
             // A node serves its peers whoever reads its stdout.
@@ -129,7 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(node_cmd::run(&dir, args))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Mesh { nodes, no_mdns, measure, speedup, ask, mode, profile, llm } => {
+        Command::Mesh { nodes, no_mdns, swarm_key, measure, speedup, ask, mode, profile, llm } => {
             anyhow::ensure!((1..=MAX_MESH_NODES).contains(nodes), "--nodes must be 1 to {MAX_MESH_NODES}");
             if let Some(question) = ask {
                 anyhow::ensure!(!question.trim().is_empty(), "the question is empty");
@@ -137,6 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let args = mesh_cmd::MeshArgs {
                 nodes: *nodes,
                 mdns: !no_mdns,
+                swarm_key: swarm_key.clone(),
                 measure: *measure,
                 speedup: *speedup,
                 ask: ask.clone(),
@@ -239,6 +243,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Majority { file } => {
             majority(file.as_deref())?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::SwarmKey { fingerprint } => {
+            swarm_key_cmd::run(fingerprint.as_deref()).map(|_| ExitCode::SUCCESS)
         }
         Command::Id { json } => print_id(data_dir()?, *json).map(|_| ExitCode::SUCCESS),
         Command::Tally {

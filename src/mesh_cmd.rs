@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hivemesh::node::membership::{MemberEvent, MembershipConfig};
+use hivemesh::node::net::private::{PreSharedKey, is_quic, read_swarm_key, swarm_key_fingerprint};
 use hivemesh::node::replica::{Profile, ViewKind};
 use hivemesh::node::{NodeConfig, NodeHandle, spawn_node};
 use hivemesh::protocol::Role;
@@ -16,6 +17,8 @@ use crate::output::{errln, outln};
 pub struct MeshArgs {
     pub nodes: usize,
     pub mdns: bool,
+    /// `--swarm-key`: every node of the mesh uses it (TCP only).
+    pub swarm_key: Option<std::path::PathBuf>,
     pub measure: bool,
     pub speedup: u32,
     pub ask: Option<String>,
@@ -30,9 +33,14 @@ pub async fn run(data_dir: &Path, args: MeshArgs) -> anyhow::Result<()> {
     // share one model client (and so one copy of the embedded model).
     let federation =
         if args.measure { None } else { Some(crate::llm_cmd::federation(&args.llm, data_dir).await?) };
+    let key = args.swarm_key.as_deref().map(read_swarm_key).transpose()?;
+    if let Some(key) = &key {
+        outln!("private mesh: swarm key fingerprint {} (TCP only)", swarm_key_fingerprint(key));
+    }
     let started = Instant::now();
     let (mut nodes, mut events) =
-        start_nodes(&data_dir.join("mesh"), n, args.mdns, args.speedup, federation.as_ref()).await?;
+        start_keyed_nodes(&data_dir.join("mesh"), n, args.mdns, args.speedup, federation.as_ref(), key)
+            .await?;
     let ready: Duration = nodes.iter().map(|n| n.ready_in).sum::<Duration>() / n as u32;
     outln!(
         "started {n} nodes in {:.2} s (mean start-to-ready {} ms)",
@@ -60,7 +68,7 @@ pub async fn run(data_dir: &Path, args: MeshArgs) -> anyhow::Result<()> {
         return outcome;
     }
     if args.measure {
-        let joiner = join_one(&nodes, data_dir, n, args.speedup).await?;
+        let joiner = join_one(&nodes, data_dir, n, args.speedup, key).await?;
         nodes.push(joiner);
         return measure(nodes, &mut events).await;
     }
@@ -98,10 +106,22 @@ pub async fn start_nodes(
     speedup: u32,
     federation: Option<&(hivemesh::node::federation::FederationConfig, Vec<String>)>,
 ) -> anyhow::Result<(Vec<NodeHandle>, MeshEvents)> {
+    start_keyed_nodes(dir, n, mdns, speedup, federation, None).await
+}
+
+/// [`start_nodes`], every node holding `key` when given (TCP only, ADR 0016).
+pub async fn start_keyed_nodes(
+    dir: &Path,
+    n: usize,
+    mdns: bool,
+    speedup: u32,
+    federation: Option<&(hivemesh::node::federation::FederationConfig, Vec<String>)>,
+    key: Option<PreSharedKey>,
+) -> anyhow::Result<(Vec<NodeHandle>, MeshEvents)> {
     let (events_tx, events) = mpsc::unbounded_channel();
     let mut nodes: Vec<NodeHandle> = Vec::with_capacity(n);
     for i in 0..n {
-        let mut config = NodeConfig::loopback(dir.join(format!("node-{i}")));
+        let mut config = keyed(NodeConfig::loopback(dir.join(format!("node-{i}"))), key);
         config.mdns = mdns;
         config.membership = MembershipConfig::lan(n as u32).faster(speedup);
         if let Some((setup, offered)) = federation {
@@ -112,7 +132,7 @@ pub async fn start_nodes(
         // A chain: each node knows only the previous one, alternating QUIC
         // and TCP, so convergence is the protocol's doing.
         if let Some(prev) = nodes.last() {
-            let transport = if i % 2 == 0 { "tcp" } else { "quic-v1" };
+            let transport = if i % 2 == 0 || key.is_some() { "tcp" } else { "quic-v1" };
             config.bootstrap = prev.address(transport).into_iter().collect();
         }
         let node = spawn_node(config).await.with_context(|| format!("could not start node-{i}"))?;
@@ -137,11 +157,13 @@ async fn join_one(
     data_dir: &Path,
     n: usize,
     speedup: u32,
+    key: Option<PreSharedKey>,
 ) -> anyhow::Result<NodeHandle> {
-    let mut config = NodeConfig::loopback(data_dir.join("mesh").join(format!("node-{n}")));
+    let mut config = keyed(NodeConfig::loopback(data_dir.join("mesh").join(format!("node-{n}"))), key);
     config.mdns = false;
     config.membership = MembershipConfig::lan(n as u32 + 1).faster(speedup);
-    config.bootstrap = nodes[0].address("quic-v1").into_iter().collect();
+    let transport = if key.is_some() { "tcp" } else { "quic-v1" };
+    config.bootstrap = nodes[0].address(transport).into_iter().collect();
     let started = Instant::now();
     let joiner = spawn_node(config).await.context("could not start the joining node")?;
     let deadline = started + Duration::from_secs(120);
@@ -164,6 +186,15 @@ async fn join_one(
         started.elapsed().as_secs_f64()
     );
     Ok(joiner)
+}
+
+/// `config` with the swarm key, listening on TCP only when there is one.
+fn keyed(mut config: NodeConfig, key: Option<PreSharedKey>) -> NodeConfig {
+    if key.is_some() {
+        config.listen.retain(|a| !is_quic(a));
+    }
+    config.swarm_key = key;
+    config
 }
 
 /// Every node leaves gracefully, in parallel.

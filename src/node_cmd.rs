@@ -10,11 +10,12 @@ use hivemesh::node::api::{ApiClient, Method, api_addr_file};
 use hivemesh::node::federation::Limits;
 use hivemesh::node::federation::quota::QuotaConfig;
 use hivemesh::node::membership::MembershipConfig;
+use hivemesh::node::net::private::{read_allowlist, read_swarm_key, swarm_key_fingerprint};
 use hivemesh::node::replica::{Profile, ViewKind, ViewMember, ViewReport};
 use hivemesh::node::{Multiaddr, NodeConfig, ReplicationConfig, spawn_node};
 use hivemesh::protocol::{GpuInfo, Role};
 
-use crate::cli::{AdvertiseArgs, ApiAccessArgs, JobLimitArgs, LlmArgs, NodeArgs};
+use crate::cli::{AdvertiseArgs, ApiAccessArgs, JobLimitArgs, LlmArgs, NodeArgs, PrivateSwarmArgs};
 use crate::output::{errln, outln};
 
 pub struct RunArgs {
@@ -33,6 +34,8 @@ pub struct RunArgs {
     /// The provider for this node's share of jobs; `None` takes no part.
     pub llm: Option<LlmArgs>,
     pub limits: JobLimitArgs,
+    /// `--swarm-key` and `--allow-peers` (ADR 0016).
+    pub private: PrivateSwarmArgs,
 }
 
 /// The fields of the advertised profile that `--models`, `--role` and
@@ -95,10 +98,15 @@ fn advertised(me: &ViewMember) -> Profile {
 }
 
 pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
-    let listen = if args.listen.is_empty() {
-        vec!["/ip4/0.0.0.0/udp/4001/quic-v1".parse()?, "/ip4/0.0.0.0/tcp/4001".parse()?]
-    } else {
+    let swarm_key = args.private.swarm_key.as_deref().map(read_swarm_key).transpose()?;
+    let allow_peers = args.private.allow_peers.as_deref().map(read_allowlist).transpose()?;
+    let listen = if !args.listen.is_empty() {
         args.listen
+    } else if swarm_key.is_some() {
+        // QUIC has no pre-shared key (ADR 0016).
+        vec!["/ip4/0.0.0.0/tcp/4001".parse()?]
+    } else {
+        vec!["/ip4/0.0.0.0/udp/4001/quic-v1".parse()?, "/ip4/0.0.0.0/tcp/4001".parse()?]
     };
     // Profile flags set the profile (a field not given takes its default);
     // without any the node keeps what it last advertised. Set before the
@@ -144,8 +152,17 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
             jobs: Default::default(),
         },
         federation,
+        swarm_key,
+        allow_peers,
     };
     let mut node = spawn_node(config).await.context("could not start the node")?;
+    if let Some(key) = &swarm_key {
+        outln!("private swarm: swarm key fingerprint {} (TCP only, QUIC off)", swarm_key_fingerprint(key));
+    }
+    let reload = args.private.allow_peers.clone().map(|file| {
+        outln!("allowlist: {} (re-read on SIGHUP)", file.display());
+        tokio::spawn(reload_allowlist_on_sighup(node.client(), file))
+    });
     if !offered.is_empty() {
         advertise_offered_models(&node, offered).await?;
     }
@@ -170,8 +187,38 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         }
         _ = node.stopped() => errln!("node stopped (left on request)"),
     }
+    if let Some(task) = reload {
+        task.abort();
+    }
     let _ = std::fs::remove_file(api_addr_file(data_dir));
     Ok(())
+}
+
+/// Re-reads the allowlist on every SIGHUP; a file that does not read keeps
+/// the list in force, with an error naming the file and line.
+async fn reload_allowlist_on_sighup(node: hivemesh::node::NodeClient, file: std::path::PathBuf) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            errln!("cannot listen for SIGHUP: the allowlist will not be reloaded");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            match read_allowlist(&file) {
+                Ok(peers) => {
+                    let count = peers.len();
+                    match node.set_allowed_peers(peers).await {
+                        Ok(()) => errln!("allowlist reloaded from {}: {count} peers", file.display()),
+                        Err(e) => errln!("allowlist not reloaded: {e}"),
+                    }
+                }
+                Err(e) => errln!("allowlist not reloaded, the old one stays in force: {e}"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (node, file);
 }
 
 /// Without profile flags a restarted node keeps what it last advertised

@@ -117,7 +117,16 @@ impl Bed {
             .expect("hivemesh id");
         assert!(id.status.success(), "hivemesh id: {id:?}");
         let peer_id = text(&id.stdout).trim().to_string();
-        self.hosts.push(Host { ns, addr, peer_id, dir, node: None, env: Vec::new() });
+        self.hosts.push(Host {
+            ns,
+            addr,
+            peer_id,
+            dir,
+            node: None,
+            env: Vec::new(),
+            run_args: Vec::new(),
+            tcp_only: false,
+        });
     }
 
     /// A host behind a masquerading NAT of its own: a router namespace with
@@ -170,10 +179,12 @@ impl Bed {
         i
     }
 
-    /// Starts host `i`'s node (bootstrapping to host 0 unless it is host 0)
-    /// and waits until its API is up.
+    /// Starts host `i`'s node (bootstrapping to host 0 unless it is host 0,
+    /// over TCP for a host set TCP-only) and waits until its API is up.
     pub fn start(&mut self, i: usize) {
-        let bootstrap = (i != 0).then(|| self.hosts[0].quic());
+        // Over TCP when the joining host runs TCP only (a swarm key).
+        let bootstrap =
+            (i != 0).then(|| if self.hosts[i].tcp_only { self.hosts[0].tcp() } else { self.hosts[0].quic() });
         let expected = self.expected_size.to_string();
         let host = &mut self.hosts[i];
         assert!(host.node.is_none(), "host {i} already runs a node");
@@ -181,11 +192,18 @@ impl Bed {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(host.log_path()).expect("log");
         let quic = format!("/ip4/{}/udp/{PORT}/quic-v1", host.addr);
         let tcp = format!("/ip4/{}/tcp/{PORT}", host.addr);
+        let mut listen = Vec::new();
+        if !host.tcp_only {
+            listen.extend(["--listen", &quic]);
+        }
+        listen.extend(["--listen", &tcp]);
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", &host.ns, env!("CARGO_BIN_EXE_hivemesh"), "run", "--no-jobs"])
-            .args(["--listen", &quic, "--listen", &tcp, "--api", "127.0.0.1:0"])
+            .args(listen)
+            .args(["--api", "127.0.0.1:0"])
             .args(["--expected-size", &expected])
+            .args(&host.run_args)
             .env("HIVEMESH_DATA_DIR", host.dir.path())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -89,6 +89,16 @@ pub async fn render(State(state): State<AppState>) -> Response {
     active.set(r.jobs.active as i64);
     registry.register("jobs_held", "Job documents held in memory", active);
 
+    // Private swarms (ADR 0016): both reasons always present, 0 when none.
+    let refused = ["swarm_key", "not_allowed"]
+        .map(|reason| (label("reason", reason), status.refused.get(reason).copied().unwrap_or(0)));
+    registry.register(
+        "connections_refused",
+        "Connections refused, by reason (swarm_key: a failed swarm-key handshake; not_allowed: a peer not on \
+         the allowlist)",
+        counters(refused),
+    );
+
     if let Some(jobs) = &state.jobs {
         let stats = &jobs.stats;
         let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);

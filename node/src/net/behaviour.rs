@@ -1,6 +1,7 @@
 //! The libp2p behaviours a node runs, and the stream codec that carries SWIM
 //! frames between authenticated peers.
 
+use std::collections::HashSet;
 use std::io;
 use std::time::Duration;
 
@@ -8,7 +9,9 @@ use hivemesh_protocol::limits::MAX_FRAME_BYTES;
 use libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, identify, identity, kad, mdns, ping, request_response};
+use libp2p::{
+    PeerId, StreamProtocol, allow_block_list, identify, identity, kad, mdns, ping, request_response,
+};
 
 pub const IDENTIFY_PROTOCOL: &str = "/hivemesh/1.0.0";
 pub const SWIM_PROTOCOL: StreamProtocol = StreamProtocol::new("/hivemesh/swim/1.0.0");
@@ -20,6 +23,9 @@ pub const MAX_SWIM_FRAME: usize = 64 * 1024 + 64;
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// The allowlist (`--allow-peers`, ADR 0016); off when every peer may
+    /// connect. First, so a refused connection reaches no other behaviour.
+    pub allow: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -30,8 +36,9 @@ pub struct Behaviour {
 
 impl Behaviour {
     /// `mdns` failing to start (no multicast, as in many containers) is a
-    /// warning, not an error: bootstrap addresses still work.
-    pub fn new(key: &identity::Keypair, mdns: bool) -> Self {
+    /// warning, not an error: bootstrap addresses still work. `allow`: the
+    /// only peers connections are kept with (`None`: any peer).
+    pub fn new(key: &identity::Keypair, mdns: bool, allow: Option<HashSet<PeerId>>) -> Self {
         let peer_id = key.public().to_peer_id();
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         // Membership finds peers; kademlia's own periodic bootstrap only
@@ -62,7 +69,15 @@ impl Behaviour {
             [(STATE_PROTOCOL, request_response::ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
         );
+        let allow = allow.map(|peers| {
+            let mut list = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+            for peer in peers {
+                list.allow_peer(peer);
+            }
+            list
+        });
         Self {
+            allow: Toggle::from(allow),
             identify: identify::Behaviour::new(identify::Config::new(
                 IDENTIFY_PROTOCOL.to_string(),
                 key.public(),

@@ -1,13 +1,13 @@
 //! The node's event loop: one task owns the swarm and the membership machine
 //! and feeds one to the other. Timers are tokio sleeps that post back.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use libp2p::futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, request_response};
+use libp2p::{Multiaddr, PeerId, Swarm, allow_block_list, identify, mdns, request_response};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use hivemesh_protocol::identity::NodeId;
@@ -40,6 +40,8 @@ pub enum Command {
         done: oneshot::Sender<()>,
     },
     Job(JobCommand),
+    /// Replace the allowlist; answers `false` when the node has none.
+    SetAllowed(HashSet<PeerId>, oneshot::Sender<bool>),
 }
 
 pub struct Driver {
@@ -62,6 +64,13 @@ pub struct Driver {
     mdns_announced: HashSet<PeerId>,
     in_flight: usize,
     leaving: Option<(Instant, Vec<oneshot::Sender<()>>)>,
+    /// Fingerprint of the swarm key; `Some` means TCP with pnet only.
+    pub(super) swarm_key: Option<String>,
+    /// Connections refused, by reason (ADR 0016).
+    pub(super) refused: BTreeMap<String, u64>,
+    /// Refusals already logged, by reason and peer or IP address: each is
+    /// logged once, later ones at debug level.
+    pub(super) refusals_logged: HashSet<String>,
 }
 
 impl Driver {
@@ -79,6 +88,7 @@ impl Driver {
         api: Option<std::net::SocketAddr>,
         replica: Replica,
         config: &ReplicationConfig,
+        swarm_key: Option<String>,
     ) -> Self {
         let (timers, timer_rx) = mpsc::unbounded_channel();
         Self {
@@ -101,6 +111,9 @@ impl Driver {
             mdns_announced: HashSet::new(),
             in_flight: 0,
             leaving: None,
+            swarm_key,
+            refused: BTreeMap::new(),
+            refusals_logged: HashSet::new(),
         }
     }
 
@@ -158,6 +171,8 @@ impl Driver {
                     active_members: self.membership.active_count(),
                     membership: self.membership.stats().clone(),
                     replication: self.replica.stats(),
+                    refused: self.refused.clone(),
+                    swarm_key: self.swarm_key.clone(),
                 });
             }
             Command::View(kind, reply) => self.view(kind, reply),
@@ -166,6 +181,9 @@ impl Driver {
             }
             Command::Leave { deadline, done } => self.start_leaving(deadline, done),
             Command::Job(command) => self.on_job_command(command),
+            Command::SetAllowed(peers, reply) => {
+                let _ = reply.send(self.set_allowed(peers));
+            }
         }
     }
 
@@ -227,8 +245,12 @@ impl Driver {
         if self.swarm.is_connected(&peer) {
             return;
         }
-        let addresses: Vec<Multiaddr> =
-            member.addresses.iter().filter_map(|bytes| Multiaddr::try_from(bytes.clone()).ok()).collect();
+        let addresses: Vec<Multiaddr> = member
+            .addresses
+            .iter()
+            .filter_map(|bytes| Multiaddr::try_from(bytes.clone()).ok())
+            .filter(|a| self.dialable(a))
+            .collect();
         if addresses.is_empty() {
             return;
         }
@@ -245,7 +267,9 @@ impl Driver {
             return;
         };
         for bytes in &to.addresses {
-            if let Ok(addr) = Multiaddr::try_from(bytes.clone()) {
+            if let Ok(addr) = Multiaddr::try_from(bytes.clone())
+                && self.dialable(&addr)
+            {
                 self.swarm.add_peer_address(peer, addr);
             }
         }
@@ -295,11 +319,15 @@ impl Driver {
                 info,
                 ..
             })) => {
-                for addr in info.listen_addrs {
+                let addrs: Vec<Multiaddr> =
+                    info.listen_addrs.into_iter().filter(|a| self.dialable(a)).collect();
+                for addr in addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                let found: Vec<(PeerId, Multiaddr)> =
+                    found.into_iter().filter(|(_, a)| self.dialable(a)).collect();
                 for (peer, addr) in found {
                     self.swarm.add_peer_address(peer, addr.clone());
                     if self.mdns_announced.insert(peer)
@@ -323,7 +351,17 @@ impl Driver {
                     self.membership.add_bootstrap(target, unix_ms());
                 }
             }
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, peer_id, .. } => {
+                self.on_incoming_error(&send_back_addr, &error, peer_id)
+            }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                if let (libp2p::swarm::DialError::Denied { cause }, Some(peer)) = (&error, peer_id)
+                    && cause.downcast_ref::<allow_block_list::NotAllowed>().is_some()
+                {
+                    self.refuse("not_allowed", &peer.to_string(), || {
+                        format!("not dialling {peer}: it is not on the allowlist")
+                    });
+                }
                 match self.unresolved.dial_ended(connection_id) {
                     // The README promises a line for an unreachable bootstrap address.
                     Some((addr, retry_in)) if self.leaving.is_none() => tracing::warn!(

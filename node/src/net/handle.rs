@@ -1,6 +1,6 @@
 //! Starting a node, and the handle that talks to it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use libp2p::core::transport::ListenerId;
 use libp2p::futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, PeerId, noise, tcp, yamux};
+use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -54,6 +54,14 @@ pub struct NodeConfig {
     pub replication: ReplicationConfig,
     /// Taking part in LLM jobs; `None` for a node that only relays state.
     pub federation: Option<FederationConfig>,
+    /// The swarm key (`--swarm-key`, ADR 0016): every connection is TCP
+    /// wrapped in libp2p pnet with this key, and QUIC is off (QUIC
+    /// addresses to listen on are an error; learned ones are never dialled).
+    pub swarm_key: Option<super::private::PreSharedKey>,
+    /// The only peers this node keeps connections with (`--allow-peers`,
+    /// ADR 0016); `None` allows every peer. Changed at run time with
+    /// [`NodeClient::set_allowed_peers`].
+    pub allow_peers: Option<HashSet<PeerId>>,
 }
 
 /// How the node replicates its state.
@@ -101,6 +109,8 @@ impl NodeConfig {
             membership: MembershipConfig::lan(16),
             replication: ReplicationConfig::default(),
             federation: None,
+            swarm_key: None,
+            allow_peers: None,
         }
     }
 }
@@ -111,6 +121,12 @@ pub enum NodeError {
     Keystore(#[from] KeystoreError),
     #[error("could not set up the libp2p transport: {0}")]
     Transport(String),
+    #[error(
+        "{0}: with a swarm key the node speaks TCP only, QUIC has no pre-shared key (ADR 0016); use a /tcp/ address"
+    )]
+    QuicWithSwarmKey(Multiaddr),
+    #[error("the node runs without --allow-peers: there is no allowlist to change")]
+    NoAllowlist,
     #[error("cannot listen on {address}: {reason}")]
     Listen { address: Multiaddr, reason: String },
     #[error("cannot bind the control API on {address}: {source}")]
@@ -196,6 +212,13 @@ pub struct StatusReport {
     pub active_members: usize,
     pub membership: MembershipStats,
     pub replication: ReplicaStats,
+    /// Connections refused, by reason: `swarm_key` (a handshake failed on a
+    /// node with a swarm key: no key or another one) and `not_allowed`
+    /// (a peer not on the allowlist), ADR 0016.
+    #[serde(default)]
+    pub refused: BTreeMap<String, u64>,
+    /// Fingerprint of the swarm key, when the node has one.
+    pub swarm_key: Option<String>,
 }
 
 /// A running node. Dropping every handle (and API client) stops it without a
@@ -311,6 +334,14 @@ impl NodeClient {
         rx.await.map_err(|_| NodeError::Stopped)?.map_err(NodeError::Job)
     }
 
+    /// Replaces the allowlist (a SIGHUP reload): peers no longer on it are
+    /// disconnected at once. `NoAllowlist` when the node started without one.
+    pub async fn set_allowed_peers(&self, peers: HashSet<PeerId>) -> Result<(), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::SetAllowed(peers, tx)).await.map_err(|_| NodeError::Stopped)?;
+        if rx.await.map_err(|_| NodeError::Stopped)? { Ok(()) } else { Err(NodeError::NoAllowlist) }
+    }
+
     /// Asks the node to leave; resolves once it has stopped.
     pub async fn leave(&self, deadline: Duration) -> Result<(), NodeError> {
         let (tx, rx) = oneshot::channel();
@@ -410,16 +441,7 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         config.replication.profile.clone(),
         config.replication.jobs.clone(),
     )?;
-    let mdns = config.mdns;
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-        .map_err(|e| NodeError::Transport(e.to_string()))?
-        .with_quic()
-        .with_behaviour(|key| Behaviour::new(key, mdns))
-        .map_err(|e| NodeError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let mut swarm = super::private::build_swarm(keypair, &config)?;
 
     let mut listeners = HashMap::new();
     for address in &config.listen {
@@ -492,9 +514,14 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         api,
         replica,
         &config.replication,
+        config.swarm_key.as_ref().map(super::private::swarm_key_fingerprint),
     );
     let task = tokio::spawn(driver.run());
     let ready_in = started.elapsed();
+    if let Some(key) = &config.swarm_key {
+        let fingerprint = super::private::swarm_key_fingerprint(key);
+        tracing::info!(%fingerprint, "private swarm: TCP with the swarm key only, QUIC off");
+    }
     tracing::info!(%peer_id, ?listen, ?api, ?ready_in, "node ready");
     Ok(NodeHandle { peer_id, listen, api, ready_in, client, events, task, api_task, federation })
 }

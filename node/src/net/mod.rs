@@ -6,6 +6,8 @@ mod describe;
 mod driver;
 mod handle;
 mod job_sync;
+pub mod private;
+mod refusals;
 mod replication;
 
 pub use behaviour::{MAX_SWIM_FRAME, SWIM_PROTOCOL};

@@ -18,6 +18,10 @@ pub struct Host {
     pub(super) node: Option<Child>,
     /// Extra environment for the next start (e.g. a test clock offset).
     pub(super) env: Vec<(String, String)>,
+    /// Extra `hivemesh run` arguments for the next start (e.g. a swarm key).
+    pub(super) run_args: Vec<String>,
+    /// Listen on TCP only and join over TCP (a node with a swarm key).
+    pub(super) tcp_only: bool,
 }
 
 impl Host {
@@ -33,6 +37,36 @@ impl Host {
     /// The QUIC address other nodes dial.
     pub fn quic(&self) -> String {
         format!("/ip4/{}/udp/{PORT}/quic-v1/p2p/{}", self.addr, self.peer_id)
+    }
+
+    /// The TCP address other nodes dial.
+    pub fn tcp(&self) -> String {
+        format!("/ip4/{}/tcp/{PORT}/p2p/{}", self.addr, self.peer_id)
+    }
+
+    /// Extra `hivemesh run` arguments for the next start; `tcp_only` makes
+    /// the node listen on TCP alone and join over TCP (as a node with a
+    /// swarm key must).
+    pub fn set_run_args(&mut self, args: &[&str], tcp_only: bool) {
+        self.run_args = args.iter().map(|a| a.to_string()).collect();
+        self.tcp_only = tcp_only;
+    }
+
+    /// Sends SIGHUP to the running node (`ip netns exec` execs the node, so
+    /// the child is the node itself).
+    pub fn hangup(&self) {
+        let child = self.node.as_ref().expect("the host runs a node");
+        let status = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().expect("kill");
+        assert!(status.success(), "kill -HUP failed");
+    }
+
+    /// `GET /metrics` of the running node through curl inside the
+    /// namespace; `None` when curl is missing or the node did not answer.
+    pub fn metrics(&self) -> Option<String> {
+        let api = std::fs::read_to_string(self.dir.path().join("api.addr")).ok()?;
+        let url = format!("http://{}/metrics", api.trim().trim_start_matches("http://"));
+        let out = Command::new("ip").args(["netns", "exec", &self.ns, "curl", "-sf", &url]).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     pub fn is_running(&self) -> bool {

@@ -14,7 +14,10 @@ pub fn available() -> Result<(), String> {
     if uid.as_deref().ok() != Some("0") {
         return Err("not root (network namespaces need CAP_SYS_ADMIN)".into());
     }
-    let probe = format!("{PREFIX}{}-probe", std::process::id());
+    // Unique per call: the tests of one binary probe in parallel.
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = format!("{PREFIX}{}-probe{n}", std::process::id());
     let steps: [&[&str]; 3] = [
         &["ip", "netns", "add", &probe],
         &["ip", "netns", "exec", &probe, "nft", "list", "ruleset"],
