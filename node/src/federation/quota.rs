@@ -57,10 +57,15 @@ pub enum QuotaParseError {
     NoPeer(String),
     #[error("{0:?} is not a peer id")]
     BadPeer(String),
+    #[error("no limits given: write `none` for no limit, or e.g. calls=100")]
+    Empty,
+    #[error("quota {0} is given twice")]
+    Repeated(&'static str),
 }
 
 /// `calls=100,tokens=200000,usd=0.50`; any subset; `none` (as the whole
-/// text or as a value) is no limit.
+/// text or as a value) is no limit. Empty text is an error (an unset shell
+/// variable must not turn quotas off), and so is a name given twice.
 impl FromStr for QuotaLimits {
     type Err = QuotaParseError;
 
@@ -70,10 +75,16 @@ impl FromStr for QuotaLimits {
         if text.eq_ignore_ascii_case("none") {
             return Ok(limits);
         }
+        let mut given: Vec<&str> = Vec::with_capacity(3);
         for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, value) =
                 pair.split_once('=').ok_or_else(|| QuotaParseError::NotAPair(pair.to_string()))?;
             let (name, value) = (name.trim(), value.trim());
+            if given.contains(&name) {
+                let name = ["calls", "tokens", "usd"].into_iter().find(|n| *n == name).unwrap_or("limit");
+                return Err(QuotaParseError::Repeated(name));
+            }
+            given.push(name);
             let none = value.eq_ignore_ascii_case("none");
             let bad = |name, unit| QuotaParseError::BadValue { name, value: value.to_string(), unit };
             match name {
@@ -95,6 +106,9 @@ impl FromStr for QuotaLimits {
                 }
                 other => return Err(QuotaParseError::UnknownLimit(other.to_string())),
             }
+        }
+        if given.is_empty() {
+            return Err(QuotaParseError::Empty);
         }
         Ok(limits)
     }
@@ -179,8 +193,10 @@ pub struct Usage {
 
 impl Usage {
     fn add(&mut self, other: &Usage) {
-        self.calls += other.calls;
-        self.tokens += other.tokens;
+        // Token counts come from the provider's stream: never trust them
+        // not to overflow.
+        self.calls = self.calls.saturating_add(other.calls);
+        self.tokens = self.tokens.saturating_add(other.tokens);
         self.usd += other.usd;
     }
 }

@@ -161,3 +161,21 @@ fn a_peer_refusing_two_stages_keeps_both_failures_in_the_document() {
     assert!(facts.failed(&author, "stage.generator") && facts.failed(&author, "stage.curator"));
     assert_eq!(facts.failure(&author, "stage.curator").and_then(|f| f.code.as_deref()), Some("quota"));
 }
+
+#[test]
+fn empty_limits_and_a_name_given_twice_are_errors_not_unlimited() {
+    for text in ["", " ", ",", " , "] {
+        assert_eq!(text.parse::<QuotaLimits>(), Err(QuotaParseError::Empty), "{text:?}");
+    }
+    assert_eq!("calls=1,calls=2".parse::<QuotaLimits>(), Err(QuotaParseError::Repeated("calls")));
+    assert_eq!("none".parse::<QuotaLimits>(), Ok(QuotaLimits::UNLIMITED));
+}
+
+#[test]
+fn a_provider_reporting_absurd_token_counts_saturates_instead_of_overflowing() {
+    let mut total = Usage::default();
+    for _ in 0..3 {
+        total.add(&Usage { calls: 1, tokens: u64::MAX, usd: 0.0 });
+    }
+    assert_eq!((total.calls, total.tokens), (3, u64::MAX));
+}

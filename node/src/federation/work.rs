@@ -207,7 +207,7 @@ async fn call_model(
     }
     if let (Some(peer), Ok(completion)) = (&remote, &result) {
         let usage = completion.usage;
-        let tokens = usage.map_or(completion.chunks, |u| u.prompt_tokens + u.completion_tokens);
+        let tokens = usage.map_or(completion.chunks, |u| u.prompt_tokens.saturating_add(u.completion_tokens));
         let usd = usage.and_then(|u| u.cost_usd).unwrap_or(0.0);
         ctx.quotas.charge(peer, tokens, usd, Instant::now());
     }
