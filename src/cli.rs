@@ -465,12 +465,12 @@ pub struct ApiAccessArgs {
     pub allow_origins: Vec<String>,
 }
 
-fn parse_allowed_host(text: &str) -> Result<String, String> {
-    hivemesh::node::api::allowed_host(text).map_err(|e| e.to_string())
+fn parse_allowed_host(text: &str) -> Result<String, hivemesh::node::api::AccessConfigError> {
+    hivemesh::node::api::allowed_host(text)
 }
 
-fn parse_allowed_origin(text: &str) -> Result<String, String> {
-    hivemesh::node::api::allowed_origin(text).map_err(|e| e.to_string())
+fn parse_allowed_origin(text: &str) -> Result<String, hivemesh::node::api::AccessConfigError> {
+    hivemesh::node::api::allowed_origin(text)
 }
 
 /// What a node offers, on `run` and `advertise`. A flag not given leaves

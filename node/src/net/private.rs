@@ -25,11 +25,27 @@ pub enum PrivateSwarmError {
          digits, as `hivemesh swarm-key` writes)",
         path.display()
     )]
-    BadKey { path: PathBuf, reason: String },
+    BadKey { path: PathBuf, reason: SwarmKeyFormatError },
     #[error("{} line {line}: {text:?} is not a PeerId: {reason}", path.display())]
     BadPeer { path: PathBuf, line: usize, text: String, reason: String },
     #[error("no randomness for a swarm key: {0}")]
     Random(getrandom::Error),
+}
+
+/// What is wrong with a swarm key file's text (kubo's `swarm.key` format:
+/// `/key/swarm/psk/1.0.0/`, `/base16/`, 64 hex digits).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SwarmKeyFormatError {
+    #[error("{0} non-empty lines, not 3")]
+    LineCount(usize),
+    #[error("first line {0:?}, not /key/swarm/psk/1.0.0/")]
+    KeyType(String),
+    #[error("second line {0:?}, not /base16/")]
+    Encoding(String),
+    #[error("the key is {0} characters, not 64 hex digits")]
+    Length(usize),
+    #[error("the key is not hex: {0}")]
+    NotHex(String),
 }
 
 /// A new random key (32 bytes from the operating system's CSPRNG).
@@ -52,18 +68,17 @@ pub fn swarm_key_fingerprint(key: &PreSharedKey) -> String {
 }
 
 /// Parses a key file's text; `Err` says what is wrong with it.
-pub fn parse_swarm_key(text: &str) -> Result<PreSharedKey, String> {
+pub fn parse_swarm_key(text: &str) -> Result<PreSharedKey, SwarmKeyFormatError> {
     use libp2p::pnet::KeyParseError;
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let line = |i: usize| lines.get(i).copied().unwrap_or_default().to_string();
     let joined = lines.join("\n");
     joined.parse::<PreSharedKey>().map_err(|e| match e {
-        KeyParseError::InvalidKeyFile => format!("{} non-empty lines, not 3", lines.len().min(3)),
-        KeyParseError::InvalidKeyType => format!("first line {:?}, not /key/swarm/psk/1.0.0/", lines[0]),
-        KeyParseError::InvalidKeyEncoding => format!("second line {:?}, not /base16/", lines[1]),
-        KeyParseError::InvalidKeyLength => {
-            format!("the key is {} characters, not 64 hex digits", lines[2].len())
-        }
-        KeyParseError::InvalidKeyChar(e) => format!("the key is not hex: {e}"),
+        KeyParseError::InvalidKeyFile => SwarmKeyFormatError::LineCount(lines.len().min(3)),
+        KeyParseError::InvalidKeyType => SwarmKeyFormatError::KeyType(line(0)),
+        KeyParseError::InvalidKeyEncoding => SwarmKeyFormatError::Encoding(line(1)),
+        KeyParseError::InvalidKeyLength => SwarmKeyFormatError::Length(line(2).len()),
+        KeyParseError::InvalidKeyChar(e) => SwarmKeyFormatError::NotHex(e.to_string()),
     })
 }
 
@@ -204,7 +219,7 @@ mod tests {
             (format!("/key/swarm/psk/1.0.0/\n/base16/\n{}zz\n", "c".repeat(62)), "not hex"),
         ];
         for (text, expected) in cases {
-            let reason = parse_swarm_key(&text).unwrap_err();
+            let reason = parse_swarm_key(&text).unwrap_err().to_string();
             assert!(reason.contains(expected), "{text:?}: {reason}");
         }
         let dir = tempfile::tempdir().unwrap();
