@@ -7,7 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 
 use hivemesh_protocol::{
-    Ballot, BallotChoice, Domain, Envelope, JobId, NodeId, TallyRule, open, verify_batch_stateless,
+    Ballot, BallotChoice, Domain, Envelope, EnvelopeError, JobId, MessageError, NodeId, TallyRule, open,
+    verify_batch_stateless,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -114,7 +115,7 @@ pub fn validate(spec: &JobSpec, envelopes: &[Envelope]) -> Counted {
     let eligible: HashSet<NodeId> = spec.eligible.iter().copied().collect();
     let chunk =
         envelopes.len().div_ceil(rayon::current_num_threads()).clamp(MIN_VERIFY_CHUNK, MAX_VERIFY_CHUNK);
-    let checked: Vec<Vec<Result<Ballot, String>>> = envelopes
+    let checked: Vec<Vec<Result<Ballot, Rejection>>> = envelopes
         .par_chunks(chunk)
         .map(|chunk| {
             let signatures = verify_batch_stateless(chunk, Domain::BALLOT);
@@ -122,8 +123,8 @@ pub fn validate(spec: &JobSpec, envelopes: &[Envelope]) -> Counted {
                 .iter()
                 .zip(signatures)
                 .map(|(env, sig)| {
-                    sig.map_err(|e| e.to_string())
-                        .and_then(|_| open::<Ballot>(env).map_err(|e| e.to_string()))
+                    sig.map_err(Rejection::Envelope)
+                        .and_then(|_| open::<Ballot>(env).map_err(Rejection::Payload))
                         .and_then(|ballot| check_against_job(spec, &eligible, ballot))
                 })
                 .collect()
@@ -141,7 +142,11 @@ pub fn validate(spec: &JobSpec, envelopes: &[Envelope]) -> Counted {
                 }
                 entry.push((index, ballot));
             }
-            Err(reason) => excluded.push(Exclusion { index, voter: Some(env.sender.to_string()), reason }),
+            Err(reason) => excluded.push(Exclusion {
+                index,
+                voter: Some(env.sender.to_string()),
+                reason: reason.to_string(),
+            }),
         }
     }
 
@@ -188,15 +193,39 @@ pub fn validate(spec: &JobSpec, envelopes: &[Envelope]) -> Counted {
     }
 }
 
-fn check_against_job(spec: &JobSpec, eligible: &HashSet<NodeId>, ballot: Ballot) -> Result<Ballot, String> {
+/// Why one ballot is left out before counting; its text is the published
+/// [`Exclusion::reason`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum Rejection {
+    /// The signature or envelope header did not verify.
+    #[error("{0}")]
+    Envelope(EnvelopeError),
+    /// The payload is not a valid ballot.
+    #[error("{0}")]
+    Payload(MessageError),
+    #[error("ballot is for another job")]
+    OtherJob,
+    #[error("ballot is for rule {ballot:?}, the job uses {job:?}")]
+    OtherRule { ballot: TallyRule, job: TallyRule },
+    #[error("voter is not eligible for this job")]
+    NotEligible,
+    #[error("unknown candidate {candidate} (the job has {candidates})")]
+    UnknownCandidate { candidate: u32, candidates: u32 },
+}
+
+fn check_against_job(
+    spec: &JobSpec,
+    eligible: &HashSet<NodeId>,
+    ballot: Ballot,
+) -> Result<Ballot, Rejection> {
     if ballot.job != spec.job {
-        return Err("ballot is for another job".into());
+        return Err(Rejection::OtherJob);
     }
     if ballot.rule != spec.rule {
-        return Err(format!("ballot is for rule {:?}, the job uses {:?}", ballot.rule, spec.rule));
+        return Err(Rejection::OtherRule { ballot: ballot.rule, job: spec.rule });
     }
     if !eligible.contains(&ballot.voter) {
-        return Err("voter is not eligible for this job".into());
+        return Err(Rejection::NotEligible);
     }
     let unknown = match &ballot.choice {
         BallotChoice::Single(c) => (*c >= spec.candidates).then_some(*c),
@@ -205,8 +234,8 @@ fn check_against_job(spec: &JobSpec, eligible: &HashSet<NodeId>, ballot: Ballot)
         }
         BallotChoice::RankGroups(groups) => groups.iter().flatten().copied().find(|&c| c >= spec.candidates),
     };
-    if let Some(unknown) = unknown {
-        return Err(format!("unknown candidate {unknown} (the job has {})", spec.candidates));
+    if let Some(candidate) = unknown {
+        return Err(Rejection::UnknownCandidate { candidate, candidates: spec.candidates });
     }
     Ok(ballot)
 }
