@@ -62,13 +62,7 @@ fn allowed_hosts_and_origins_reach_the_node_and_local_commands_still_work() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start hivemesh run");
-    let addr_file = dir.path().join("api.addr");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !addr_file.exists() {
-        assert!(Instant::now() < deadline, "the node never recorded its API address");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let api = std::fs::read_to_string(&addr_file).expect("api.addr").trim().to_string();
+    let api = common::wait_for_api(dir.path());
     let port = api.rsplit(':').next().expect("port").to_string();
     let get = |host: &str, extra: &str| {
         raw(&api, &format!("GET /v1/status HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"))

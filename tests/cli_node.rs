@@ -64,11 +64,7 @@ fn run_then_members_then_leave() {
         .spawn()
         .expect("start hivemesh run");
     let addr_file = dir.path().join("api.addr");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !addr_file.exists() {
-        assert!(Instant::now() < deadline, "the node never recorded its API address");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_for_api(dir.path());
     let members = hivemesh(&["members", "--json"], dir.path());
     assert!(members.status.success(), "{members:?}");
     let report: serde_json::Value = serde_json::from_slice(&members.stdout).expect("JSON");
@@ -100,11 +96,7 @@ fn start_node(dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("start hivemesh run");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !dir.join("api.addr").exists() {
-        assert!(Instant::now() < deadline, "the node never recorded its API address");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for_api(dir);
     child
 }
 
