@@ -212,6 +212,28 @@ pub enum Command {
         #[command(flatten)]
         target: NodeArgs,
     },
+    /// Mark a failed peer as left across the swarm (Serf's force-leave).
+    ///
+    /// The running node signs a claim naming PEER's current SWIM generation
+    /// and sends it to every live member; each applies it if the issuer may
+    /// make it there (in a private swarm with --allow-peers: only peers on
+    /// that node's allowlist) and relays it once. A peer that restarts takes
+    /// a higher generation and is not affected. See docs/adr/0019.
+    ForceLeave {
+        /// The peer's PeerId (as `hivemesh members` lists it).
+        peer: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: NodeArgs,
+    },
+    /// Equivocation proofs: list them, clear a mark, or report the proofs
+    /// in a ballot file. A peer with an uncleared proof is left out of
+    /// placement and voting on the node holding it (docs/adr/0019).
+    Byzantine {
+        #[command(subcommand)]
+        action: ByzantineAction,
+    },
     /// Ask a running node to leave the swarm gracefully and stop.
     Leave {
         #[command(flatten)]
@@ -420,6 +442,32 @@ pub struct JobLimitArgs {
 
 /// The longest `--deadline`: a day.
 pub const MAX_DEADLINE_SECS: u64 = 86_400;
+
+/// What `hivemesh byzantine` does.
+#[derive(Subcommand, Debug)]
+pub enum ByzantineAction {
+    /// The proofs the node holds and the peers they exclude.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: NodeArgs,
+    },
+    /// Clear the node's mark on PEER (on that node only; the same proof
+    /// arriving again keeps it cleared, a proof from another job does not).
+    Clear {
+        peer: String,
+        #[command(flatten)]
+        target: NodeArgs,
+    },
+    /// Hand the node every equivocation in a ballot file (`hivemesh tally`'s
+    /// format, e.g. a job outcome's `ballot_file`); it verifies and gossips.
+    Report {
+        file: PathBuf,
+        #[command(flatten)]
+        target: NodeArgs,
+    },
+}
 
 /// Which running node a command talks to, and the token its API wants.
 #[derive(clap::Args, Debug, Clone)]

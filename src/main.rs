@@ -22,7 +22,8 @@ mod remote_ask;
 mod sim_cmd;
 mod swarm_key_cmd;
 mod tally_cmd;
-use cli::{Cli, Command, ModelAction};
+mod trust_cmd;
+use cli::{ByzantineAction, Cli, Command, ModelAction};
 use output::{errln, outln};
 
 /// The most nodes `mesh` starts in one process: each runs its own swarm
@@ -223,6 +224,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 json: *json,
             };
             runtime()?.block_on(llm_cmd::ask(args, &data_dir()?))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ForceLeave { peer, json, target } => {
+            let api = node_cmd::api_client(target, &data_dir()?)?;
+            runtime()?.block_on(trust_cmd::force_leave(&api, peer, *json))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Byzantine { action } => {
+            let target = match action {
+                ByzantineAction::List { target, .. }
+                | ByzantineAction::Clear { target, .. }
+                | ByzantineAction::Report { target, .. } => target,
+            };
+            let api = node_cmd::api_client(target, &data_dir()?)?;
+            let runtime = runtime()?;
+            match action {
+                ByzantineAction::List { json, .. } => runtime.block_on(trust_cmd::list(&api, *json))?,
+                ByzantineAction::Clear { peer, .. } => runtime.block_on(trust_cmd::clear(&api, peer))?,
+                ByzantineAction::Report { file, .. } => runtime.block_on(trust_cmd::report(&api, file))?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs { id, limit, json, target } => {

@@ -254,6 +254,90 @@ async fn an_equivocating_and_forging_peer_has_its_ballots_excluded() {
     assert!(excluded.contains("equivocation"), "{excluded}");
     assert!(excluded.contains("inside"), "the forged ballot is named: {excluded}");
     assert_eq!(outcome["tally"]["result"]["ballots"], 2, "only a's and b's ballots count");
+
+    // The asker found the equivocation while counting: the proof (c's two
+    // signed ballots) is replicated, and every node verifies and counts it.
+    // The forged ballot proves nothing about the key it names.
+    let c_peer = peer(c);
+    let stranger_peer = stranger.peer_id().to_string();
+    let http = reqwest::Client::new();
+    for i in 0..3 {
+        let deadline = Instant::now() + LIMIT;
+        let evidence = loop {
+            let evidence: Value = http
+                .get(format!("{}/v1/byzantine", mesh.api(i)))
+                .send()
+                .await
+                .expect("get evidence")
+                .json()
+                .await
+                .expect("json");
+            if evidence["excluded"].as_array().is_some_and(|e| !e.is_empty()) {
+                break evidence;
+            }
+            assert!(Instant::now() < deadline, "node {i} never got the proof: {evidence:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(evidence["excluded"], json!([c_peer]), "node {i}: {evidence:#}");
+        assert!(!evidence.to_string().contains(&stranger_peer), "a forgery marks nobody: {evidence:#}");
+        let metrics = http.get(format!("{}/metrics", mesh.api(i))).send().await.expect("metrics");
+        let metrics = metrics.text().await.expect("text");
+        assert!(metrics.contains("hivemesh_byzantine_detections_total 1"), "node {i}: {metrics}");
+        assert!(metrics.contains("hivemesh_byzantine_excluded_peers 1"), "node {i}: {metrics}");
+    }
+
+    // The next job, asked at b (which never tallied the first), leaves c
+    // out: it is neither placed nor an eligible voter.
+    let ask_at_b = |question: &'static str| {
+        let http = http.clone();
+        let api = mesh.api(1);
+        async move {
+            let response = http
+                .post(format!("{api}/v1/jobs"))
+                .json(&json!({ "question": question, "peers": 3 }))
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(response.status(), 202);
+            let id = response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_string();
+            let deadline = Instant::now() + LIMIT;
+            loop {
+                let job: Value = http
+                    .get(format!("{api}/v1/jobs/{id}"))
+                    .send()
+                    .await
+                    .expect("get")
+                    .json()
+                    .await
+                    .expect("json");
+                if job["outcome"].is_object() {
+                    break job;
+                }
+                assert!(Instant::now() < deadline, "job at b stuck: {job:#}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let next = ask_at_b("Capital of France, again?").await;
+    assert_eq!(next["outcome"]["status"], "done", "{next:#}");
+    assert!(!next.to_string().contains(&c_peer), "c took part in the next job: {next:#}");
+
+    // b's operator clears the mark on b only; a keeps its own.
+    let cleared = http.delete(format!("{}/v1/byzantine/{c_peer}", mesh.api(1))).send().await.expect("clear");
+    assert_eq!(cleared.status(), 200);
+    let again = http.delete(format!("{}/v1/byzantine/{c_peer}", mesh.api(1))).send().await.expect("clear");
+    assert_eq!(again.status(), 404, "nothing left to clear");
+    let on_a: Value = http
+        .get(format!("{}/v1/byzantine", mesh.api(0)))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(on_a["excluded"], json!([c_peer]), "a clearance is local: {on_a:#}");
+    let after = ask_at_b("Capital of France, once more?").await;
+    assert!(after.to_string().contains(&c_peer), "b places c again after clearing: {after:#}");
 }
 
 /// A provider whose embeddings know that two differently worded answers

@@ -1,7 +1,7 @@
 //! Real `hivemesh run` processes on separate "hosts" (Linux network
 //! namespaces on a bridge, tests/support/netns.rs), with packet loss,
 //! SIGKILLs, a partition, a node restarted with its clock an hour behind,
-//! and hosts behind NATs.
+//! hosts behind NATs, a force-leave and a replicated equivocation proof.
 //!
 //! Needs root; otherwise each test prints one line and returns (or fails
 //! when HIVEMESH_REQUIRE_NETNS_TESTS=1, as in CI). One bed of 8 hosts is
@@ -210,4 +210,83 @@ fn eight_hosts_at_ten_percent_loss_survive_kills_a_partition_and_a_clock_behind_
         everyone.len(),
         joined_at.elapsed().as_secs_f64()
     );
+
+    // 6. Force-leave: host 5 is SIGKILLed and an operator on host 1 runs
+    // `hivemesh force-leave` at once; every other node shows it `left`
+    // (SWIM alone would say `down`, and only after its suspicion timeout).
+    bed.hosts[5].kill();
+    let issued_at = Instant::now();
+    let gone = bed.hosts[5].peer_id.clone();
+    let out = bed.hosts[1].cli(&["force-leave", &gone]);
+    assert!(out.status.success(), "force-leave: {out:?}");
+    let others: Vec<usize> = everyone.iter().copied().filter(|&i| i != 5).collect();
+    bed.wait_until(
+        &others,
+        LIMIT,
+        |_, _| {},
+        |_, states| states.iter().any(|(p, s)| *p == gone && s == "left"),
+    )
+    .unwrap_or_else(|states| panic!("force-leave did not spread:\n{states}\n{}", bed.logs()));
+    eprintln!(
+        "figure: a force-left node showed `left` on all {} others {:.1} s after `hivemesh force-leave`",
+        others.len(),
+        issued_at.elapsed().as_secs_f64()
+    );
+    // The claim named the old generation: the restarted node is alive again.
+    bed.start(5);
+    converge(&bed, &everyone, &everyone, "restart after force-leave");
+
+    // 7. An equivocation proof (host 4's key signed two different ballots
+    // for one job) reported on host 2 reaches every node, which verifies
+    // it, counts it and excludes host 4.
+    let file = bed.hosts[2].data_dir().join("equivocation.json");
+    std::fs::write(&file, equivocation_file(&bed, 4)).expect("write the ballot file");
+    let reported_at = Instant::now();
+    let out = bed.hosts[2].cli(&["byzantine", "report", &file.to_string_lossy()]);
+    assert!(out.status.success(), "byzantine report: {out:?}");
+    let offender = bed.hosts[4].peer_id.clone();
+    let excluded_everywhere = || {
+        everyone.iter().all(|&i| {
+            let out = bed.hosts[i].cli(&["byzantine", "list", "--json"]);
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            report["excluded"] == serde_json::json!([offender])
+        })
+    };
+    while !excluded_everywhere() {
+        assert!(reported_at.elapsed() < LIMIT, "the proof did not reach every node:\n{}", bed.logs());
+        std::thread::sleep(netns::POLL);
+    }
+    eprintln!(
+        "figure: an equivocation proof reported on one node was verified and excluding the offender on all {} \
+         nodes {:.1} s later",
+        everyone.len(),
+        reported_at.elapsed().as_secs_f64()
+    );
+    for &i in &everyone {
+        let metrics = bed.hosts[i].metrics().unwrap_or_default();
+        assert!(metrics.contains("hivemesh_byzantine_detections_total 1"), "host {i}: {metrics}");
+    }
+}
+
+/// A ballot file holding two different ballots for one job, both signed
+/// with host `i`'s own key (read from its data directory).
+fn equivocation_file(bed: &Bed, i: usize) -> String {
+    use hivemesh::protocol::{Ballot, BallotChoice, JobId, TallyRule, encode_message, seal};
+    let key = hivemesh::node::load_or_create(bed.hosts[i].data_dir()).expect("host key").identity;
+    let ballots: Vec<String> = [0, 1]
+        .map(|choice| {
+            let ballot = Ballot {
+                job: JobId([0x42; 16]),
+                voter: key.node_id(),
+                rule: TallyRule::Plurality,
+                choice: BallotChoice::Single(choice),
+                weight: 1,
+            };
+            hex::encode(
+                encode_message(&seal(&key, 1 + u64::from(choice), 1, &ballot).expect("seal"))
+                    .expect("encode"),
+            )
+        })
+        .into();
+    serde_json::json!({ "ballots": ballots }).to_string()
 }

@@ -25,12 +25,15 @@ impl Domain {
     pub const PEER_ENTRY: Domain = Domain(1);
     pub const BALLOT: Domain = Domain(2);
     pub const JOB_CONTRIBUTION: Domain = Domain(3);
+    /// A signed force-leave claim (`crate::trust::ForceLeave`).
+    pub const FORCE_LEAVE: Domain = Domain(4);
 
     pub fn name(self) -> &'static str {
         match self {
             Domain::PEER_ENTRY => "peer-entry",
             Domain::BALLOT => "ballot",
             Domain::JOB_CONTRIBUTION => "job-contribution",
+            Domain::FORCE_LEAVE => "force-leave",
             _ => "unknown",
         }
     }

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod limits;
 pub mod messages;
 pub mod replay;
+pub mod trust;
 pub mod verifier;
 
 pub use codec::{CodecError, FrameDecoder, decode_frame, decode_message, encode_frame, encode_message};
@@ -21,4 +22,5 @@ pub use messages::{
     Ballot, BallotChoice, Capabilities, GpuInfo, JobContribution, JobId, MessageError, PeerEntry, Role,
     SignedMessage, TallyRule, open, seal,
 };
+pub use trust::{Equivocation, EquivocationProof, ForceLeave, ProofError};
 pub use verifier::{Verifier, VerifyPolicy, verify_batch_stateless};

@@ -36,10 +36,13 @@ fn by_direction(what: &str, rows: &[(&str, &str, u64)]) -> Family<Labels, Counte
 }
 
 pub async fn render(State(state): State<AppState>) -> Response {
-    let (status, members) = match (state.client.status().await, state.client.members().await) {
-        (Ok(status), Ok(members)) => (status, members),
-        (Err(e), _) | (_, Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    };
+    let (status, members, evidence) =
+        match (state.client.status().await, state.client.members().await, state.client.evidence().await) {
+            (Ok(status), Ok(members), Ok(evidence)) => (status, members, evidence),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            }
+        };
     let mut registry = Registry::with_prefix("hivemesh");
 
     let by_state = Family::<Labels, Gauge>::default();
@@ -83,6 +86,9 @@ pub async fn render(State(state): State<AppState>) -> Response {
         }))
         .chain(r.jobs.rejected.iter().map(|(reason, n)| {
             (vec![("layer".into(), "jobs".into()), ("reason".into(), reason.clone())], *n)
+        }))
+        .chain(r.trust_rejected.iter().map(|(reason, n)| {
+            (vec![("layer".into(), "trust".into()), ("reason".into(), reason.clone())], *n)
         }));
     registry.register("rejected", "Refused input by layer and reason", counters(rejected));
     let active = Gauge::<i64>::default();
@@ -97,6 +103,23 @@ pub async fn render(State(state): State<AppState>) -> Response {
         "Connections refused, by reason (swarm_key: a failed swarm-key handshake; not_allowed: a peer not on \
          the allowlist)",
         counters(refused),
+    );
+
+    // Byzantine peers (docs/adr/0019): proofs verified here, and who they
+    // exclude now.
+    let detections = Counter::<u64>::default();
+    detections.inc_by(evidence.detections);
+    registry.register(
+        "byzantine_detections",
+        "Equivocation proofs verified and accepted by this node since it started",
+        detections,
+    );
+    let excluded = Gauge::<i64>::default();
+    excluded.set(evidence.excluded.len() as i64);
+    registry.register(
+        "byzantine_excluded_peers",
+        "Peers left out of placement and voting for an uncleared equivocation proof",
+        excluded,
     );
 
     if let Some(jobs) = &state.jobs {

@@ -27,6 +27,7 @@ mod jobs;
 mod metrics;
 mod openai;
 mod routes;
+mod trust;
 
 /// What every handler can reach: the node, and its federation when it takes
 /// part in jobs.

@@ -4,9 +4,9 @@
 
 use axum::Router;
 use axum::http::Method;
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 
-use super::{AppState, advertise, jobs, leave, members, metrics, openai, status};
+use super::{AppState, advertise, jobs, leave, members, metrics, openai, status, trust};
 
 /// One path and what it answers.
 pub struct Route {
@@ -50,6 +50,13 @@ pub const ROUTES: &[Route] = &[
         handlers: || post(openai::chat_completions),
     },
     Route { path: "/v1/models", methods: &[Method::GET], handlers: || get(openai::models) },
+    Route {
+        path: "/v1/byzantine",
+        methods: &[Method::GET, Method::POST],
+        handlers: || get(trust::list).post(trust::report),
+    },
+    Route { path: "/v1/byzantine/{peer}", methods: &[Method::DELETE], handlers: || delete(trust::clear) },
+    Route { path: "/v1/force-leave", methods: &[Method::POST], handlers: || post(trust::force_leave) },
     Route { path: "/metrics", methods: &[Method::GET], handlers: || get(metrics::render) },
 ];
 

@@ -281,16 +281,19 @@ impl Reactor {
     }
 
     /// Picks the job's participants from the registry: live (never suspect
-    /// or down) peers, those offering the profile's models first, least
+    /// or down) peers with no equivocation proof against them, those offering the profile's models first, least
     /// loaded first; and, in pipeline mode, a peer per stage.
     async fn place(&mut self, submission: &Submission) -> Result<JobSpec, SubmitError> {
         let profile = self.ctx.profiles.get(&submission.profile).map_err(SubmitError::Invalid)?.clone();
         let report = self.node.view(Some(ViewKind::Registry)).await?;
+        // Peers with a verified, uncleared equivocation proof are neither
+        // placed nor eligible to vote (docs/adr/0019).
+        let excluded: HashSet<String> = self.node.evidence().await?.excluded.into_iter().collect();
         let wanted: Vec<String> = Stage::ALL.iter().map(|s| profile.stage(*s).model.clone()).collect();
         let mut peers: Vec<(bool, u32, String, NodeId)> = report
             .members
             .iter()
-            .filter(|m| m.member.state == "alive")
+            .filter(|m| m.member.state == "alive" && !excluded.contains(&m.member.peer_id))
             .filter_map(|m| {
                 let node = NodeId::from_peer_id(&m.member.peer_id.parse().ok()?).ok()?;
                 let offers = m.models.iter().any(|model| wanted.contains(model));

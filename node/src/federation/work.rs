@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hivemesh_gpu::ballot_box::{JobSpec as BallotSpec, Quorum, validate};
+use hivemesh_gpu::ballot_box::{Equivocation, JobSpec as BallotSpec, Quorum, validate};
 use hivemesh_gpu::engine::TallyEngine;
 use hivemesh_llm::council::{
     LIKELIHOOD_AGREEMENT_WEIGHT, embedding_agreement, judge_messages, lexical_agreement, likelihood_scores,
@@ -13,8 +13,8 @@ use hivemesh_llm::council::{
 use hivemesh_llm::pipeline::{Curation, Profiles, Stage, TokenBatcher, stage_messages, strip_prompt_echo};
 use hivemesh_llm::{Budget, ChatMessage, ChatRequest, LlmClient};
 use hivemesh_protocol::{
-    Ballot, BallotChoice, Envelope, JobId, NodeId, NodeIdentity, TallyRule, decode_message, encode_message,
-    seal,
+    Ballot, BallotChoice, Envelope, EquivocationProof, JobId, NodeId, NodeIdentity, TallyRule,
+    decode_message, encode_message, seal,
 };
 use tokio::sync::Semaphore;
 
@@ -384,6 +384,7 @@ async fn conclude(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) 
         quorum: Quorum::AtLeast(spec.quorum),
     };
     let counted = validate(&ballot_spec, &envelopes);
+    report_equivocations(ctx, &counted.equivocations, &envelopes).await;
     for exclusion in &counted.excluded {
         excluded.push(serde_json::to_value(exclusion).map_err(|e| e.to_string())?);
     }
@@ -515,6 +516,23 @@ fn ended(spec: &JobSpec, status: &str, error: Option<String>, missing: Vec<Missi
         missing,
         elapsed_ms: unix_ms().saturating_sub(spec.created_ms),
         curation: None,
+    }
+}
+
+/// Hands each equivocation's two signed ballots to the node, which verifies
+/// them again, stores the proof and gossips it (docs/adr/0019).
+async fn report_equivocations(ctx: &WorkContext, found: &[Equivocation], envelopes: &[Envelope]) {
+    for equivocation in found {
+        let [a, b] = equivocation.ballots;
+        let (Some(a), Some(b)) = (envelopes.get(a), envelopes.get(b)) else { continue };
+        let proof = EquivocationProof { ballots: [a.clone(), b.clone()] };
+        match ctx.node.report_equivocation(proof).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::error!(%error, voter = %equivocation.voter, "the tally's equivocation did not verify as a proof")
+            }
+            Err(error) => tracing::debug!(%error, "could not hand an equivocation proof to the node"),
+        }
     }
 }
 

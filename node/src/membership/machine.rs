@@ -261,6 +261,34 @@ impl Membership {
         }
     }
 
+    /// Applies a force-leave claim (Serf's force-leave): the member's
+    /// identity at `generation` or below is marked left and declared down
+    /// through SWIM (which gossips the down state on). A newer identity (the
+    /// peer restarted since) is not touched. Returns whether anything
+    /// changed here, i.e. whether the claim is worth relaying.
+    pub fn force_leave(&mut self, node: NodeId, generation: u64, now_ms: u64) -> bool {
+        self.now_ms = now_ms;
+        let Some(member) = self.swim.iter_membership_state().find(|m| m.id().node == node) else {
+            return false;
+        };
+        if member.id().generation > generation {
+            return false;
+        }
+        let (id, state) = (member.id().clone(), member.state());
+        let record = self.records.entry(node).or_default();
+        if record.left && state == foca::State::Down {
+            return false;
+        }
+        record.left = true;
+        record.changed_at_ms = now_ms;
+        if state != foca::State::Down {
+            let result =
+                self.swim.apply_many(std::iter::once(foca::Member::down(id)), true, &mut self.outbox);
+            self.after_swim_call(result);
+        }
+        true
+    }
+
     /// Every node this one has heard of, in node order.
     pub fn members(&self) -> Vec<MemberView> {
         let mut views: Vec<MemberView> = self

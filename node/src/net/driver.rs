@@ -42,6 +42,7 @@ pub enum Command {
     Job(JobCommand),
     /// Replace the allowlist; answers `false` when the node has none.
     SetAllowed(HashSet<PeerId>, oneshot::Sender<bool>),
+    Trust(super::trust::TrustCommand),
 }
 
 pub struct Driver {
@@ -184,6 +185,7 @@ impl Driver {
             Command::SetAllowed(peers, reply) => {
                 let _ = reply.send(self.set_allowed(peers));
             }
+            Command::Trust(command) => self.on_trust_command(command),
         }
     }
 

@@ -325,6 +325,16 @@ impl NodeClient {
         self.job_events.subscribe()
     }
 
+    /// Sends one command and waits for its answer.
+    pub(super) async fn command<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
     async fn job_command<T>(
         &self,
         command: JobCommand,

@@ -9,6 +9,7 @@ mod job_sync;
 pub mod private;
 mod refusals;
 mod replication;
+mod trust;
 
 pub use behaviour::{MAX_SWIM_FRAME, SWIM_PROTOCOL};
 pub use describe::error_chain;
@@ -17,3 +18,4 @@ pub use handle::{
     MemberInfo, MembersReport, NodeClient, NodeConfig, NodeError, NodeHandle, ReplicationConfig,
     StatusReport, spawn_node,
 };
+pub use trust::{ForceLeaveError, ForceLeaveReport};

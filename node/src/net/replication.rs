@@ -45,7 +45,7 @@ pub struct ReplicationState {
 }
 
 impl Driver {
-    fn live_members(&self) -> Vec<MemberId> {
+    pub(super) fn live_members(&self) -> Vec<MemberId> {
         self.membership
             .members()
             .into_iter()
@@ -54,7 +54,7 @@ impl Driver {
             .collect()
     }
 
-    fn peer_of(&mut self, member: &MemberId) -> Option<PeerId> {
+    pub(super) fn peer_of(&mut self, member: &MemberId) -> Option<PeerId> {
         let peer = member.node.to_peer_id().ok()?;
         for bytes in &member.addresses {
             if let Ok(addr) = Multiaddr::try_from(bytes.clone()) {
@@ -105,6 +105,7 @@ impl Driver {
             self.replica.stats_mut().anti_entropy_rounds += 1;
             let digest = self.replica.registry().digest();
             self.send_state(peer, &StateRequest::Digest(digest), Pending::Digest(peer));
+            self.gossip_evidence(peer);
         }
     }
 
@@ -148,6 +149,14 @@ impl Driver {
                             | StateRequest::JobSync { .. }
                             | StateRequest::JobFrame(_)),
                         ) => self.answer_job_request(&peer, request),
+                        Ok(StateRequest::Evidence(proofs)) => {
+                            let (accepted, rejected) = self.on_evidence(peer, proofs);
+                            StateResponse::Ack { accepted, rejected }
+                        }
+                        Ok(StateRequest::ForceLeave(claim)) => match self.on_force_leave(peer, claim) {
+                            Ok(()) => StateResponse::Ack { accepted: 1, rejected: Vec::new() },
+                            Err(reason) => StateResponse::Refused(reason),
+                        },
                         Ok(request) => match self.replica.answer(request) {
                             Some(response) => response,
                             None => {

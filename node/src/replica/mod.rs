@@ -2,6 +2,7 @@
 //! members when it changes and repaired by periodic anti-entropy; and the
 //! majority-rule view for small clusters.
 
+mod evidence;
 mod jobs;
 mod store;
 mod view;
@@ -16,6 +17,7 @@ use hivemesh_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use evidence::{Evidence, EvidenceEntry, EvidenceError, EvidenceReport, Learned, MAX_PROOFS_PER_MESSAGE};
 pub use jobs::{JobError, JobStats, JobView, Jobs, JobsConfig, OUTCOME_KIND};
 pub use store::{Store, StoreError};
 pub use view::{MajorityInfo, ViewKind, ViewMember, ViewReport, member_entry, member_from_entry};
@@ -50,6 +52,11 @@ pub enum StateRequest {
     Digest(Digest),
     /// "Your view": the receiver's member list, as majority-rule entries (JSON).
     View,
+    /// Equivocation proofs (at most [`MAX_PROOFS_PER_MESSAGE`]); each is
+    /// verified by the receiver, whoever sent it (docs/adr/0019).
+    Evidence(Vec<hivemesh_protocol::EquivocationProof>),
+    /// A signed `ForceLeave` claim, relayed until every member holds it.
+    ForceLeave(Envelope),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +96,10 @@ pub struct ReplicaStats {
     pub jobs: JobStats,
     /// Refused input by reason: forged, bad_signature, malformed, ...
     pub rejected: BTreeMap<String, u64>,
+    /// Refused equivocation proofs and force-leave claims, by reason
+    /// (`proof.bad_signature`, `force_leave.issuer_not_allowed`, ...).
+    #[serde(default)]
+    pub trust_rejected: BTreeMap<String, u64>,
 }
 
 pub struct Replica {
@@ -99,6 +110,7 @@ pub struct Replica {
     stats: ReplicaStats,
     malformed: u64,
     jobs: Jobs,
+    evidence: Evidence,
 }
 
 impl Replica {
@@ -124,7 +136,17 @@ impl Replica {
         }
         tracing::info!(entries = registry.len(), "registry loaded from disk");
         let jobs = Jobs::load(store.clone(), identity.node_id(), jobs);
-        Ok(Self { identity, registry, store, profile, stats: ReplicaStats::default(), malformed: 0, jobs })
+        let evidence = Evidence::load(store.clone());
+        Ok(Self {
+            identity,
+            registry,
+            store,
+            profile,
+            stats: ReplicaStats::default(),
+            malformed: 0,
+            jobs,
+            evidence,
+        })
     }
 
     pub fn me(&self) -> NodeId {
@@ -137,6 +159,14 @@ impl Replica {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn evidence(&mut self) -> &mut Evidence {
+        &mut self.evidence
+    }
+
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.identity
     }
 
     pub fn jobs(&mut self) -> &mut Jobs {
@@ -234,6 +264,8 @@ impl Replica {
             }
             StateRequest::Digest(digest) => Some(StateResponse::Reconcile(self.registry.reconcile(&digest))),
             StateRequest::View
+            | StateRequest::Evidence(_)
+            | StateRequest::ForceLeave(_)
             | StateRequest::JobPush { .. }
             | StateRequest::JobSync { .. }
             | StateRequest::JobFrame(_) => None,

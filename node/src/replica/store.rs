@@ -33,6 +33,7 @@ pub struct Store {
     meta: sled::Tree,
     job_chunks: sled::Tree,
     job_meta: sled::Tree,
+    evidence: sled::Tree,
 }
 
 /// A record that failed to decode: skipped, reported, never fatal.
@@ -66,6 +67,7 @@ impl Store {
             meta: db.open_tree("meta")?,
             job_chunks: db.open_tree("job_chunks")?,
             job_meta: db.open_tree("job_meta")?,
+            evidence: db.open_tree("evidence")?,
             db,
         })
     }
@@ -211,6 +213,33 @@ impl Store {
             }
         }
         (metas, skipped)
+    }
+
+    /// Replaces the evidence record about `voter` (encoded by
+    /// `super::evidence`) and flushes: a proof acknowledged or a clearance
+    /// answered survives a `kill -9`.
+    pub fn put_evidence(&self, voter: &NodeId, record: &[u8]) -> Result<(), StoreError> {
+        self.evidence.insert(voter.0, record)?;
+        self.flush()
+    }
+
+    /// Every evidence record, by voter, as stored.
+    pub fn evidence(&self) -> (Vec<(NodeId, Vec<u8>)>, Vec<Skipped>) {
+        let mut skipped = Vec::new();
+        let mut records = Vec::new();
+        for record in self.evidence.iter() {
+            match record {
+                Ok((key, value)) => match <[u8; 32]>::try_from(key.as_ref()) {
+                    Ok(voter) => records.push((NodeId(voter), value.to_vec())),
+                    Err(_) => skipped.push(Skipped {
+                        tree: "evidence",
+                        reason: format!("bad key of {} bytes", key.len()),
+                    }),
+                },
+                Err(e) => skipped.push(Skipped { tree: "evidence", reason: e.to_string() }),
+            }
+        }
+        (records, skipped)
     }
 
     /// Makes every write so far durable; called before acknowledging one.
