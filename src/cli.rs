@@ -456,14 +456,20 @@ pub enum ByzantineAction {
     /// Clear the node's mark on PEER (on that node only; the same proof
     /// arriving again keeps it cleared, a proof from another job does not).
     Clear {
+        /// The peer's PeerId.
         peer: String,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: NodeArgs,
     },
     /// Hand the node every equivocation in a ballot file (`hivemesh tally`'s
     /// format, e.g. a job outcome's `ballot_file`); it verifies and gossips.
     Report {
+        /// The ballot file (JSON with a "ballots" array), or - for stdin.
         file: PathBuf,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         target: NodeArgs,
     },

@@ -241,8 +241,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = runtime()?;
             match action {
                 ByzantineAction::List { json, .. } => runtime.block_on(trust_cmd::list(&api, *json))?,
-                ByzantineAction::Clear { peer, .. } => runtime.block_on(trust_cmd::clear(&api, peer))?,
-                ByzantineAction::Report { file, .. } => runtime.block_on(trust_cmd::report(&api, file))?,
+                ByzantineAction::Clear { peer, json, .. } => {
+                    runtime.block_on(trust_cmd::clear(&api, peer, *json))?
+                }
+                ByzantineAction::Report { file, json, .. } => {
+                    runtime.block_on(trust_cmd::report(&api, file, *json))?
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

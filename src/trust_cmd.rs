@@ -10,7 +10,7 @@ use hivemesh::node::api::{ApiClient, Method};
 use hivemesh::protocol::{Envelope, EquivocationProof, NodeId, decode_message};
 use serde_json::{Value, json};
 
-use crate::output::outln;
+use crate::output::{errln, outln};
 
 /// Signs a force-leave claim on the node for `peer`'s current generation.
 pub async fn force_leave(api: &ApiClient, peer: &str, as_json: bool) -> anyhow::Result<()> {
@@ -58,23 +58,29 @@ pub async fn list(api: &ApiClient, as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn clear(api: &ApiClient, peer: &str) -> anyhow::Result<()> {
+pub async fn clear(api: &ApiClient, peer: &str, as_json: bool) -> anyhow::Result<()> {
     let path = format!("/v1/byzantine/{}", peer.trim());
-    api.call(Method::DELETE, &path, None).await.map_err(|e| anyhow!(e))?;
-    outln!(
-        "{peer}: equivocation mark cleared on this node (other nodes keep theirs until their operators clear it)"
-    );
+    let answer = api.call(Method::DELETE, &path, None).await.map_err(|e| anyhow!(e))?;
+    if as_json {
+        outln!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        outln!(
+            "{peer}: equivocation mark cleared on this node (other nodes keep theirs until their operators clear it)"
+        );
+    }
     Ok(())
 }
 
-/// Finds every voter in a ballot file (`hivemesh tally`'s format) with two
-/// different valid ballots for one job, and hands each proof to the node.
-pub async fn report(api: &ApiClient, file: &Path) -> anyhow::Result<()> {
-    let proofs = proofs_in(file)?;
-    if proofs.is_empty() {
-        outln!("{}: no voter signed two different ballots", file.display());
-        return Ok(());
+/// Finds every voter in a ballot file (`hivemesh tally`'s format, `-` for
+/// stdin) with two different valid ballots for one job, and hands each
+/// proof to the node. Entries that are not signed envelopes are skipped
+/// and named on stderr; they cannot be evidence of anything.
+pub async fn report(api: &ApiClient, file: &Path, as_json: bool) -> anyhow::Result<()> {
+    let (proofs, skipped) = proofs_in(file)?;
+    for line in &skipped {
+        errln!("{}: {line} (skipped)", file.display());
     }
+    let mut reported = Vec::new();
     for proof in proofs {
         let ballots: Vec<String> = proof
             .ballots
@@ -85,6 +91,16 @@ pub async fn report(api: &ApiClient, file: &Path) -> anyhow::Result<()> {
             .call(Method::POST, "/v1/byzantine", Some(&json!({ "ballots": ballots })))
             .await
             .map_err(|e| anyhow!(e))?;
+        reported.push(answer);
+    }
+    if as_json {
+        outln!("{}", serde_json::to_string_pretty(&json!({ "reported": reported, "skipped": skipped }))?);
+        return Ok(());
+    }
+    if reported.is_empty() {
+        outln!("{}: no voter signed two different ballots", file.display());
+    }
+    for answer in reported {
         let held = if answer["new"] == true { "new here" } else { "already held" };
         outln!(
             "{}: equivocated in job {} ({held})",
@@ -95,29 +111,39 @@ pub async fn report(api: &ApiClient, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn proofs_in(file: &Path) -> anyhow::Result<Vec<EquivocationProof>> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+/// The proofs in a ballot file, and a line for each entry skipped.
+fn proofs_in(file: &Path) -> anyhow::Result<(Vec<EquivocationProof>, Vec<String>)> {
+    let text = crate::tally_cmd::read_input(file)?;
     let doc: Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
     let ballots = doc["ballots"].as_array().ok_or_else(|| {
         anyhow!("{}: no \"ballots\" array (expected a ballot file, see `hivemesh tally`)", file.display())
     })?;
+    let mut skipped = Vec::new();
     let mut by_voter: BTreeMap<NodeId, Vec<Envelope>> = BTreeMap::new();
     for (i, ballot) in ballots.iter().enumerate() {
-        let hex_text = ballot.as_str().ok_or_else(|| anyhow!("ballot {i} is not a string"))?;
-        let bytes = hex::decode(hex_text.trim()).with_context(|| format!("ballot {i} is not hex"))?;
-        let envelope: Envelope =
-            decode_message(&bytes).with_context(|| format!("ballot {i} is not an envelope"))?;
-        by_voter.entry(envelope.sender).or_default().push(envelope);
+        let decoded = ballot
+            .as_str()
+            .ok_or_else(|| "is not a string".to_string())
+            .and_then(|text| hex::decode(text.trim()).map_err(|e| format!("is not hex: {e}")))
+            .and_then(|bytes| {
+                decode_message::<Envelope>(&bytes).map_err(|e| format!("is not a signed envelope: {e}"))
+            });
+        match decoded {
+            Ok(envelope) => by_voter.entry(envelope.sender).or_default().push(envelope),
+            Err(reason) => skipped.push(format!("ballot {i} {reason}")),
+        }
     }
     let mut proofs = Vec::new();
     for envelopes in by_voter.into_values() {
-        let first = &envelopes[0];
-        let found = envelopes[1..]
-            .iter()
-            .map(|other| EquivocationProof { ballots: [first.clone(), other.clone()] })
+        // Any two of a voter's first few envelopes: one of them may be a
+        // forgery naming the voter, which verifies with nothing.
+        let few = &envelopes[..envelopes.len().min(16)];
+        let found = (0..few.len())
+            .flat_map(|i| (i + 1..few.len()).map(move |j| (i, j)))
+            .map(|(i, j)| EquivocationProof { ballots: [few[i].clone(), few[j].clone()] })
             .find(|proof| proof.verify().is_ok());
         proofs.extend(found);
     }
-    Ok(proofs)
+    Ok((proofs, skipped))
 }
