@@ -133,6 +133,15 @@ fn nodes_without_the_swarm_key_never_join_a_keyed_swarm() {
         Some(n) => assert!(n >= 2, "A counted {n} swarm-key refusals"),
         None => eprintln!("no curl in the namespace: /metrics not checked"),
     }
+    // The refused side says why once, however often it retries. D (another
+    // key) sees either a failed handshake (counted as a swarm-key refusal of
+    // its own) or a timeout, depending on who gives up first.
+    let why = "the swarm-key handshake failed (it has no key or another one)";
+    assert!(log_lines(&bed, d, why) <= 1, "D says why once:\n{}", bed.logs());
+    for outsider in [c, d] {
+        let lines = log_lines(&bed, outsider, "cannot reach bootstrap");
+        assert!(lines <= 1, "host {outsider} logged {lines} lines about its bootstrap:\n{}", bed.logs());
+    }
     // The keyed node prints the key's fingerprint, and listens on no QUIC.
     let status = bed.hosts[a].cli(&["members", "--json"]);
     assert!(status.status.success());

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use libp2p::futures::StreamExt;
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::{Multiaddr, PeerId, Swarm, allow_block_list, identify, mdns, request_response};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, request_response};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use hivemesh_protocol::identity::NodeId;
@@ -64,7 +64,7 @@ pub struct Driver {
     timer_rx: mpsc::UnboundedReceiver<Timer>,
     mdns_announced: HashSet<PeerId>,
     in_flight: usize,
-    leaving: Option<(Instant, Vec<oneshot::Sender<()>>)>,
+    pub(super) leaving: Option<(Instant, Vec<oneshot::Sender<()>>)>,
     /// Fingerprint of the swarm key; `Some` means TCP with pnet only.
     pub(super) swarm_key: Option<String>,
     /// Connections refused, by reason (ADR 0016).
@@ -290,7 +290,7 @@ impl Driver {
         }
     }
 
-    fn is_bootstrap(&self, peer: &PeerId) -> bool {
+    pub(super) fn is_bootstrap(&self, peer: &PeerId) -> bool {
         NodeId::from_peer_id(peer).is_ok_and(|node| self.membership.is_bootstrap(&node))
     }
 
@@ -349,6 +349,8 @@ impl Driver {
                     && let Ok(node) = NodeId::from_peer_id(&peer_id)
                 {
                     tracing::info!(%peer_id, %remote, "reached bootstrap peer");
+                    // Log the next failure to reach a bootstrap again.
+                    self.refusals_logged.retain(|logged| !logged.starts_with("unreachable "));
                     let target = MemberId::placeholder(node, vec![remote.to_vec()]);
                     self.membership.add_bootstrap(target, unix_ms());
                 }
@@ -357,29 +359,7 @@ impl Driver {
                 self.on_incoming_error(&send_back_addr, &error, peer_id)
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
-                if let (libp2p::swarm::DialError::Denied { cause }, Some(peer)) = (&error, peer_id)
-                    && cause.downcast_ref::<allow_block_list::NotAllowed>().is_some()
-                {
-                    self.refuse("not_allowed", &peer.to_string(), || {
-                        format!("not dialling {peer}: it is not on the allowlist")
-                    });
-                }
-                match self.unresolved.dial_ended(connection_id) {
-                    // The README promises a line for an unreachable bootstrap address.
-                    Some((addr, retry_in)) if self.leaving.is_none() => tracing::warn!(
-                        "cannot reach bootstrap address {addr}: {}; retrying in {:.1} s",
-                        dial_reason(&error),
-                        retry_in.as_secs_f64()
-                    ),
-                    _ if self.leaving.is_none() && peer_id.is_some_and(|peer| self.is_bootstrap(&peer)) => {
-                        tracing::warn!(
-                            "cannot reach bootstrap peer {}: {}; will keep retrying with backoff",
-                            peer_id.map(|peer| peer.to_string()).unwrap_or_default(),
-                            dial_reason(&error)
-                        )
-                    }
-                    _ => tracing::debug!(?peer_id, %error, "outgoing connection failed"),
-                }
+                self.on_outgoing_error(connection_id, peer_id, &error)
             }
             SwarmEvent::NewListenAddr { address, .. } if !self.listen.contains(&address) => {
                 tracing::info!(%address, "listening");
@@ -439,7 +419,7 @@ fn log_event(event: &MemberEvent) {
 
 /// Why a dial failed, in one line: each address tried with its reason
 /// (libp2p's own text leaves the transport's reason behind an empty one).
-fn dial_reason(error: &libp2p::swarm::DialError) -> String {
+pub(super) fn dial_reason(error: &libp2p::swarm::DialError) -> String {
     match error {
         libp2p::swarm::DialError::Transport(tried) if !tried.is_empty() => {
             let reasons: Vec<String> = tried.iter().map(|(_, error)| error_chain(error)).collect();

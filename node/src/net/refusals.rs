@@ -68,6 +68,63 @@ impl Driver {
         }
     }
 
+    /// A failed dial. Counted as a refusal when the allowlist denied it, or
+    /// when this node has a swarm key and the connection opened but its
+    /// handshake failed (the peer has no key or another one). A failure to
+    /// reach a bootstrap address or peer is logged once, until it is reached
+    /// (later failures at debug level), not on every retry.
+    pub(super) fn on_outgoing_error(
+        &mut self,
+        connection_id: libp2p::swarm::ConnectionId,
+        peer_id: Option<PeerId>,
+        error: &libp2p::swarm::DialError,
+    ) {
+        use libp2p::swarm::DialError;
+        let reason = super::driver::dial_reason(error);
+        if let (DialError::Denied { cause }, Some(peer)) = (error, peer_id)
+            && cause.downcast_ref::<allow_block_list::NotAllowed>().is_some()
+        {
+            self.refuse("not_allowed", &peer.to_string(), || {
+                format!("not dialling {peer}: it is not on the allowlist")
+            });
+        }
+        // libp2p reports an upgrade (pnet, then noise) that failed after
+        // the TCP connection opened as "Handshake failed"; with a swarm key,
+        // a mismatched or missing key is what makes it fail.
+        if self.swarm_key.is_some()
+            && matches!(error, DialError::Transport(_))
+            && reason.contains("Handshake failed")
+        {
+            let who = peer_id.map_or_else(|| "an address".to_string(), |p| p.to_string());
+            self.refuse("swarm_key", &who, || {
+                format!(
+                    "cannot connect to {who}: the swarm-key handshake failed (it has no key or another one): \
+                     {reason}"
+                )
+            });
+        }
+        if self.leaving.is_some() {
+            return;
+        }
+        let target = match self.unresolved.dial_ended(connection_id) {
+            Some((addr, retry_in)) => Some((
+                format!("bootstrap address {addr}"),
+                format!("retrying in {:.1} s, then with backoff", retry_in.as_secs_f64()),
+            )),
+            None => peer_id.filter(|peer| self.is_bootstrap(peer)).map(|peer| {
+                (format!("bootstrap peer {peer}"), "will keep retrying with backoff".to_string())
+            }),
+        };
+        match target {
+            // The README promises a line for an unreachable bootstrap.
+            Some((what, retry)) if self.refusals_logged.insert(format!("unreachable {what}")) => {
+                tracing::warn!("cannot reach {what}: {reason}; {retry} (logged once until it is reached)")
+            }
+            Some((what, _)) => tracing::debug!(%what, %reason, "bootstrap still unreachable"),
+            None => tracing::debug!(?peer_id, %error, "outgoing connection failed"),
+        }
+    }
+
     /// Counts a refusal and logs it the first time for this reason and peer.
     pub(super) fn refuse(&mut self, reason: &str, who: &str, line: impl FnOnce() -> String) {
         *self.refused.entry(reason.to_string()).or_default() += 1;
