@@ -137,7 +137,12 @@ async fn a_push_reaches_a_peer_restarted_on_new_ports_without_waiting_for_sync()
         let mut config = NodeConfig::loopback(dir.to_path_buf());
         config.membership = MembershipConfig::lan(3).faster(4);
         config.bootstrap = bootstrap.into_iter().collect();
-        // No sync round can repair a lost push within this test.
+        // No sync round can repair a lost push within this test: the push
+        // itself must get there. It can find a dial under way to the
+        // addresses a remembered from before the restart (a QUIC handshake
+        // to a dead port fails after 5 s, failing every request queued on
+        // it); the property relied on is that a failed push is sent again
+        // to the member's current addresses (MAX_PUSH_ATTEMPTS).
         config.replication.anti_entropy = Duration::from_secs(600);
         spawn_node(config).await.expect("node starts")
     };

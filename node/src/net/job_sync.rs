@@ -82,8 +82,20 @@ impl Driver {
     }
 
     fn push_job_change(&mut self, to: NodeId, job: JobId, changes: Vec<u8>) {
-        let Ok(peer) = to.to_peer_id() else { return };
-        self.send_state(peer, &StateRequest::JobPush { job, changes }, Pending::JobPush(job));
+        self.send_job_push(to, job, changes, 0);
+    }
+
+    /// Sends one push, after giving the swarm the member's current
+    /// addresses (SWIM's, not only those a dial may still be trying).
+    pub(super) fn send_job_push(&mut self, to: NodeId, job: JobId, changes: Vec<u8>, attempt: u32) {
+        let member = self.membership.members().into_iter().find(|m| m.id.node == to).map(|m| m.id);
+        let peer = match &member {
+            Some(member) => self.peer_of(member),
+            None => to.to_peer_id().ok(),
+        };
+        let Some(peer) = peer else { return };
+        let pending = Pending::JobPush { job, to, changes: changes.clone(), attempt };
+        self.send_state(peer, &StateRequest::JobPush { job, changes }, pending);
     }
 
     /// Answers a peer's push or sync message for a job document.

@@ -23,9 +23,25 @@ pub enum Pending {
     Push,
     Digest(PeerId),
     View(u64),
-    JobPush(hivemesh_protocol::JobId),
-    JobSync { job: hivemesh_protocol::JobId, exchanges: u32 },
+    /// A job change pushed to `to`; kept so a push whose dial failed can be
+    /// sent again (see [`MAX_PUSH_ATTEMPTS`]).
+    JobPush {
+        job: hivemesh_protocol::JobId,
+        to: NodeId,
+        changes: Vec<u8>,
+        attempt: u32,
+    },
+    JobSync {
+        job: hivemesh_protocol::JobId,
+        exchanges: u32,
+    },
 }
+
+/// Sends of one job push, at most: a push whose connection failed (a dial
+/// to addresses from before the peer restarted, say) is sent again at once
+/// to the member's current addresses, rather than left to the next sync
+/// round.
+pub const MAX_PUSH_ATTEMPTS: u32 = 3;
 
 /// A majority view being gathered: our own view plus each peer's answer.
 pub struct ViewCollection {
@@ -211,7 +227,7 @@ impl Driver {
             (Pending::Push, StateResponse::Ack { rejected, .. }) if !rejected.is_empty() => {
                 tracing::warn!(?rejected, "a peer refused registry entries we pushed");
             }
-            (Pending::JobPush(job), StateResponse::Refused(reason)) => {
+            (Pending::JobPush { job, .. }, StateResponse::Refused(reason)) => {
                 tracing::warn!(%peer, %job, %reason, "a peer refused a job change we pushed");
             }
             (pending, StateResponse::Refused(reason)) => {
@@ -223,8 +239,18 @@ impl Driver {
     }
 
     fn on_state_failure(&mut self, pending: Pending) {
-        if let Pending::View(collection) = pending {
-            self.collect_view(collection, None);
+        match pending {
+            Pending::View(collection) => self.collect_view(collection, None),
+            Pending::JobPush { job, to, changes, attempt }
+                if attempt + 1 < MAX_PUSH_ATTEMPTS && self.membership.is_active(&to) =>
+            {
+                tracing::debug!(%job, peer = %to, attempt, "a job push failed; sending it again");
+                self.send_job_push(to, job, changes, attempt + 1);
+            }
+            Pending::JobPush { job, to, .. } => {
+                tracing::debug!(%job, peer = %to, "a job push failed; the next sync round repairs it");
+            }
+            _ => {}
         }
     }
 
