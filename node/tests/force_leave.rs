@@ -76,8 +76,9 @@ async fn a_force_left_peer_shows_left_on_every_member_and_bad_requests_name_the_
         (serde_json::json!({ "peer": "not-a-peer" }), 400, "not a peer id"),
         (serde_json::json!({ "peer": a.peer_id.to_string() }), 400, "cannot force itself"),
         (serde_json::json!({ "peer": stranger.to_string() }), 404, "not a member"),
-        (serde_json::json!({ "peer": c_peer.to_string(), "extra": 1 }), 400, "extra"),
-        (serde_json::json!({}), 400, "peer"),
+        // Well-formed JSON of the wrong shape: 422, as /v1/jobs answers.
+        (serde_json::json!({ "peer": c_peer.to_string(), "extra": 1 }), 422, "extra"),
+        (serde_json::json!({}), 422, "peer"),
     ];
     for (body, status, needle) in cases {
         let response = http.post(format!("{base}/v1/force-leave")).json(&body).send().await.expect("post");
@@ -91,6 +92,8 @@ async fn a_force_left_peer_shows_left_on_every_member_and_bad_requests_name_the_
         .body("{\"peer\":");
     let broken = broken.send().await.expect("post");
     assert_eq!(broken.status().as_u16(), 400);
+    let untyped = http.post(format!("{base}/v1/force-leave")).body(format!("{{\"peer\":\"{c_peer}\"}}"));
+    assert_eq!(untyped.send().await.expect("post").status().as_u16(), 415, "no JSON content type");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

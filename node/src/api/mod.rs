@@ -23,6 +23,7 @@ use crate::net::{NodeClient, NodeError};
 mod access;
 mod auth;
 pub mod client;
+mod dashboard;
 mod jobs;
 mod metrics;
 mod openai;
@@ -233,6 +234,17 @@ fn stopped(e: NodeError) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
+/// A JSON body axum could not take, with axum's status (400 broken JSON,
+/// 422 a wrong field or type, 415 no JSON content type, 413 too large, as
+/// `/v1/jobs` and `/v1/chat/completions` answer) and the reason.
+pub(crate) fn json_rejected(what: &str, rejection: &JsonRejection) -> Response {
+    ApiError {
+        param: Some("body".into()),
+        ..ApiError::new(rejection.status(), format!("{what}: {}", rejection.body_text()))
+    }
+    .into_response()
+}
+
 fn bad_request(message: String) -> Response {
     error(StatusCode::BAD_REQUEST, message)
 }
@@ -265,7 +277,7 @@ async fn members(
 async fn advertise(State(client): State<NodeClient>, body: Result<Json<Profile>, JsonRejection>) -> Response {
     let Json(profile) = match body {
         Ok(body) => body,
-        Err(rejection) => return bad_request(format!("bad advertisement: {}", rejection.body_text())),
+        Err(rejection) => return json_rejected("bad advertisement", &rejection),
     };
     match client.advertise(profile.clone()).await {
         Ok(()) => Json(serde_json::json!({ "status": "advertised", "profile": profile })).into_response(),

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Json, Response};
 use hivemesh_protocol::{Envelope, EquivocationProof, NodeId, PeerId, decode_message};
 use serde::Deserialize;
 
-use super::{ApiError, stopped};
+use super::{ApiError, json_rejected, stopped};
 use crate::net::{ForceLeaveError, NodeClient};
 use crate::replica::EvidenceError;
 
@@ -47,10 +47,7 @@ pub(super) async fn report(
 ) -> Response {
     let Json(body) = match body {
         Ok(body) => body,
-        Err(rejection) => {
-            return ApiError::invalid("body", format!("bad proof: {}", rejection.body_text()))
-                .into_response();
-        }
+        Err(rejection) => return json_rejected("bad proof", &rejection),
     };
     if body.ballots.len() != 2 {
         let message = format!("a proof is exactly two ballots, got {}", body.ballots.len());
@@ -127,10 +124,7 @@ pub(super) async fn force_leave(
 ) -> Response {
     let Json(body) = match body {
         Ok(body) => body,
-        Err(rejection) => {
-            return ApiError::invalid("body", format!("bad force-leave: {}", rejection.body_text()))
-                .into_response();
-        }
+        Err(rejection) => return json_rejected("bad force-leave", &rejection),
     };
     let node = match node_of("peer", &body.peer) {
         Ok(node) => node,
