@@ -1,6 +1,5 @@
 //! Command-line interface definitions.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use hivemesh::node::Multiaddr;
@@ -112,50 +111,28 @@ pub enum Command {
     /// 127.0.0.1 for `hivemesh members` and `hivemesh leave`.
     ///
     /// Example: hivemesh run --bootstrap /ip4/192.0.2.7/udp/4001/quic-v1/p2p/12D3KooW...
-    Run {
-        /// Address to listen on (repeatable). Default: QUIC and TCP on port 4001, all interfaces.
-        #[arg(long, value_name = "MULTIADDR", value_parser = parse_multiaddr)]
-        listen: Vec<Multiaddr>,
-        /// A peer to join through (repeatable); /p2p/<PeerId> may be omitted.
-        #[arg(long, value_name = "MULTIADDR", value_parser = parse_multiaddr)]
-        bootstrap: Vec<Multiaddr>,
-        /// Discover peers on the local network with mDNS.
+    ///
+    /// Every flag below can also come from the config file (`--config FILE`,
+    /// default DATA_DIR/hivemesh.toml when present; its key is the flag's name
+    /// with underscores) or from the environment (HIVEMESH_<KEY>): a flag
+    /// beats the environment, which beats the file, which beats the default.
+    /// `hivemesh config` shows the result and where each value came from.
+    Run(Box<crate::config::RunFlags>),
+    /// Print the configuration `hivemesh run` would use and where each value
+    /// came from: default, the config file (and line), an environment
+    /// variable, or a flag (`config` takes every `run` flag).
+    ///
+    /// Example: HIVEMESH_API=0.0.0.0:7480 hivemesh config --no-jobs
+    Config {
+        #[command(flatten)]
+        flags: Box<crate::config::RunFlags>,
+        /// Print one JSON document instead of commented TOML.
         #[arg(long)]
-        mdns: bool,
-        /// Control and job API address. Beyond loopback it needs a bearer
-        /// token: --api-token, or one generated into DATA_DIR/api.token.
-        /// Web pages cannot use it unless --api-allow-origin names them.
-        #[arg(long, default_value = "127.0.0.1:7480")]
-        api: SocketAddr,
-        /// Bearer token the API requires (also read by `hivemesh` commands).
-        #[arg(long, env = "HIVEMESH_API_TOKEN", hide_env_values = true, value_name = "TOKEN")]
-        api_token: Option<String>,
-        #[command(flatten)]
-        api_access: ApiAccessArgs,
-        /// Expected swarm size; tunes how long updates are gossiped and how
-        /// long a suspect has to refute.
-        #[arg(long, default_value_t = 50)]
-        expected_size: u32,
-        #[command(flatten)]
-        advertise: AdvertiseArgs,
-        /// Milliseconds between anti-entropy rounds with a random live member.
-        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
-        anti_entropy_ms: u64,
-        /// At or below this many nodes the default member view is majority
-        /// rule over the peers' views; above it, the registry.
-        #[arg(long, default_value_t = 25)]
-        majority_threshold: usize,
-        /// Take no part in LLM jobs (no model is loaded or called); the node
-        /// still relays membership and state.
-        #[arg(long)]
-        no_jobs: bool,
-        /// The provider answering this node's share of jobs.
-        #[command(flatten)]
-        llm: LlmArgs,
-        #[command(flatten)]
-        limits: JobLimitArgs,
-        #[command(flatten)]
-        private: Box<PrivateSwarmArgs>,
+        json: bool,
+        /// Print the reference of every key (Markdown table: key, environment
+        /// variable, flag, default, description) instead.
+        #[arg(long, conflicts_with = "json")]
+        reference: bool,
     },
     /// Change what a running node advertises in the registry (models, role,
     /// GPU); the new entry is signed, stored and pushed to every member.
@@ -542,7 +519,7 @@ pub struct AdvertiseArgs {
     pub gpu: Option<String>,
 }
 
-fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
+pub(crate) fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
     text.parse().map_err(|e| format!("not a multiaddr ({e}); expected e.g. /ip4/127.0.0.1/udp/4001/quic-v1"))
 }
 

@@ -7,11 +7,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use hivemesh::node::keystore;
 use hivemesh::protocol::identity::hex;
 
 mod cli;
+mod config;
 mod eval_cmd;
 mod llm_cmd;
 mod mesh_ask;
@@ -33,8 +34,10 @@ const MAX_MESH_NODES: usize = 256;
 fn main() -> ExitCode {
     quiet_headless_vulkan();
     init_logging();
-    let cli = Cli::parse();
-    match run(cli) {
+    // The matches also tell which `run` flags were given (config layering).
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli, &matches) {
         Ok(code) => code,
         Err(e) => {
             errln!("hivemesh: error: {}", output::error_line(&e));
@@ -84,7 +87,7 @@ const DEFAULT_LOG_FILTER: &str = "warn,automerge=off,libp2p_kad=error";
 /// Exit status of `tally` when the outcome is valid but not final.
 const EXIT_NO_QUORUM: u8 = 2;
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
     let data_dir = || match &cli.data_dir {
         Some(dir) => Ok(dir.clone()),
         None => keystore::default_data_dir(),
@@ -96,41 +99,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .context("could not start the async runtime")
     };
     match &cli.command {
-        Command::Run {
-            listen,
-            bootstrap,
-            mdns,
-            api,
-            api_token,
-            api_access,
-            expected_size,
-            advertise,
-            anti_entropy_ms,
-            majority_threshold,
-            no_jobs,
-            llm,
-            limits,
-            private,
-        } => {
-            let args = node_cmd::RunArgs {
-                listen: listen.clone(),
-                bootstrap: bootstrap.clone(),
-                mdns: *mdns,
-                api: *api,
-                api_token: api_token.clone(),
-                api_access: api_access.clone(),
-                expected_size: *expected_size,
-                profile: node_cmd::ProfileChange::parse(advertise)?,
-                anti_entropy: std::time::Duration::from_millis(*anti_entropy_ms),
-                majority_threshold: *majority_threshold,
-                llm: (!no_jobs).then(|| llm.clone()),
-                limits: limits.clone(),
-                private: (**private).clone(),
-            };
+        Command::Run(flags) => {
             let dir = data_dir()?;
+            let run_matches = matches.subcommand_matches("run").context("no matches for run")?;
+            let resolved = config::resolve(&dir, flags.config.as_deref(), Some((flags, run_matches)))?;
+            let args = resolved.config.into_run_args()?;
             // A node serves its peers whoever reads its stdout.
             output::keep_running_without_stdout();
             runtime()?.block_on(node_cmd::run(&dir, args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { flags, json, reference } => {
+            if *reference {
+                output::out!("{}", config::show::reference());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let config_matches = matches.subcommand_matches("config").context("no matches for config")?;
+            let resolved =
+                config::resolve(&data_dir()?, flags.config.as_deref(), Some((flags, config_matches)))?;
+            config::show::print(&resolved, *json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Mesh { nodes, no_mdns, swarm_key, measure, speedup, ask, mode, profile, llm } => {

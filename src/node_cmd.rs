@@ -36,6 +36,9 @@ pub struct RunArgs {
     pub limits: JobLimitArgs,
     /// `--swarm-key` and `--allow-peers` (ADR 0016).
     pub private: PrivateSwarmArgs,
+    /// `[profiles.NAME]` tables from the config file, as a profiles file's
+    /// text; added over the built-in ones and any `--profiles` file.
+    pub inline_profiles: Option<String>,
 }
 
 /// The fields of the advertised profile that `--models`, `--role` and
@@ -117,6 +120,10 @@ pub async fn run(data_dir: &Path, args: RunArgs) -> anyhow::Result<()> {
         None => None,
         Some(llm) => {
             let (mut setup, models) = crate::llm_cmd::federation(llm, data_dir).await?;
+            if let Some(text) = &args.inline_profiles {
+                let profiles = std::mem::take(&mut setup.profiles).with_toml(text);
+                setup.profiles = profiles.map_err(|err| anyhow!("config file: {err}"))?;
+            }
             setup.limits = Limits {
                 max_asked_jobs: args.limits.max_jobs,
                 max_running_calls: args.limits.max_calls.max(1),
