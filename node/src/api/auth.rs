@@ -11,13 +11,16 @@ use subtle::ConstantTimeEq;
 use super::ApiError;
 
 /// Lets a request through when no token is configured, or when it carries
-/// `Authorization: Bearer TOKEN` (compared in constant time).
+/// `Authorization: Bearer TOKEN` (compared in constant time), or when it
+/// fetches the dashboard page itself (`GET /`, no data in it).
 pub(super) async fn require_token(
     State(token): State<Option<Arc<str>>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(token) = token else { return next.run(request).await };
+    // The dashboard page carries no data; what it fetches needs the token.
+    let public = super::dashboard::is_public(request.method(), request.uri().path());
+    let Some(token) = token.filter(|_| !public) else { return next.run(request).await };
     let given = request
         .headers()
         .get(header::AUTHORIZATION)

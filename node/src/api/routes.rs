@@ -29,6 +29,7 @@ impl Route {
 
 /// The API's routes. Add a route here, never with `.route` elsewhere.
 pub const ROUTES: &[Route] = &[
+    Route { path: "/", methods: &[Method::GET], handlers: || get(super::dashboard::page_handler) },
     Route { path: "/v1/members", methods: &[Method::GET], handlers: || get(members) },
     Route { path: "/v1/advertise", methods: &[Method::POST], handlers: || post(advertise) },
     Route { path: "/v1/status", methods: &[Method::GET], handlers: || get(status) },
