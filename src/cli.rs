@@ -317,7 +317,8 @@ pub enum Command {
     },
     /// List a running node's recent jobs, or show one job in full.
     Jobs {
-        /// A job id: print its whole state and result as JSON.
+        /// A job id: print its question, members, what each wrote, the ballots,
+        /// tally, who was left out and the answer (the whole document with --json).
         id: Option<String>,
         /// How many recent jobs to list.
         #[arg(long, default_value_t = 20)]

@@ -14,6 +14,7 @@ use hivemesh::protocol::identity::hex;
 mod cli;
 mod config;
 mod eval_cmd;
+mod job_view;
 mod llm_cmd;
 mod mesh_ask;
 mod mesh_cmd;

@@ -231,7 +231,11 @@ fn short_peer(peer: &str) -> String {
 pub async fn jobs(api: &ApiClient, id: Option<&str>, limit: usize, json: bool) -> anyhow::Result<()> {
     if let Some(id) = id {
         let job = api.call(Method::GET, &format!("/v1/jobs/{id}"), None).await.map_err(|e| anyhow!(e))?;
-        outln!("{}", serde_json::to_string_pretty(&job)?);
+        if json {
+            outln!("{}", serde_json::to_string_pretty(&job)?);
+        } else {
+            crate::job_view::print(&job);
+        }
         return Ok(());
     }
     let list =

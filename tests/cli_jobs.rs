@@ -149,10 +149,22 @@ async fn nodes_started_with_run_answer_jobs_asked_from_the_command_line() {
     let json = hivemesh(strings(&["jobs", "--json", "--node", &a.api]), dirs[0].path()).await;
     let list: Value = serde_json::from_slice(&json.stdout).expect("JSON list");
     let id = list["jobs"][0]["job"]["id"].as_str().expect("an id").to_string();
-    let shown = hivemesh(strings(&["jobs", &id, "--node", &a.api]), dirs[0].path()).await;
+    let shown = hivemesh(strings(&["jobs", &id, "--json", "--node", &a.api]), dirs[0].path()).await;
     let job: Value = serde_json::from_slice(&shown.stdout).expect("JSON job");
     assert_eq!(job["id"], id);
     assert_eq!(job["outcome"]["status"], "done");
+    // Without --json, the same job for people: what was asked, who wrote
+    // what, and the answer, each on a labelled line.
+    let human = hivemesh(strings(&["jobs", &id, "--node", &a.api]), dirs[0].path()).await;
+    let out = text(&human.stdout);
+    assert!(human.status.success(), "{human:?}");
+    assert!(out.contains(&format!("job       {id}")) && out.contains("status    done"), "{out}");
+    assert!(out.contains(&format!("question  {question}")), "{out}");
+    assert!(out.contains("\nanswer\nFinal: Paris is the capital of France."), "{out}");
+    // The newest job is the pipeline, asked at a: its stages by name.
+    assert!(out.contains(&format!("asker     {}", peers[0])), "{out}");
+    assert!(out.contains("  generator ") && out.contains("  curator "), "{out}");
+    assert!(serde_json::from_str::<Value>(&out).is_err(), "not JSON: {out}");
 
     let bad =
         hivemesh(strings(&["ask", "--node", &a.api, "--mode", "debate", question]), dirs[0].path()).await;
