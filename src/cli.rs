@@ -211,6 +211,13 @@ pub enum Command {
         #[command(subcommand)]
         action: ByzantineAction,
     },
+    /// Print a shell completion script for bash, zsh, fish, elvish or
+    /// powershell. Example (bash):
+    /// hivemesh completions bash > ~/.local/share/bash-completion/completions/hivemesh
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), e.g. `hivemesh man | man -l -`, or
+    /// `hivemesh man > ~/.local/share/man/man1/hivemesh.1`.
+    Man,
     /// Ask a running node to leave the swarm gracefully and stop.
     Leave {
         #[command(flatten)]
@@ -489,6 +496,7 @@ pub struct ApiAccessArgs {
     /// `null` are not accepted.
     #[arg(
         long = "api-allow-origin",
+        visible_alias = "cors-origin",
         env = "HIVEMESH_API_ALLOW_ORIGIN",
         value_delimiter = ',',
         value_name = "ORIGIN",

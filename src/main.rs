@@ -214,6 +214,20 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(llm_cmd::ask(args, &data_dir()?))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions { shell } => {
+            // Rendered into memory first: clap_complete panics when its
+            // writer fails, and stdout may be a closed pipe.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "hivemesh", &mut script);
+            output::out!("{}", String::from_utf8_lossy(&script));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page).context("cannot render the man page")?;
+            output::out!("{}", String::from_utf8_lossy(&page));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ForceLeave { peer, json, target } => {
             let api = node_cmd::api_client(target, &data_dir()?)?;
             runtime()?.block_on(trust_cmd::force_leave(&api, peer, *json))?;
