@@ -175,6 +175,11 @@ pub enum Command {
         /// fast, balanced, quality, or one defined in --profiles.
         #[arg(long, default_value = "fast")]
         profile: String,
+        /// With --ask: print the outcome (answer, winner, candidates with
+        /// their authors, ballots, tally, timings) as one JSON document on
+        /// stdout; progress goes to stderr.
+        #[arg(long, requires = "ask")]
+        json: bool,
         #[command(flatten)]
         llm: LlmArgs,
     },

@@ -121,7 +121,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
             config::show::print(&resolved, *json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Mesh { nodes, no_mdns, swarm_key, measure, speedup, ask, mode, profile, llm } => {
+        Command::Mesh { nodes, no_mdns, swarm_key, measure, speedup, ask, mode, profile, json, llm } => {
             anyhow::ensure!((1..=MAX_MESH_NODES).contains(nodes), "--nodes must be 1 to {MAX_MESH_NODES}");
             if let Some(question) = ask {
                 anyhow::ensure!(!question.trim().is_empty(), "the question is empty");
@@ -135,6 +135,7 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
                 ask: ask.clone(),
                 mode: mode.clone(),
                 profile: profile.clone(),
+                json: *json,
                 llm: llm.clone(),
             };
             let dir = data_dir()?;

@@ -24,39 +24,54 @@ pub struct MeshArgs {
     pub ask: Option<String>,
     pub mode: String,
     pub profile: String,
+    /// `--json` (with `--ask`): the outcome as one JSON document on stdout,
+    /// every progress line on stderr.
+    pub json: bool,
     pub llm: crate::cli::LlmArgs,
+}
+
+/// A progress line: stdout for people, stderr when stdout holds JSON.
+macro_rules! say {
+    ($json:expr, $($arg:tt)*) => {
+        if $json { errln!($($arg)*) } else { outln!($($arg)*) }
+    };
 }
 
 pub async fn run(data_dir: &Path, args: MeshArgs) -> anyhow::Result<()> {
     let n = args.nodes.max(1);
+    let json = args.json;
     // Every node takes part in jobs with its own client; in one process they
     // share one model client (and so one copy of the embedded model).
     let federation =
         if args.measure { None } else { Some(crate::llm_cmd::federation(&args.llm, data_dir).await?) };
     let key = args.swarm_key.as_deref().map(read_swarm_key).transpose()?;
     if let Some(key) = &key {
-        outln!("private mesh: swarm key fingerprint {} (TCP only)", swarm_key_fingerprint(key));
+        say!(json, "private mesh: swarm key fingerprint {} (TCP only)", swarm_key_fingerprint(key));
     }
     let started = Instant::now();
     let (mut nodes, mut events) =
         start_keyed_nodes(&data_dir.join("mesh"), n, args.mdns, args.speedup, federation.as_ref(), key)
             .await?;
     let ready: Duration = nodes.iter().map(|n| n.ready_in).sum::<Duration>() / n as u32;
-    outln!(
+    say!(
+        json,
         "started {n} nodes in {:.2} s (mean start-to-ready {} ms)",
         started.elapsed().as_secs_f64(),
         ready.as_millis()
     );
     for (i, node) in nodes.iter().enumerate().take(10) {
-        outln!(
+        say!(
+            json,
             "  node-{i} {} api http://{}",
             node.peer_id,
             node.api.map(|a| a.to_string()).unwrap_or_default()
         );
     }
 
-    let converged = wait_converged(&nodes, &mut events, started, n <= 10, Duration::from_secs(120)).await?;
-    outln!(
+    let converged =
+        wait_converged(&nodes, &mut events, started, n <= 10, json, Duration::from_secs(120)).await?;
+    say!(
+        json,
         "converged: every node sees {} others alive, {:.2} s after the first start",
         n - 1,
         converged.as_secs_f64()
@@ -86,7 +101,7 @@ pub async fn run(data_dir: &Path, args: MeshArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = shutdown_signal() => break,
-            Some((i, event)) = events.recv() => print_event(started, i, &event),
+            Some((i, event)) = events.recv() => print_event(started, i, &event, false),
         }
     }
     errln!("leaving…");
@@ -206,13 +221,14 @@ pub async fn leave_all(nodes: Vec<NodeHandle>) {
     while set.join_next().await.is_some() {}
 }
 
-fn print_event(started: Instant, node: usize, event: &MemberEvent) {
+/// One member event, on stderr when `json` (stdout holds the document).
+fn print_event(started: Instant, node: usize, event: &MemberEvent, json: bool) {
     let t = started.elapsed().as_secs_f64();
     match event {
-        MemberEvent::Up(id) => outln!("[{t:7.2}s] node-{node}: {} up", short(&id.node.to_string())),
-        MemberEvent::Down(id) => outln!("[{t:7.2}s] node-{node}: {} down", short(&id.node.to_string())),
-        MemberEvent::Left(id) => outln!("[{t:7.2}s] node-{node}: {} left", short(&id.node.to_string())),
-        other => outln!("[{t:7.2}s] node-{node}: {other:?}"),
+        MemberEvent::Up(id) => say!(json, "[{t:7.2}s] node-{node}: {} up", short(&id.node.to_string())),
+        MemberEvent::Down(id) => say!(json, "[{t:7.2}s] node-{node}: {} down", short(&id.node.to_string())),
+        MemberEvent::Left(id) => say!(json, "[{t:7.2}s] node-{node}: {} left", short(&id.node.to_string())),
+        other => say!(json, "[{t:7.2}s] node-{node}: {other:?}"),
     }
 }
 
@@ -221,12 +237,13 @@ fn short(peer: &str) -> &str {
 }
 
 /// Waits until every node sees every other one alive; returns the time
-/// since `started`.
+/// since `started`. Progress goes to stderr when `json`.
 pub async fn wait_converged(
     nodes: &[NodeHandle],
     events: &mut mpsc::UnboundedReceiver<(usize, MemberEvent)>,
     started: Instant,
     verbose: bool,
+    json: bool,
     limit: Duration,
 ) -> anyhow::Result<Duration> {
     let n = nodes.len();
@@ -241,7 +258,7 @@ pub async fn wait_converged(
             }
         }
         if full != last_full {
-            outln!("[{:7.2}s] {full}/{n} nodes see every other node", started.elapsed().as_secs_f64());
+            say!(json, "[{:7.2}s] {full}/{n} nodes see every other node", started.elapsed().as_secs_f64());
             last_full = full;
         }
         if full == n {
@@ -253,7 +270,7 @@ pub async fn wait_converged(
         loop {
             tokio::select! {
                 _ = &mut tick => break,
-                Some((i, event)) = events.recv() => if verbose { print_event(started, i, &event) },
+                Some((i, event)) = events.recv() => if verbose { print_event(started, i, &event, json) },
             }
         }
     }

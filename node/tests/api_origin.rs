@@ -215,7 +215,10 @@ fn every_request(job: &str) -> Vec<(String, Method)> {
     let mut all = Vec::new();
     for route in ROUTES {
         for method in route.methods {
-            all.push((route.path.replace("{id}", job).replace("{peer}", &peer), method.clone()));
+            all.push((
+                route.path.replace("{*id}", "hivemesh").replace("{id}", job).replace("{peer}", &peer),
+                method.clone(),
+            ));
         }
     }
     all

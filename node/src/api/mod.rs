@@ -26,6 +26,7 @@ pub mod client;
 mod dashboard;
 mod jobs;
 mod metrics;
+mod models;
 mod openai;
 mod routes;
 mod trust;

@@ -355,20 +355,6 @@ pub(crate) fn unix_seconds() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-pub async fn models(State(state): State<AppState>) -> Response {
-    let profiles = state.jobs.as_ref().map(|j| j.profiles.clone()).unwrap_or_default();
-    let mut ids = vec!["hivemesh".to_string(), "council".into(), "pipeline".into()];
-    for profile in &profiles {
-        ids.push(format!("council:{profile}"));
-        ids.push(format!("pipeline:{profile}"));
-    }
-    let data: Vec<Value> = ids
-        .iter()
-        .map(|id| json!({ "id": id, "object": "model", "created": state.started_s, "owned_by": "hivemesh" }))
-        .collect();
-    Json(json!({ "object": "list", "data": data })).into_response()
-}
-
 pub async fn chat_completions(
     State(state): State<AppState>,
     body: Result<Json<ChatBody>, JsonRejection>,

@@ -6,11 +6,12 @@ use axum::Router;
 use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, post};
 
-use super::{AppState, advertise, jobs, leave, members, metrics, openai, status, trust};
+use super::{AppState, advertise, jobs, leave, members, metrics, models, openai, status, trust};
 
 /// One path and what it answers.
 pub struct Route {
-    /// The path as axum matches it (`{id}` is a path parameter).
+    /// The path as axum matches it (`{id}` is a path parameter, `{*id}` one
+    /// that takes the rest of the path, `/` included).
     pub path: &'static str,
     /// The methods routed (a `GET` route also answers `HEAD`); any other
     /// method gets 405.
@@ -50,7 +51,9 @@ pub const ROUTES: &[Route] = &[
         methods: &[Method::POST],
         handlers: || post(openai::chat_completions),
     },
-    Route { path: "/v1/models", methods: &[Method::GET], handlers: || get(openai::models) },
+    Route { path: "/v1/models", methods: &[Method::GET], handlers: || get(models::list) },
+    // A wildcard: model ids hold `/` (`meta-llama/llama-3.2-3b-instruct:free`).
+    Route { path: "/v1/models/{*id}", methods: &[Method::GET], handlers: || get(models::show) },
     Route {
         path: "/v1/byzantine",
         methods: &[Method::GET, Method::POST],
