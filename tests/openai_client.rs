@@ -4,49 +4,18 @@
 
 #[path = "support/mesh.rs"]
 mod mesh;
+#[path = "support/python_openai.rs"]
+mod python_openai;
 #[path = "../llm/tests/common/mod.rs"]
 mod sse_server;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use mesh::Mesh;
+use python_openai::openai_package;
 use serde_json::Value;
-
-const OPENAI_PACKAGE: &str = "openai==2.54.0";
-
-/// A directory holding the pinned `openai` package, installed on first use.
-fn openai_package() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-openai-2.54.0");
-    let importable = |dir: &Path| {
-        Command::new("python3")
-            .args(["-c", "import openai"])
-            .env("PYTHONPATH", dir)
-            .output()
-            .is_ok_and(|out| out.status.success())
-    };
-    if importable(&dir) {
-        return dir;
-    }
-    let partial = dir.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&partial);
-    let install = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
-        .arg(&partial)
-        .arg(OPENAI_PACKAGE)
-        .output()
-        .expect("python3 runs (install Python 3 with pip)");
-    assert!(
-        install.status.success(),
-        "could not install {OPENAI_PACKAGE} for this test (needs pip and PyPI once): {}",
-        String::from_utf8_lossy(&install.stderr)
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&partial, &dir).expect("move the package into place");
-    assert!(importable(&dir), "{OPENAI_PACKAGE} installed but does not import");
-    dir
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_openai_client_uses_the_mesh_as_one_model() {

@@ -185,6 +185,12 @@ impl LlmClient {
         Slot { gate: self.gate.clone(), _permits: (limit, serial) }
     }
 
+    /// Forwards an OpenAI request body unchanged to the provider (see
+    /// [`Provider::forward`]); `Ok(None)` when it is not an HTTP server.
+    pub async fn forward(&self, path: &str, body: Vec<u8>) -> Result<Option<reqwest::Response>, LlmError> {
+        self.provider.forward(path, body).await
+    }
+
     pub fn provider_name(&self) -> &str {
         self.provider.name()
     }

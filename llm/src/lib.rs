@@ -2,7 +2,7 @@
 //! offline model, the resilience layer every call goes through, and the Hive
 //! pipeline (Generator -> Refiner and Validator in parallel -> Curator).
 
-mod breaker;
+pub mod breaker;
 mod budget;
 mod client;
 pub mod council;

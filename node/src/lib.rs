@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod federation;
+pub mod gateway;
 pub mod keystore;
 pub mod membership;
 pub mod net;

@@ -34,6 +34,20 @@ pub trait Provider: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
 
+    /// Sends an OpenAI request body, unchanged, to `path` (`chat/completions`
+    /// or `embeddings`) under the provider's base URL with its key, and
+    /// returns the response whatever its status, headers and body still to
+    /// be read (streams pass through byte for byte). `None` when the
+    /// provider is not an HTTP server (the embedded model): the swarm's
+    /// gateway (docs/adr/0020) then cannot forward to it.
+    fn forward(
+        &self,
+        _path: &str,
+        _body: Vec<u8>,
+    ) -> BoxFuture<'_, Result<Option<reqwest::Response>, LlmError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     /// How likely this provider's model finds each continuation as the
     /// assistant's reply to `messages`: mean log-probability per token, one
     /// score per continuation, higher is more likely. `None` when the provider

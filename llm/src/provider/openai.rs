@@ -198,6 +198,29 @@ impl Provider for OpenAiProvider {
         Box::pin(self.start(request))
     }
 
+    fn forward(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> BoxFuture<'_, Result<Option<reqwest::Response>, LlmError>> {
+        let url = format!("{}/{}", self.config.base_url.trim_end_matches('/'), path.trim_start_matches('/'));
+        Box::pin(async move {
+            let mut builder = self.http.post(&url).header("Content-Type", "application/json").body(body);
+            if let Some(key) = &self.config.api_key {
+                builder = builder.bearer_auth(key);
+            }
+            let name = &self.config.name;
+            let response = tokio::time::timeout(self.config.response_timeout, builder.send())
+                .await
+                .map_err(|_| LlmError::Timeout {
+                    provider: name.clone(),
+                    message: format!("no response headers within {:?}", self.config.response_timeout),
+                })?
+                .map_err(|err| transport_error(name, &err))?;
+            Ok(Some(response))
+        })
+    }
+
     fn embed(&self, texts: Vec<String>) -> BoxFuture<'_, Result<Option<Vec<Vec<f32>>>, LlmError>> {
         Box::pin(async move {
             match &self.config.embedding_model {

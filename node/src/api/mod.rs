@@ -24,6 +24,7 @@ mod access;
 mod auth;
 pub mod client;
 mod dashboard;
+mod gateway;
 mod jobs;
 mod metrics;
 mod models;
@@ -37,6 +38,10 @@ mod trust;
 pub(crate) struct AppState {
     pub client: NodeClient,
     pub jobs: Option<FederationHandle>,
+    /// This node's own provider, for gateway requests it serves itself.
+    pub gateway: Option<crate::gateway::Server>,
+    /// Which peers have been failing which models (gateway failover).
+    pub breakers: Arc<crate::gateway::breakers::PeerBreakers>,
     /// When the API started (seconds since the epoch): `created` of `/v1/models`.
     pub started_s: u64,
 }
@@ -65,6 +70,8 @@ pub struct ApiConfig<'a> {
     pub token: Option<String>,
     pub client: NodeClient,
     pub jobs: Option<FederationHandle>,
+    /// The gateway's serving side on this node (ADR 0020), when it takes jobs.
+    pub gateway: Option<crate::gateway::Server>,
     pub data_dir: &'a Path,
     /// Host names and web origins allowed beyond the bound address,
     /// `localhost` and the API's own origin (ADR 0014).
@@ -72,7 +79,7 @@ pub struct ApiConfig<'a> {
 }
 
 pub async fn serve(config: ApiConfig<'_>) -> Result<(SocketAddr, JoinHandle<()>), NodeError> {
-    let ApiConfig { address, token, client, jobs, data_dir, access } = config;
+    let ApiConfig { address, token, client, jobs, gateway, data_dir, access } = config;
     if !address.ip().is_loopback() && token.is_none() {
         return Err(NodeError::ApiTokenRequired(address));
     }
@@ -101,7 +108,13 @@ pub async fn serve(config: ApiConfig<'_>) -> Result<(SocketAddr, JoinHandle<()>)
         .layer(access::cors(policy.clone()))
         .layer(axum::middleware::from_fn_with_state(policy, access::guard))
         .layer(axum::middleware::from_fn(openai_errors))
-        .with_state(AppState { client, jobs, started_s: openai::unix_seconds() });
+        .with_state(AppState {
+            client,
+            jobs,
+            gateway,
+            breakers: Arc::default(),
+            started_s: openai::unix_seconds(),
+        });
     // Without TCP_NODELAY a streamed response stalls on Nagle's algorithm.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);

@@ -6,7 +6,7 @@ use axum::Router;
 use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, post};
 
-use super::{AppState, advertise, jobs, leave, members, metrics, models, openai, status, trust};
+use super::{AppState, advertise, gateway, jobs, leave, members, metrics, models, status, trust};
 
 /// One path and what it answers.
 pub struct Route {
@@ -49,7 +49,7 @@ pub const ROUTES: &[Route] = &[
     Route {
         path: "/v1/chat/completions",
         methods: &[Method::POST],
-        handlers: || post(openai::chat_completions),
+        handlers: || post(gateway::chat_completions),
     },
     Route { path: "/v1/models", methods: &[Method::GET], handlers: || get(models::list) },
     // A wildcard: model ids hold `/` (`meta-llama/llama-3.2-3b-instruct:free`).
@@ -59,6 +59,7 @@ pub const ROUTES: &[Route] = &[
         methods: &[Method::GET, Method::POST],
         handlers: || get(trust::list).post(trust::report),
     },
+    Route { path: "/v1/embeddings", methods: &[Method::POST], handlers: || post(gateway::embeddings) },
     Route { path: "/v1/byzantine/{peer}", methods: &[Method::DELETE], handlers: || delete(trust::clear) },
     Route { path: "/v1/force-leave", methods: &[Method::POST], handlers: || post(trust::force_leave) },
     Route { path: "/metrics", methods: &[Method::GET], handlers: || get(metrics::render) },

@@ -32,6 +32,8 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub swim: request_response::Behaviour<SwimCodec>,
     pub state: request_response::Behaviour<StateCodec>,
+    /// Raw streams: the gateway's forwarded OpenAI requests (ADR 0020).
+    pub streams: libp2p_stream::Behaviour,
 }
 
 impl Behaviour {
@@ -87,6 +89,7 @@ impl Behaviour {
             mdns: Toggle::from(mdns),
             swim,
             state,
+            streams: libp2p_stream::Behaviour::new(),
         }
     }
 }

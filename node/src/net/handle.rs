@@ -234,6 +234,8 @@ pub struct NodeHandle {
     task: JoinHandle<()>,
     api_task: Option<JoinHandle<()>>,
     federation: Option<(FederationHandle, JoinHandle<()>)>,
+    /// Serves forwarded OpenAI requests (ADR 0020); with jobs only.
+    gateway_task: Option<JoinHandle<()>>,
 }
 
 /// A cheap, cloneable way to ask a node things (the HTTP API uses one).
@@ -242,6 +244,7 @@ pub struct NodeClient {
     commands: mpsc::Sender<Command>,
     job_events: broadcast::Sender<JobId>,
     job_frames: broadcast::Sender<JobFrame>,
+    streams: libp2p_stream::Control,
 }
 
 impl NodeClient {
@@ -316,6 +319,11 @@ impl NodeClient {
     }
 
     /// Streamed text arriving for jobs this node asked.
+    /// Opens raw streams to peers (the gateway, ADR 0020).
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
+    }
+
     pub fn job_frames(&self) -> broadcast::Receiver<JobFrame> {
         self.job_frames.subscribe()
     }
@@ -399,6 +407,9 @@ impl NodeHandle {
         if let Some((_, federation)) = self.federation {
             federation.abort();
         }
+        if let Some(gateway) = self.gateway_task {
+            gateway.abort();
+        }
     }
 
     /// Stops the node without a goodbye, as a crash would: its tasks are
@@ -412,12 +423,18 @@ impl NodeHandle {
         if let Some((_, federation)) = &self.federation {
             federation.abort();
         }
+        if let Some(gateway) = &self.gateway_task {
+            gateway.abort();
+        }
         let _ = self.task.await;
         if let Some(api) = self.api_task {
             let _ = api.await;
         }
         if let Some((_, federation)) = self.federation {
             let _ = federation.await;
+        }
+        if let Some(gateway) = self.gateway_task {
+            let _ = gateway.await;
         }
     }
 
@@ -429,6 +446,9 @@ impl NodeHandle {
         }
         if let Some((_, federation)) = self.federation.take() {
             federation.abort();
+        }
+        if let Some(gateway) = self.gateway_task.take() {
+            gateway.abort();
         }
     }
 }
@@ -486,11 +506,26 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (events, _) = broadcast::channel(1024);
     let (job_events, _) = broadcast::channel(4096);
     let (job_frames, _) = broadcast::channel(4096);
-    let client =
-        NodeClient { commands: commands_tx, job_events: job_events.clone(), job_frames: job_frames.clone() };
+    let streams = swarm.behaviour().streams.new_control();
+    let client = NodeClient {
+        commands: commands_tx,
+        job_events: job_events.clone(),
+        job_frames: job_frames.clone(),
+        streams: streams.clone(),
+    };
+    let mut gateway = None;
     let federation = match config.federation.clone() {
         Some(setup) => {
-            Some(crate::federation::spawn(client.clone(), load_or_create(&config.data_dir)?.identity, setup))
+            let provider = setup.client.clone();
+            let (handle, task) =
+                crate::federation::spawn(client.clone(), load_or_create(&config.data_dir)?.identity, setup);
+            let server = crate::gateway::Server {
+                node: client.clone(),
+                client: provider,
+                quotas: handle.quotas.clone(),
+            };
+            gateway = crate::gateway::spawn_server(streams, server.clone()).map(|task| (server, task));
+            Some((handle, task))
         }
         None => None,
     };
@@ -502,6 +537,7 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
                 token: config.api_token.clone(),
                 client: client.clone(),
                 jobs,
+                gateway: gateway.as_ref().map(|(server, _)| server.clone()),
                 data_dir: &config.data_dir,
                 access,
             })
@@ -533,7 +569,19 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         tracing::info!(%fingerprint, "private swarm: TCP with the swarm key only, QUIC off");
     }
     tracing::info!(%peer_id, ?listen, ?api, ?ready_in, "node ready");
-    Ok(NodeHandle { peer_id, listen, api, ready_in, client, events, task, api_task, federation })
+    let gateway_task = gateway.map(|(_, task)| task);
+    Ok(NodeHandle {
+        peer_id,
+        listen,
+        api,
+        ready_in,
+        client,
+        events,
+        task,
+        api_task,
+        federation,
+        gateway_task,
+    })
 }
 
 /// The reason listening on `address` failed: the transport's error chain,
