@@ -221,8 +221,12 @@ pub enum Command {
     /// hivemesh completions bash > ~/.local/share/bash-completion/completions/hivemesh
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff), e.g. `hivemesh man | man -l -`, or
-    /// `hivemesh man > ~/.local/share/man/man1/hivemesh.1`.
-    Man,
+    /// `hivemesh man > ~/.local/share/man/man1/hivemesh.1`; with COMMAND,
+    /// that command's page (`hivemesh man run > .../hivemesh-run.1`).
+    Man {
+        /// A command, e.g. `run` (its page lists every flag).
+        command: Option<String>,
+    },
     /// Ask a running node to leave the swarm gracefully and stop.
     Leave {
         #[command(flatten)]

@@ -223,9 +223,22 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
             output::out!("{}", String::from_utf8_lossy(&script));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
+        Command::Man { command } => {
+            let top = Cli::command();
+            let man = match command {
+                None => clap_mangen::Man::new(top),
+                Some(name) => {
+                    let names: Vec<String> =
+                        top.get_subcommands().map(|c| c.get_name().to_string()).collect();
+                    let found = top.find_subcommand(name).cloned().ok_or_else(|| {
+                        anyhow::anyhow!("no command {name:?}; one of: {}", names.join(", "))
+                    })?;
+                    // Titled as the top page refers to it.
+                    clap_mangen::Man::new(found).title(format!("hivemesh-{name}"))
+                }
+            };
             let mut page = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut page).context("cannot render the man page")?;
+            man.render(&mut page).context("cannot render the man page")?;
             output::out!("{}", String::from_utf8_lossy(&page));
             Ok(ExitCode::SUCCESS)
         }

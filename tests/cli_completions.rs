@@ -58,6 +58,17 @@ fn the_man_page_is_roff_listing_every_command() {
         // roff escapes the hyphen: force\-leave.
         assert!(page.contains(&name.replace('-', "\\-")), "the page lists {name}");
     }
+    // Each command has its own page, with every flag.
+    let run = hivemesh(&["man", "run"], dir.path());
+    assert!(run.status.success(), "{run:?}");
+    let run = String::from_utf8_lossy(&run.stdout);
+    assert!(run.contains(".TH hivemesh\\-run 1") || run.contains(".TH hivemesh-run 1"), "{run}");
+    for flag in ["\\-\\-bootstrap", "\\-\\-swarm\\-key", "\\-\\-config"] {
+        assert!(run.contains(flag), "run's page lists {flag}");
+    }
+    let unknown = hivemesh(&["man", "nope"], dir.path());
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("one of:"), "{unknown:?}");
 }
 
 #[test]

@@ -77,10 +77,13 @@ async fn a_council_job_is_answered_by_all_three_tallied_and_the_tally_rechecks()
     assert_eq!(recheck["valid"], 3);
 
     // Every provider was asked for a candidate; only the asker's curated
-    // (an HTTP provider's curator rewrites; docs/adr/0012).
+    // (an HTTP provider's curator rewrites; docs/adr/0012). Voters with no
+    // embedding model of their own also ask peers' models for embeddings
+    // (not counted here: those are /v1/embeddings requests).
     for (i, server) in mesh.servers.iter().enumerate() {
         let expected = if i == 0 { 2 } else { 1 };
-        assert_eq!(server.seen().len(), expected, "calls to node {i}'s provider");
+        let chats = server.seen().iter().filter(|seen| seen.body["messages"].is_array()).count();
+        assert_eq!(chats, expected, "chat calls to node {i}'s provider");
     }
     assert_eq!(outcome["curation"], "rewrite", "{outcome:#}");
     // Candidates are independent samples: each member's call has its own
@@ -401,4 +404,69 @@ async fn voters_with_an_embedding_model_rank_by_meaning() {
     let metrics =
         reqwest::get(format!("{}/metrics", mesh.api(1))).await.expect("metrics").text().await.expect("text");
     assert!(metrics.contains("hivemesh_votes_total{method=\"embeddings\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voters_without_an_embedding_model_borrow_a_peers_through_the_gateway() {
+    use hivemesh::llm::provider::openai::OpenAiConfig;
+    use hivemesh::protocol::{Envelope, decode_message, open};
+    // As above, but only node 2's provider embeds (`--embedding-model`):
+    // nodes 0 and 1 ask their peers for "your embedding model".
+    let answers = ["Paris.", "It is Paris, the French capital city.", "The capital of France is bananas."];
+    let serial = mesh::serial().await;
+    let mut servers = Vec::new();
+    let mut nodes: Vec<NodeHandle> = Vec::new();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    for (i, (answer, dir)) in answers.into_iter().zip(&dirs).enumerate() {
+        let server = mesh::provider(answer, Duration::from_millis(1)).await;
+        let mut config = OpenAiConfig::new("test", server.base_url(), "canned");
+        let server = if i == 2 {
+            config.embedding_model = Some("concepts".into());
+            server.with_embeddings(concept_embedding)
+        } else {
+            server
+        };
+        let client = Arc::new(mesh::client_for(config));
+        let bootstrap = nodes.first().and_then(|first| first.address("tcp"));
+        nodes.push(mesh::start_with_client(dir.path(), bootstrap, client, 1, |_| {}).await);
+        servers.push(server);
+    }
+    mesh::wait_for_registry(&nodes).await;
+    let mesh = Mesh { nodes, servers, _dirs: dirs, _serial: serial };
+    let id = mesh.submit(json!({ "question": "What is the capital of France?", "peers": 3 })).await;
+    let job = mesh.wait_status(&id, |s| s != "running" && s != "voting").await;
+    let outcome = &job["outcome"];
+    assert_eq!(outcome["status"], "done", "{job:#}");
+    let outlier = peer(&mesh.nodes[2]);
+    let candidates: Vec<&str> = outcome["ballot_file"]["candidates"]
+        .as_array()
+        .expect("candidates")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let outlier_index = candidates.iter().position(|c| *c == outlier).expect("a candidate") as u32;
+    // Every voter ranked by node 2's embeddings: the bananas last.
+    let borrowers = [peer(&mesh.nodes[0]), peer(&mesh.nodes[1]), peer(&mesh.nodes[2])];
+    for hex_ballot in outcome["ballot_file"]["ballots"].as_array().expect("ballots") {
+        let bytes = hex::decode(hex_ballot.as_str().expect("hex")).expect("hex");
+        let envelope: Envelope = decode_message(&bytes).expect("envelope");
+        let ballot: Ballot = open(&envelope).expect("signed ballot");
+        if !borrowers.contains(&ballot.voter.to_string()) {
+            continue;
+        }
+        let BallotChoice::Rank(ranking) = &ballot.choice else { panic!("a ranking: {ballot:?}") };
+        assert_eq!(ranking.last(), Some(&outlier_index), "bananas last: {ranking:?}");
+    }
+    for i in 0..2 {
+        let metrics = reqwest::get(format!("{}/metrics", mesh.api(i)))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        assert!(
+            metrics.contains("hivemesh_votes_total{method=\"peer_embeddings\"} 1"),
+            "node {i}: {metrics}"
+        );
+    }
 }

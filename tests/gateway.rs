@@ -30,6 +30,9 @@ const MODELS: [&str; 3] = ["llama-a", "qwen-b", "mistral-c"];
 /// The model both node 1 and node 2 offer, for the failover.
 const SHARED: &str = "shared-model";
 
+/// A model node 1 offers whose provider breaks off mid-answer.
+const BROKEN: &str = "broken-model";
+
 /// Which node's provider fails every request for [`SHARED`].
 type Failing = Arc<Mutex<Option<usize>>>;
 
@@ -40,6 +43,9 @@ async fn provider(i: usize, failing: Failing) -> TestServer {
         let model = body["model"].as_str().unwrap_or_default().to_string();
         if model == SHARED && *failing.lock().expect("lock") == Some(i) {
             return Reply::status(500, "this provider is down");
+        }
+        if model == BROKEN {
+            return Reply::Reset(vec!["data: {\"id\":\"up\",\"choices\":[{\"delta\":{\"content\":\"Half\"}}]}\n\n".into()]);
         }
         let text = format!("From {model} on node {i}.");
         if body["stream"] == true {
@@ -93,7 +99,10 @@ impl Swarm {
         mesh::wait_for_registry(&nodes).await;
         // Nodes 1 and 2 also offer the shared model; everyone sees it.
         for i in [1, 2] {
-            let models = vec![MODELS[i].to_string(), SHARED.to_string()];
+            let mut models = vec![MODELS[i].to_string(), SHARED.to_string()];
+            if i == 1 {
+                models.push(BROKEN.to_string());
+            }
             nodes[i]
                 .client()
                 .advertise(Profile { role: Role::Worker, models, gpu: None })
@@ -182,6 +191,14 @@ async fn any_node_answers_for_any_peers_model_with_the_body_and_answer_unchanged
     let embedded: Value = response.json().await.expect("JSON");
     assert_eq!(embedded["data"].as_array().map(Vec::len), Some(2), "{embedded}");
     assert!(embedded["data"].to_string().contains("[1.0,3.0]"), "node 1's embedder: {embedded}");
+
+    // A provider that breaks off mid-answer: the client's response breaks
+    // off too (an error reading the body), never a short answer that looks
+    // whole.
+    let request = json!({"model": BROKEN, "stream": true, "messages": [{"role": "user", "content": "Hi"}]});
+    let response = post(format!("{}/v1/chat/completions", swarm.api(0)), &request).await;
+    assert_eq!(response.status(), 200, "the head came before the break");
+    assert!(response.text().await.is_err(), "the body must end in an error");
 
     // No peer offers it: OpenAI's 404.
     let request = json!({"model": "gpt-9", "messages": [{"role": "user", "content": "Hi"}]});

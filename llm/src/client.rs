@@ -191,6 +191,11 @@ impl LlmClient {
         self.provider.forward(path, body).await
     }
 
+    /// The provider's embedding model, if it has one.
+    pub fn embedding_model(&self) -> Option<&str> {
+        self.provider.embedding_model()
+    }
+
     pub fn provider_name(&self) -> &str {
         self.provider.name()
     }

@@ -34,6 +34,11 @@ pub trait Provider: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
 
+    /// The model this provider embeds with (`/embeddings`), if it has one.
+    fn embedding_model(&self) -> Option<&str> {
+        None
+    }
+
     /// Sends an OpenAI request body, unchanged, to `path` (`chat/completions`
     /// or `embeddings`) under the provider's base URL with its key, and
     /// returns the response whatever its status, headers and body still to

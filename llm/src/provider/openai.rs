@@ -198,6 +198,10 @@ impl Provider for OpenAiProvider {
         Box::pin(self.start(request))
     }
 
+    fn embedding_model(&self) -> Option<&str> {
+        self.config.embedding_model.as_deref()
+    }
+
     fn forward(
         &self,
         path: &str,

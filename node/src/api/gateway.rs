@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::{ApiError, AppState};
-use crate::gateway::{BodyStream, Endpoint, ForwardRequest, candidates, forward};
+use crate::gateway::{BodyStream, Endpoint, ForwardRequest, GatewayError, candidates, forward};
 
 /// The model names the mesh itself answers (a council or a pipeline job).
 const MODES: [&str; 3] = ["hivemesh", "council", "pipeline"];
@@ -127,6 +127,15 @@ pub(super) async fn route(state: &AppState, endpoint: Endpoint, model: &str, bod
                     .body(Body::from_stream(body))
                     .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
             }
+            // The peer may be running the request still: asking another
+            // would run it twice.
+            Err(error @ GatewayError::Timeout(_)) => {
+                if let Some(permit) = permit {
+                    permit.failure();
+                }
+                let message = format!("{} took too long to answer: {error}", candidate.peer);
+                return ApiError::new(StatusCode::GATEWAY_TIMEOUT, message).into_response();
+            }
             Err(error) => {
                 if let Some(permit) = permit {
                     permit.failure();
@@ -202,22 +211,35 @@ impl IdRewriter {
         }
         let Some(end) = self.pending.iter().rposition(|b| *b == b'\n') else { return Vec::new() };
         let lines: Vec<u8> = self.pending.drain(..=end).collect();
-        let text = String::from_utf8_lossy(&lines);
-        text.split_inclusive('\n').map(|line| self.line(line)).collect::<String>().into_bytes()
+        lines.split_inclusive(|b| *b == b'\n').flat_map(|line| self.line(line)).collect()
     }
 
-    fn line(&self, line: &str) -> String {
-        match line.strip_prefix("data:") {
-            Some(rest) => format!("data:{}", replace_id(rest, &self.id)),
-            None => line.to_string(),
+    /// A stream line: a `data:` event's JSON with the new id; any other
+    /// line, or one that is not UTF-8, exactly as it came.
+    fn line(&self, line: &[u8]) -> Vec<u8> {
+        match line.strip_prefix(b"data:") {
+            Some(rest) => {
+                let mut out = b"data:".to_vec();
+                out.extend(rewrite(rest, &self.id));
+                out
+            }
+            None => line.to_vec(),
         }
     }
 
     /// The rest at the end of the body.
     fn finish(&mut self) -> Vec<u8> {
         let rest = std::mem::take(&mut self.pending);
-        let text = String::from_utf8_lossy(&rest);
-        if self.stream { self.line(&text) } else { replace_id(&text, &self.id) }.into_bytes()
+        if self.stream { self.line(&rest) } else { rewrite(&rest, &self.id) }
+    }
+}
+
+/// `bytes` with the JSON document's top-level id replaced; unchanged when
+/// they are not UTF-8 (every byte passes as it came).
+fn rewrite(bytes: &[u8], id: &str) -> Vec<u8> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => replace_id(text, id).into_bytes(),
+        Err(_) => bytes.to_vec(),
     }
 }
 
@@ -249,6 +271,20 @@ mod tests {
         assert!(out.contains(r#""content":"chatcmpl-up""#), "only the id changes: {out}");
         let embeddings = r#"{"object":"list","data":[{"embedding":[0.1]}]}"#;
         assert_eq!(replace_id(embeddings, "mine"), embeddings);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_pass_through_unchanged() {
+        let body = b"{\"id\":\"up\",\"c\":\"\xff\xfe\x80\"}";
+        let mut rewriter = IdRewriter::new("mine".into(), false);
+        rewriter.feed(body);
+        assert_eq!(rewriter.finish(), body.to_vec());
+        let stream = b"data: {\"id\":\"up\",\"c\":\"\xff\"}\n\ndata: {\"id\":\"up\"}\n\n";
+        let mut rewriter = IdRewriter::new("mine".into(), true);
+        let mut out = rewriter.feed(stream);
+        out.extend(rewriter.finish());
+        let expected = b"data: {\"id\":\"up\",\"c\":\"\xff\"}\n\ndata: {\"id\":\"mine\"}\n\n";
+        assert_eq!(out, expected.to_vec());
     }
 
     #[test]

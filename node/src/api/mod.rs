@@ -226,7 +226,11 @@ async fn openai_errors(request: axum::extract::Request, next: axum::middleware::
     let message = match (status, text.is_empty()) {
         (StatusCode::METHOD_NOT_ALLOWED, _) => format!("{method} is not allowed on {path}"),
         (StatusCode::PAYLOAD_TOO_LARGE, _) => {
-            format!("the request body is over the {MAX_BODY_BYTES}-byte limit")
+            format!(
+                "the request body is over the route's limit ({MAX_BODY_BYTES} bytes; {} for \
+                 /v1/chat/completions and /v1/embeddings)",
+                crate::gateway::MAX_REQUEST_BYTES
+            )
         }
         (_, false) => text,
         (_, true) => status.canonical_reason().unwrap_or("error").to_string(),

@@ -3,8 +3,11 @@
 //! Origin checks among them), so a route added here is tested at once.
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
 use axum::routing::{MethodRouter, delete, get, post};
+
+use crate::gateway::MAX_REQUEST_BYTES;
 
 use super::{AppState, advertise, gateway, jobs, leave, members, metrics, models, status, trust};
 
@@ -49,7 +52,8 @@ pub const ROUTES: &[Route] = &[
     Route {
         path: "/v1/chat/completions",
         methods: &[Method::POST],
-        handlers: || post(gateway::chat_completions),
+        // A peer's model takes bodies as large as the gateway forwards.
+        handlers: || post(gateway::chat_completions).layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES)),
     },
     Route { path: "/v1/models", methods: &[Method::GET], handlers: || get(models::list) },
     // A wildcard: model ids hold `/` (`meta-llama/llama-3.2-3b-instruct:free`).
@@ -59,7 +63,11 @@ pub const ROUTES: &[Route] = &[
         methods: &[Method::GET, Method::POST],
         handlers: || get(trust::list).post(trust::report),
     },
-    Route { path: "/v1/embeddings", methods: &[Method::POST], handlers: || post(gateway::embeddings) },
+    Route {
+        path: "/v1/embeddings",
+        methods: &[Method::POST],
+        handlers: || post(gateway::embeddings).layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES)),
+    },
     Route { path: "/v1/byzantine/{peer}", methods: &[Method::DELETE], handlers: || delete(trust::clear) },
     Route { path: "/v1/force-leave", methods: &[Method::POST], handlers: || post(trust::force_leave) },
     Route { path: "/metrics", methods: &[Method::GET], handlers: || get(metrics::render) },

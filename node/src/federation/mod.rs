@@ -7,6 +7,7 @@
 //! There is no coordinator state outside the document, so any participant
 //! can read how far a job got, and a restarted asker picks up where it was.
 
+mod embed;
 mod plan;
 pub mod quota;
 mod reactor;

@@ -53,6 +53,7 @@ pub fn spawn(
         calls: Semaphore::new(config.limits.max_running_calls.max(1)),
         limits: config.limits,
         quotas,
+        peer_embeddings: Default::default(),
     });
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let reactor = Reactor {

@@ -43,6 +43,8 @@ pub struct WorkContext {
     pub calls: Semaphore,
     /// Remote askers' hourly limits (ADR 0017).
     pub quotas: Arc<PeerQuotas>,
+    /// Peers' embedding models, for voting when this node has none.
+    pub peer_embeddings: super::embed::PeerEmbeddings,
 }
 
 /// Does one action for `job`; errors are logged (the loop retries what is
@@ -310,11 +312,14 @@ async fn judge(
     };
     let (scores, method) = match scored {
         Some(scores) => (scores, "likelihood"),
-        None => match ctx.client.embed(owned).await {
+        None => match ctx.client.embed(owned.clone()).await {
             Ok(Some(embeddings)) if embeddings.len() == texts.len() => {
                 (embedding_agreement(&embeddings), "embeddings")
             }
-            Ok(_) => (lexical, "lexical"),
+            Ok(_) => match ctx.peer_embeddings.embed(&ctx.node, ctx.me, &owned).await {
+                Some(embeddings) => (embedding_agreement(&embeddings), "peer_embeddings"),
+                None => (lexical, "lexical"),
+            },
             Err(error) => {
                 tracing::warn!(%job, %error, "embeddings failed; ranking by word overlap");
                 (lexical, "lexical")

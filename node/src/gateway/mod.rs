@@ -6,7 +6,10 @@
 //! Wire: the asker writes one frame ([`ForwardRequest`]: a 4-byte
 //! big-endian length and postcard, at most [`MAX_REQUEST_BYTES`]); the
 //! server writes one frame ([`ForwardHead`]: status and content type), then
-//! the response body's bytes until it closes the stream. The connection is
+//! the response body as [`BodyFrame`]s: the provider's bytes as they come,
+//! and one `End` saying whether the body was whole. A stream that stops
+//! without `End`, or an `End` with an error, ends the client's response
+//! with an error too, never as if the answer were complete. The connection is
 //! the swarm's own (noise-authenticated, pnet and allowlist applied), so
 //! the server knows which peer asks and charges its quota.
 
@@ -71,6 +74,22 @@ pub struct ForwardHead {
     pub content_type: String,
 }
 
+/// One piece of a forwarded response body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum BodyFrame {
+    /// Bytes of the body, exactly as the provider sent them.
+    Data(Vec<u8>),
+    /// The end: `Ok` when the provider's body ended normally, else why not.
+    End(Result<(), String>),
+}
+
+/// Largest body frame (a provider's chunk is split to fit).
+const MAX_BODY_FRAME: usize = 256 * 1024;
+
+/// How long the asker waits for the head: the serving peer's provider may
+/// take this long to answer a whole (non-streamed) completion.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(600);
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("cannot open a stream to {peer}: {reason}")]
@@ -100,6 +119,14 @@ async fn read_frame<T: serde::de::DeserializeOwned>(
     stream: &mut libp2p::Stream,
     max: usize,
 ) -> Result<T, GatewayError> {
+    read_frame_within(stream, max, FRAME_TIMEOUT).await
+}
+
+async fn read_frame_within<T: serde::de::DeserializeOwned>(
+    stream: &mut libp2p::Stream,
+    max: usize,
+    timeout: Duration,
+) -> Result<T, GatewayError> {
     let read = async {
         let mut length = [0u8; 4];
         stream.read_exact(&mut length).await?;
@@ -111,7 +138,7 @@ async fn read_frame<T: serde::de::DeserializeOwned>(
         stream.read_exact(&mut body).await?;
         Ok(decode_message(&body)?)
     };
-    tokio::time::timeout(FRAME_TIMEOUT, read).await.map_err(|_| GatewayError::Timeout(FRAME_TIMEOUT))?
+    tokio::time::timeout(timeout, read).await.map_err(|_| GatewayError::Timeout(timeout))?
 }
 
 /// An OpenAI error body, as the API's own errors are shaped.

@@ -4,13 +4,13 @@
 use std::pin::Pin;
 
 use bytes::Bytes;
-use futures::{AsyncReadExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use libp2p::PeerId;
 
 use super::serve::Server;
 use super::{
-    ForwardHead, ForwardRequest, GatewayError, MAX_HEAD_BYTES, MAX_REQUEST_BYTES, PROTOCOL, read_frame,
-    write_frame,
+    BodyFrame, ForwardHead, ForwardRequest, GatewayError, HEAD_TIMEOUT, MAX_BODY_FRAME, MAX_HEAD_BYTES,
+    MAX_REQUEST_BYTES, PROTOCOL, read_frame_within, write_frame,
 };
 use crate::net::{NodeClient, NodeError};
 use crate::replica::ViewKind;
@@ -83,22 +83,24 @@ pub async fn forward(
         GatewayError::Open { peer: candidate.peer.to_string(), reason: error.to_string() }
     })?;
     write_frame(&mut stream, &request, MAX_REQUEST_BYTES).await?;
-    let head: ForwardHead = read_frame(&mut stream, MAX_HEAD_BYTES).await?;
+    let head: ForwardHead = read_frame_within(&mut stream, MAX_HEAD_BYTES, HEAD_TIMEOUT).await?;
     Ok(Forwarded { head, body: body_of(stream) })
 }
 
-/// The rest of a stream as a body, ending at the first error or at EOF.
+/// The body frames of a stream: their bytes, then the end. A stream that
+/// stops before its `End`, or an `End` with an error, yields an error, so
+/// the client's response breaks off instead of looking complete.
 fn body_of(stream: libp2p::Stream) -> BodyStream {
     Box::pin(futures::stream::unfold(Some(stream), |state| async move {
         let mut stream = state?;
-        let mut buffer = vec![0u8; 16 * 1024];
-        match stream.read(&mut buffer).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buffer.truncate(n);
-                Some((Ok(Bytes::from(buffer)), Some(stream)))
+        match read_frame_within::<BodyFrame>(&mut stream, MAX_BODY_FRAME + 64, HEAD_TIMEOUT).await {
+            Ok(BodyFrame::Data(bytes)) => Some((Ok(Bytes::from(bytes)), Some(stream))),
+            Ok(BodyFrame::End(Ok(()))) => None,
+            Ok(BodyFrame::End(Err(reason))) => Some((Err(std::io::Error::other(reason)), None)),
+            Err(error) => {
+                let reason = format!("the serving peer's stream ended early: {error}");
+                Some((Err(std::io::Error::other(reason)), None))
             }
-            Err(error) => Some((Err(error), None)),
         }
     }))
 }

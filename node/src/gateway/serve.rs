@@ -11,8 +11,8 @@ use libp2p::PeerId;
 use tokio::task::JoinHandle;
 
 use super::{
-    ForwardHead, ForwardRequest, MAX_HEAD_BYTES, MAX_REQUEST_BYTES, PROTOCOL, error_body, read_frame,
-    write_frame,
+    BodyFrame, Endpoint, ForwardHead, ForwardRequest, MAX_BODY_FRAME, MAX_HEAD_BYTES, MAX_REQUEST_BYTES,
+    PROTOCOL, error_body, read_frame, write_frame,
 };
 use crate::federation::quota::PeerQuotas;
 use crate::net::NodeClient;
@@ -50,7 +50,20 @@ impl Server {
     /// limited). Refuses a model this node does not advertise (its key
     /// pays only for what its owner offers), a body whose `model` differs
     /// from the routed one, and a peer over its quota.
-    pub async fn answer(&self, asker: Option<&PeerId>, request: ForwardRequest) -> Answer {
+    pub async fn answer(&self, asker: Option<&PeerId>, mut request: ForwardRequest) -> Answer {
+        if request.endpoint == Endpoint::Embeddings && request.model.is_empty() {
+            // "Your embedding model": a council voter with none of its own
+            // asking (federation::embed); answered without a provider call
+            // when this node has none.
+            let Some(model) = self.client.embedding_model().map(str::to_string) else {
+                return Answer::refuse(404, "this peer has no embedding model", "no_embedding_model");
+            };
+            let mut body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+            body["model"] = serde_json::Value::String(model.clone());
+            request.body = body.to_string().into_bytes();
+            request.model = model;
+            return self.call(asker, request).await;
+        }
         let offered = match self.node.view(Some(ViewKind::Registry)).await {
             Ok(report) => report.me.models,
             Err(error) => return Answer::refuse(503, &error.to_string(), "node_stopped"),
@@ -69,6 +82,11 @@ impl Server {
                 "model_mismatch",
             );
         }
+        self.call(asker, request).await
+    }
+
+    /// Admits the asker (a remote peer) against its quota, then forwards.
+    async fn call(&self, asker: Option<&PeerId>, request: ForwardRequest) -> Answer {
         if let Some(peer) = asker
             && let Err(refusal) = self.quotas.admit(&peer.to_string(), Instant::now())
         {
@@ -131,18 +149,28 @@ async fn serve_one(
     let answer = server.answer(Some(&peer), request).await;
     write_frame(&mut stream, &answer.head, MAX_HEAD_BYTES).await?;
     let Some(response) = answer.response else {
-        stream.write_all(&answer.refusal).await?;
+        write_frame(&mut stream, &BodyFrame::Data(answer.refusal), MAX_BODY_FRAME + 64).await?;
+        write_frame(&mut stream, &BodyFrame::End(Ok(())), MAX_HEAD_BYTES).await?;
         stream.close().await?;
         return Ok(());
     };
     let mut usage = UsageScan::default();
     let mut body = response.bytes_stream();
+    let mut ended = Ok(());
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(std::io::Error::other)?;
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                ended = Err(format!("the provider's response broke off: {error}"));
+                break;
+            }
+        };
         usage.feed(&chunk);
-        stream.write_all(&chunk).await?;
-        stream.flush().await?;
+        for piece in chunk.chunks(MAX_BODY_FRAME) {
+            write_frame(&mut stream, &BodyFrame::Data(piece.to_vec()), MAX_BODY_FRAME + 64).await?;
+        }
     }
+    write_frame(&mut stream, &BodyFrame::End(ended), MAX_HEAD_BYTES).await?;
     stream.close().await?;
     server.quotas.charge(&peer.to_string(), usage.finish(), 0.0, Instant::now());
     Ok(())
