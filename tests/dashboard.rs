@@ -54,11 +54,21 @@ async fn the_page_shows_both_peers_and_a_council_asked_from_it_with_its_ballots_
     }
     let models = browser
         .eval(
-            "return [...document.querySelectorAll('#members tbody tr')].map(r => r.cells[4].innerText)",
+            "return [...document.querySelectorAll('#members tbody tr')].map(r => r.cells[5].innerText)",
             json!([]),
         )
         .await;
     assert_eq!(models, json!(["canned", "canned"]), "each peer's advertised model");
+    // The path to the other peer: the address of the open connection.
+    let paths = browser
+        .eval(
+            "return [...document.querySelectorAll('#members tbody tr')].map(r => r.cells[4].innerText)",
+            json!([]),
+        )
+        .await;
+    let other = paths[1].as_str().unwrap_or_default();
+    assert!(other.starts_with("/ip4/127.0.0.1/") && other.ends_with(')'), "{paths:#}");
+    assert_eq!(paths[0], "this node", "{paths:#}");
 
     // Ask a council from the page's form.
     browser.type_into("#question", QUESTION).await;

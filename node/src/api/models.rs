@@ -157,6 +157,7 @@ mod tests {
             incarnation: 0,
             generation: 0,
             last_change_ms: 0,
+            path: None,
         };
         let mut member = ViewMember::new(info, None);
         member.models = models.iter().map(|m| m.to_string()).collect();

@@ -1,7 +1,7 @@
 //! The node's event loop: one task owns the swarm and the membership machine
 //! and feeds one to the other. Timers are tokio sleeps that post back.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use libp2p::futures::StreamExt;
@@ -72,6 +72,9 @@ pub struct Driver {
     /// Refusals already logged, by reason and peer or IP address: each is
     /// logged once, later ones at debug level.
     pub(super) refusals_logged: HashSet<String>,
+    /// Open connections per peer: the path to it (remote address and who
+    /// dialled), shown with the member.
+    paths: HashMap<PeerId, Vec<(libp2p::swarm::ConnectionId, String)>>,
 }
 
 impl Driver {
@@ -115,6 +118,7 @@ impl Driver {
             swarm_key,
             refused: BTreeMap::new(),
             refusals_logged: HashSet::new(),
+            paths: HashMap::new(),
         }
     }
 
@@ -204,8 +208,19 @@ impl Driver {
         let me = self.membership.me();
         MembersReport {
             me: MemberInfo::from_self(me),
-            members: self.membership.members().iter().map(MemberInfo::from_view).collect(),
+            members: self.membership.members().iter().map(|view| self.member_info(view)).collect(),
         }
+    }
+
+    /// A member as reported, with this node's path to it.
+    pub(super) fn member_info(&self, view: &crate::membership::MemberView) -> MemberInfo {
+        let path = view
+            .id
+            .node
+            .to_peer_id()
+            .ok()
+            .and_then(|peer| self.paths.get(&peer)?.last().map(|(_, path)| path.clone()));
+        MemberInfo { path, ..MemberInfo::from_view(view) }
     }
 
     fn apply_outputs(&mut self) {
@@ -341,9 +356,24 @@ impl Driver {
                     }
                 }
             }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
+                if let Some(paths) = self.paths.get_mut(&peer_id) {
+                    paths.retain(|(id, _)| *id != connection_id);
+                    if paths.is_empty() {
+                        self.paths.remove(&peer_id);
+                    }
+                }
+            }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 self.unresolved.dial_ended(connection_id);
                 let remote = endpoint.get_remote_address();
+                let direction = if endpoint.is_dialer() { "dialled" } else { "accepted" };
+                let address: Multiaddr =
+                    remote.iter().filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))).collect();
+                self.paths
+                    .entry(peer_id)
+                    .or_default()
+                    .push((connection_id, format!("{address} ({direction})")));
                 if endpoint.is_dialer()
                     && self.unresolved.resolve(remote)
                     && let Ok(node) = NodeId::from_peer_id(&peer_id)

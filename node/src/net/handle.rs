@@ -156,6 +156,12 @@ pub struct MemberInfo {
     pub generation: u64,
     /// Unix ms of the last up/down/left this node saw; 0 if none.
     pub last_change_ms: u64,
+    /// How this node reaches the member now: the remote address of an open
+    /// connection and who dialled (`/ip4/198.18.0.3/tcp/4001 (dialled)`);
+    /// absent without a connection (a relayed path would show
+    /// `/p2p-circuit` in the address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 impl MemberInfo {
@@ -167,6 +173,7 @@ impl MemberInfo {
             incarnation: view.incarnation,
             generation: view.id.generation,
             last_change_ms: view.changed_at_ms,
+            path: None,
         }
     }
 
@@ -178,6 +185,7 @@ impl MemberInfo {
             incarnation: 0,
             generation: me.generation,
             last_change_ms: me.generation,
+            path: None,
         }
     }
 }

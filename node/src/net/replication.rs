@@ -276,7 +276,7 @@ impl Driver {
         let me = self.view_member(MemberInfo::from_self(self.membership.me()));
         let members: Vec<ViewMember> = match kind {
             ViewKind::Swim => {
-                self.membership.members().iter().map(|m| self.view_member(MemberInfo::from_view(m))).collect()
+                self.membership.members().iter().map(|m| self.view_member(self.member_info(m))).collect()
             }
             ViewKind::Registry => self
                 .membership
@@ -284,7 +284,7 @@ impl Driver {
                 .iter()
                 .filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
                 .filter(|m| self.replica.registry().get(&m.id.node).is_some())
-                .map(|m| self.view_member(MemberInfo::from_view(m)))
+                .map(|m| self.view_member(self.member_info(m)))
                 .collect(),
             ViewKind::Majority => return self.start_majority_view(reply),
         };

@@ -116,5 +116,7 @@ pub fn member_from_entry(entry: &serde_json::Map<String, serde_json::Value>) -> 
         incarnation: entry.get("incarnation").and_then(|v| v.as_u64()).unwrap_or(0) as u16,
         generation: entry.get("generation").and_then(|v| v.as_u64()).unwrap_or(0),
         last_change_ms,
+        // A majority entry is about the member, not about our path to it.
+        path: None,
     })
 }

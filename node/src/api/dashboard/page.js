@@ -100,6 +100,7 @@ function renderMembers(swim, registry) {
     el('td', {}, pill(m.state)),
     el('td', {}, m.role || '—'),
     el('td', { class: 'mono' }, (m.addresses || []).map((a) => el('div', {}, a))),
+    el('td', { class: 'mono' }, m.path ? m.path : el('span', { class: 'muted' }, m.peer_id === me ? 'this node' : 'no connection')),
     el('td', {}, (m.models || []).length ? m.models.map((x) => el('span', { class: 'tag' }, x)) : el('span', { class: 'muted' }, 'none')),
     el('td', {}, m.gpu ? m.gpu.name + ' (' + Math.round(m.gpu.memory_mb / 1024) + ' GiB)' : el('span', { class: 'muted' }, 'none')),
     el('td', {}, m.load === undefined || m.load === null ? '—' : String(m.load)),
