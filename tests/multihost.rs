@@ -10,6 +10,8 @@
 //! swarm lives through too. Figures (convergence and detection times) are
 //! printed, never asserted.
 
+#[path = "support/equivocation.rs"]
+mod equivocation;
 #[path = "support/netns.rs"]
 mod netns;
 
@@ -240,7 +242,8 @@ fn eight_hosts_at_ten_percent_loss_survive_kills_a_partition_and_a_clock_behind_
     // for one job) reported on host 2 reaches every node, which verifies
     // it, counts it and excludes host 4.
     let file = bed.hosts[2].data_dir().join("equivocation.json");
-    std::fs::write(&file, equivocation_file(&bed, 4)).expect("write the ballot file");
+    std::fs::write(&file, equivocation::ballot_file(bed.hosts[4].data_dir(), 0x42))
+        .expect("write the ballot file");
     let reported_at = Instant::now();
     let out = bed.hosts[2].cli(&["byzantine", "report", &file.to_string_lossy()]);
     assert!(out.status.success(), "byzantine report: {out:?}");
@@ -266,27 +269,4 @@ fn eight_hosts_at_ten_percent_loss_survive_kills_a_partition_and_a_clock_behind_
         let metrics = bed.hosts[i].metrics().unwrap_or_default();
         assert!(metrics.contains("hivemesh_byzantine_detections_total 1"), "host {i}: {metrics}");
     }
-}
-
-/// A ballot file holding two different ballots for one job, both signed
-/// with host `i`'s own key (read from its data directory).
-fn equivocation_file(bed: &Bed, i: usize) -> String {
-    use hivemesh::protocol::{Ballot, BallotChoice, JobId, TallyRule, encode_message, seal};
-    let key = hivemesh::node::load_or_create(bed.hosts[i].data_dir()).expect("host key").identity;
-    let ballots: Vec<String> = [0, 1]
-        .map(|choice| {
-            let ballot = Ballot {
-                job: JobId([0x42; 16]),
-                voter: key.node_id(),
-                rule: TallyRule::Plurality,
-                choice: BallotChoice::Single(choice),
-                weight: 1,
-            };
-            hex::encode(
-                encode_message(&seal(&key, 1 + u64::from(choice), 1, &ballot).expect("seal"))
-                    .expect("encode"),
-            )
-        })
-        .into();
-    serde_json::json!({ "ballots": ballots }).to_string()
 }

@@ -6,6 +6,8 @@
 //! Needs root; otherwise each test prints one line and returns (or fails
 //! when HIVEMESH_REQUIRE_NETNS_TESTS=1, as in CI).
 
+#[path = "support/equivocation.rs"]
+mod equivocation;
 #[path = "support/netns.rs"]
 mod netns;
 
@@ -231,4 +233,91 @@ fn peers_off_the_allowlist_are_refused_until_a_reload_admits_them() {
         "figure: a peer removed by SIGHUP is suspect or down on both sides {:.1} s later",
         took.as_secs_f64()
     );
+}
+
+/// `hivemesh ask --mode council --peers N --json Q` on host `i`: the job.
+fn ask(bed: &Bed, i: usize, peers: usize) -> serde_json::Value {
+    let peers = peers.to_string();
+    let out = bed.hosts[i].cli(&[
+        "ask",
+        "--mode",
+        "council",
+        "--peers",
+        &peers,
+        "--json",
+        "What is the capital of France?",
+    ]);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("ask on host {i}: {e}: {out:?}\n{}", bed.logs()))
+}
+
+#[test]
+fn jobs_between_separate_hosts_honour_quotas_equivocation_proofs_and_swarm_keys() {
+    if netns::skip("private_swarm (jobs)") {
+        return;
+    }
+    // Hosts 0-3 share a swarm key and take part in jobs, each with a
+    // provider of its own; host 3 lets no remote peer spend its credits.
+    // Host 4 has no key and takes jobs too.
+    let mut bed = Bed::new(5);
+    let key = swarm_key(&bed, "swarm.key");
+    let key = key.to_string_lossy().into_owned();
+    for i in 0..5 {
+        bed.hosts[i].take_jobs();
+    }
+    for i in 0..3 {
+        bed.hosts[i].set_run_args(&["--swarm-key", &key], true);
+    }
+    bed.hosts[3].set_run_args(&["--swarm-key", &key, "--peer-quota", "calls=0"], true);
+    bed.hosts[4].set_run_args(&[], true);
+    for i in 0..4 {
+        bed.start(i);
+    }
+    converge(&bed, &[0, 1, 2, 3], &[0, 1, 2, 3], "four keyed hosts");
+    bed.start(4);
+
+    // A council asked on host 0 over all four: host 3 refuses (quota), the
+    // job completes without it.
+    let job = ask(&bed, 0, 4);
+    assert_eq!(job["outcome"]["status"], "done", "{job:#}");
+    let refused = &bed.hosts[3].peer_id;
+    let missing = job["outcome"]["missing"].to_string();
+    assert!(
+        missing.contains(refused.as_str()) && missing.contains("quota"),
+        "host 3 left out for its quota: {job:#}"
+    );
+
+    // An equivocation proof about host 2, handed to host 0, reaches every
+    // keyed host; the next job, asked on host 1, leaves host 2 out.
+    let file = bed.hosts[0].data_dir().join("equivocation.json");
+    std::fs::write(&file, equivocation::ballot_file(bed.hosts[2].data_dir(), 0x24))
+        .expect("write the ballot file");
+    let out = bed.hosts[0].cli(&["byzantine", "report", &file.to_string_lossy()]);
+    assert!(out.status.success(), "byzantine report: {out:?}");
+    let offender = bed.hosts[2].peer_id.clone();
+    let started = Instant::now();
+    while ![0, 1, 2, 3].iter().all(|&i| {
+        let out = bed.hosts[i].cli(&["byzantine", "list", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        report["excluded"] == serde_json::json!([offender])
+    }) {
+        assert!(started.elapsed() < LIMIT, "the proof did not reach every keyed host:\n{}", bed.logs());
+        std::thread::sleep(netns::POLL);
+    }
+    let job = ask(&bed, 1, 4);
+    let participants = job["spec"]["participants"].to_string();
+    assert!(!participants.contains(offender.as_str()), "host 2 placed after its proof: {job:#}");
+    assert!(participants.contains(bed.hosts[0].peer_id.as_str()), "{job:#}");
+
+    // Host 4, without the key, asks a council of four: only it takes part,
+    // and no keyed host ever holds its job or its ballot.
+    let job = ask(&bed, 4, 4);
+    let outsider = job["spec"]["participants"].as_array().map(Vec::len);
+    assert_eq!(outsider, Some(1), "the keyed hosts were not placed: {job:#}");
+    let id = job["id"].as_str().expect("job id").to_string();
+    for i in 0..4 {
+        let out = bed.hosts[i].cli(&["jobs", "--json", "--limit", "100"]);
+        assert!(out.status.success(), "jobs on host {i}: {out:?}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(&id), "host {i} holds the outsider's job");
+    }
 }

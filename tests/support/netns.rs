@@ -40,6 +40,9 @@ pub const POLL: Duration = Duration::from_millis(400);
 /// The listen port of every node (each host has its own address).
 pub const PORT: u16 = 4001;
 
+/// Where a host's provider listens, on the host's loopback (Host::take_jobs).
+pub const PROVIDER_PORT: u16 = 11434;
+
 #[path = "netns/host.rs"]
 mod host;
 #[path = "netns/shell.rs"]
@@ -126,6 +129,8 @@ impl Bed {
             env: Vec::new(),
             run_args: Vec::new(),
             tcp_only: false,
+            jobs: false,
+            provider: None,
         });
     }
 
@@ -197,9 +202,17 @@ impl Bed {
             listen.extend(["--listen", &quic]);
         }
         listen.extend(["--listen", &tcp]);
+        let provider_url = format!("http://127.0.0.1:{PROVIDER_PORT}/v1");
+        let jobs: Vec<&str> = if host.jobs {
+            start_provider(host);
+            vec!["--provider", &provider_url, "--provider-model", "fake"]
+        } else {
+            vec!["--no-jobs"]
+        };
         let mut command = Command::new("ip");
         command
-            .args(["netns", "exec", &host.ns, env!("CARGO_BIN_EXE_hivemesh"), "run", "--no-jobs"])
+            .args(["netns", "exec", &host.ns, env!("CARGO_BIN_EXE_hivemesh"), "run"])
+            .args(jobs)
             .args(listen)
             .args(["--api", "127.0.0.1:0"])
             .args(["--expected-size", &expected])
@@ -319,6 +332,34 @@ impl Bed {
 }
 
 /// The last 20 lines of a log file.
+/// Starts the host's provider once (tests/python/fake_provider.py on its
+/// loopback) and waits until it accepts connections.
+fn start_provider(host: &mut Host) {
+    if host.provider.is_some() {
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/fake_provider.py");
+    let child = Command::new("ip")
+        .args(["netns", "exec", &host.ns, "python3"])
+        .arg(&script)
+        .args(["127.0.0.1", &PROVIDER_PORT.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the host's provider (python3)");
+    host.provider = Some(child);
+    let probe = format!("import socket; socket.create_connection(('127.0.0.1', {PROVIDER_PORT}), 1)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let up = Command::new("ip").args(["netns", "exec", &host.ns, "python3", "-c", &probe]).output();
+        if up.is_ok_and(|out| out.status.success()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the provider in {} never listened", host.ns);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn tail(path: &Path) -> String {
     let all = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = all.lines().collect();

@@ -22,6 +22,10 @@ pub struct Host {
     pub(super) run_args: Vec<String>,
     /// Listen on TCP only and join over TCP (a node with a swarm key).
     pub(super) tcp_only: bool,
+    /// Take part in jobs, with a provider of its own in the namespace
+    /// (tests/python/fake_provider.py), instead of `--no-jobs`.
+    pub(super) jobs: bool,
+    pub(super) provider: Option<Child>,
 }
 
 impl Host {
@@ -50,6 +54,12 @@ impl Host {
     pub fn set_run_args(&mut self, args: &[&str], tcp_only: bool) {
         self.run_args = args.iter().map(|a| a.to_string()).collect();
         self.tcp_only = tcp_only;
+    }
+
+    /// Makes the next start take part in jobs, answered by a provider of
+    /// the host's own on its loopback (started once, kept across restarts).
+    pub fn take_jobs(&mut self) {
+        self.jobs = true;
     }
 
     /// Sends SIGHUP to the running node (`ip netns exec` execs the node, so
@@ -135,5 +145,9 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         self.kill();
+        if let Some(mut provider) = self.provider.take() {
+            let _ = provider.kill();
+            let _ = provider.wait();
+        }
     }
 }
