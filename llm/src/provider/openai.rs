@@ -127,20 +127,26 @@ impl OpenAiProvider {
     }
 
     /// Sends with the key attached, waiting at most `response_timeout` for
-    /// the headers; a non-success status becomes `LlmError::Status` with the
-    /// server's message and `Retry-After`.
-    async fn send(&self, mut builder: reqwest::RequestBuilder) -> Result<reqwest::Response, LlmError> {
+    /// the headers; the response whatever its status.
+    async fn send_raw(&self, mut builder: reqwest::RequestBuilder) -> Result<reqwest::Response, LlmError> {
         if let Some(key) = &self.config.api_key {
             builder = builder.bearer_auth(key);
         }
         let name = &self.config.name;
-        let response = tokio::time::timeout(self.config.response_timeout, builder.send())
+        tokio::time::timeout(self.config.response_timeout, builder.send())
             .await
             .map_err(|_| LlmError::Timeout {
                 provider: name.clone(),
                 message: format!("no response headers within {:?}", self.config.response_timeout),
             })?
-            .map_err(|err| transport_error(name, &err))?;
+            .map_err(|err| transport_error(name, &err))
+    }
+
+    /// [`Self::send_raw`]; a non-success status becomes `LlmError::Status`
+    /// with the server's message and `Retry-After`.
+    async fn send(&self, builder: reqwest::RequestBuilder) -> Result<reqwest::Response, LlmError> {
+        let name = &self.config.name;
+        let response = self.send_raw(builder).await?;
         let status = response.status();
         if !status.is_success() {
             let retry_after = response.headers().get(RETRY_AFTER).and_then(parse_retry_after);
@@ -209,19 +215,8 @@ impl Provider for OpenAiProvider {
     ) -> BoxFuture<'_, Result<Option<reqwest::Response>, LlmError>> {
         let url = format!("{}/{}", self.config.base_url.trim_end_matches('/'), path.trim_start_matches('/'));
         Box::pin(async move {
-            let mut builder = self.http.post(&url).header("Content-Type", "application/json").body(body);
-            if let Some(key) = &self.config.api_key {
-                builder = builder.bearer_auth(key);
-            }
-            let name = &self.config.name;
-            let response = tokio::time::timeout(self.config.response_timeout, builder.send())
-                .await
-                .map_err(|_| LlmError::Timeout {
-                    provider: name.clone(),
-                    message: format!("no response headers within {:?}", self.config.response_timeout),
-                })?
-                .map_err(|err| transport_error(name, &err))?;
-            Ok(Some(response))
+            let builder = self.http.post(&url).header("Content-Type", "application/json").body(body);
+            Ok(Some(self.send_raw(builder).await?))
         })
     }
 

@@ -79,8 +79,9 @@ pub struct ForwardHead {
 pub enum BodyFrame {
     /// Bytes of the body, exactly as the provider sent them.
     Data(Vec<u8>),
-    /// The end: `Ok` when the provider's body ended normally, else why not.
-    End(Result<(), String>),
+    /// The end: `None` when the provider's body ended normally, else why it
+    /// broke off.
+    End(Option<String>),
 }
 
 /// Largest body frame (a provider's chunk is split to fit).

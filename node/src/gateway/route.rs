@@ -95,8 +95,8 @@ fn body_of(stream: libp2p::Stream) -> BodyStream {
         let mut stream = state?;
         match read_frame_within::<BodyFrame>(&mut stream, MAX_BODY_FRAME + 64, HEAD_TIMEOUT).await {
             Ok(BodyFrame::Data(bytes)) => Some((Ok(Bytes::from(bytes)), Some(stream))),
-            Ok(BodyFrame::End(Ok(()))) => None,
-            Ok(BodyFrame::End(Err(reason))) => Some((Err(std::io::Error::other(reason)), None)),
+            Ok(BodyFrame::End(None)) => None,
+            Ok(BodyFrame::End(Some(reason))) => Some((Err(std::io::Error::other(reason)), None)),
             Err(error) => {
                 let reason = format!("the serving peer's stream ended early: {error}");
                 Some((Err(std::io::Error::other(reason)), None))

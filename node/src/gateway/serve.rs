@@ -150,18 +150,18 @@ async fn serve_one(
     write_frame(&mut stream, &answer.head, MAX_HEAD_BYTES).await?;
     let Some(response) = answer.response else {
         write_frame(&mut stream, &BodyFrame::Data(answer.refusal), MAX_BODY_FRAME + 64).await?;
-        write_frame(&mut stream, &BodyFrame::End(Ok(())), MAX_HEAD_BYTES).await?;
+        write_frame(&mut stream, &BodyFrame::End(None), MAX_HEAD_BYTES).await?;
         stream.close().await?;
         return Ok(());
     };
     let mut usage = UsageScan::default();
     let mut body = response.bytes_stream();
-    let mut ended = Ok(());
+    let mut broke_off = None;
     while let Some(chunk) = body.next().await {
         let chunk = match chunk {
             Ok(chunk) => chunk,
             Err(error) => {
-                ended = Err(format!("the provider's response broke off: {error}"));
+                broke_off = Some(format!("the provider's response broke off: {error}"));
                 break;
             }
         };
@@ -170,7 +170,7 @@ async fn serve_one(
             write_frame(&mut stream, &BodyFrame::Data(piece.to_vec()), MAX_BODY_FRAME + 64).await?;
         }
     }
-    write_frame(&mut stream, &BodyFrame::End(ended), MAX_HEAD_BYTES).await?;
+    write_frame(&mut stream, &BodyFrame::End(broke_off), MAX_HEAD_BYTES).await?;
     stream.close().await?;
     server.quotas.charge(&peer.to_string(), usage.finish(), 0.0, Instant::now());
     Ok(())

@@ -171,7 +171,7 @@ impl Driver {
                         }
                         Ok(StateRequest::ForceLeave(claim)) => match self.on_force_leave(peer, claim) {
                             Ok(()) => StateResponse::Ack { accepted: 1, rejected: Vec::new() },
-                            Err(reason) => StateResponse::Refused(reason),
+                            Err(refused) => StateResponse::Refused(refused.to_string()),
                         },
                         Ok(request) => match self.replica.answer(request) {
                             Some(response) => response,

@@ -47,11 +47,23 @@ pub enum ForceLeaveError {
     Sign(#[from] MessageError),
 }
 
-/// Why a received force-leave claim was not applied; the label is counted.
-fn claim_refusal(error: &MessageError) -> &'static str {
-    match error {
-        MessageError::Envelope(_) => "force_leave.bad_signature",
-        _ => "force_leave.malformed",
+/// Why a received force-leave claim was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimRefused {
+    #[error("not a valid force-leave claim: {0}")]
+    Invalid(#[from] MessageError),
+    #[error("issuer {0} is not on this node's allowlist")]
+    IssuerNotAllowed(NodeId),
+}
+
+impl ClaimRefused {
+    /// The label counted in `hivemesh_rejected_total{layer="trust"}`.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Invalid(MessageError::Envelope(_)) => "force_leave.bad_signature",
+            Self::Invalid(_) => "force_leave.malformed",
+            Self::IssuerNotAllowed(_) => "force_leave.issuer_not_allowed",
+        }
     }
 }
 
@@ -188,21 +200,26 @@ impl Driver {
         &mut self,
         from: PeerId,
         envelope: hivemesh_protocol::Envelope,
-    ) -> Result<(), String> {
-        let claim = envelope
+    ) -> Result<(), ClaimRefused> {
+        let checked = envelope
             .verify_stateless(Domain::FORCE_LEAVE)
             .map_err(MessageError::from)
             .and_then(|()| open::<ForceLeave>(&envelope))
-            .map_err(|error| self.refuse_claim(claim_refusal(&error), error.to_string()))?;
-        if let Some(list) = self.swarm.behaviour().allow.as_ref() {
-            let issuer = claim.issuer.to_peer_id().ok();
-            if !issuer.is_some_and(|p| list.allowed_peers().contains(&p)) {
-                return Err(self.refuse_claim(
-                    "force_leave.issuer_not_allowed",
-                    format!("issuer {} is not on this node's allowlist", claim.issuer),
-                ));
+            .map_err(ClaimRefused::from)
+            .and_then(|claim| match self.swarm.behaviour().allow.as_ref() {
+                Some(list) if !claim.issuer.to_peer_id().is_ok_and(|p| list.allowed_peers().contains(&p)) => {
+                    Err(ClaimRefused::IssuerNotAllowed(claim.issuer))
+                }
+                _ => Ok(claim),
+            });
+        let claim = match checked {
+            Ok(claim) => claim,
+            Err(refused) => {
+                tracing::debug!(%refused, "refused a force-leave claim");
+                *self.replica.stats_mut().trust_rejected.entry(refused.label().to_string()).or_default() += 1;
+                return Err(refused);
             }
-        }
+        };
         if claim.peer == self.replica.me() {
             tracing::warn!(issuer = %claim.issuer, "a force-leave names this node; SWIM rejoins it under a new generation");
             return Ok(());
@@ -212,12 +229,6 @@ impl Driver {
             self.send_to_live(&StateRequest::ForceLeave(envelope), Some(from));
         }
         Ok(())
-    }
-
-    fn refuse_claim(&mut self, label: &str, reason: String) -> String {
-        tracing::debug!(%reason, "refused a force-leave claim");
-        *self.replica.stats_mut().trust_rejected.entry(label.to_string()).or_default() += 1;
-        reason
     }
 }
 
