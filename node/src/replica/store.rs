@@ -44,7 +44,19 @@ pub struct Skipped {
 }
 
 impl Store {
+    /// Opens (or creates) the database in `data_dir`. A lock still held
+    /// for a moment after the last handle of this directory was dropped in
+    /// this process (sled's flusher thread ends asynchronously) is waited
+    /// out, up to [`IN_USE_WAIT`]; `InUse` after that means another process
+    /// holds it.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        use backon::{BlockingRetryable, ConstantBuilder};
+        let attempts = (IN_USE_WAIT.as_millis() / IN_USE_RETRY.as_millis()) as usize;
+        let backoff = ConstantBuilder::default().with_delay(IN_USE_RETRY).with_max_times(attempts);
+        (|| Self::open_once(data_dir)).retry(backoff).when(|e| matches!(e, StoreError::InUse { .. })).call()
+    }
+
+    fn open_once(data_dir: &Path) -> Result<Self, StoreError> {
         let path = data_dir.join("state.sled");
         let db =
             sled::Config::new().path(&path).cache_capacity(8 * 1024 * 1024).open().map_err(|source| {
@@ -248,6 +260,11 @@ impl Store {
         Ok(())
     }
 }
+
+/// How long [`Store::open`] waits out a lock that is being released.
+const IN_USE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often it tries meanwhile.
+const IN_USE_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The meta key of the highest generation used (8 bytes, big-endian).
 const GENERATION_KEY: &str = "generation";
