@@ -537,8 +537,13 @@ pub struct AdvertiseArgs {
     pub gpu: Option<String>,
 }
 
-pub(crate) fn parse_multiaddr(text: &str) -> Result<Multiaddr, String> {
-    text.parse().map_err(|e| format!("not a multiaddr ({e}); expected e.g. /ip4/127.0.0.1/udp/4001/quic-v1"))
+/// A `--listen`/`--bootstrap` value (or config key) that is not a multiaddr.
+#[derive(Debug, thiserror::Error)]
+#[error("not a multiaddr ({0}); expected e.g. /ip4/127.0.0.1/udp/4001/quic-v1")]
+pub(crate) struct NotAMultiaddr(<Multiaddr as std::str::FromStr>::Err);
+
+pub(crate) fn parse_multiaddr(text: &str) -> Result<Multiaddr, NotAMultiaddr> {
+    text.parse().map_err(NotAMultiaddr)
 }
 
 fn parse_range(text: &str) -> Result<std::ops::Range<u64>, String> {

@@ -12,8 +12,6 @@ mod python_openai;
 #[path = "../llm/tests/common/mod.rs"]
 mod sse_server;
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -265,20 +263,7 @@ async fn the_official_openai_client_uses_every_peers_model_through_one_node() {
     let package = tokio::task::spawn_blocking(python_openai::openai_package).await.expect("install");
     let swarm = Swarm::start(false).await;
     let base_url = format!("{}/v1", swarm.api(0));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/gateway_client.py");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .arg(base_url)
-            .env("PYTHONPATH", package)
-            .output()
-            .expect("python3")
-    })
-    .await
-    .expect("join");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the client script failed: {stderr}");
-    let seen: Value = serde_json::from_slice(&output.stdout).expect("the script prints JSON");
+    let seen = python_openai::run_script("gateway_client.py", base_url, package).await;
     assert_eq!(seen["plain"], "From qwen-b on node 1.", "{seen:#}");
     assert_eq!(seen["streamed"], "From mistral-c on node 2.", "{seen:#}");
     assert_eq!(seen["embeddings"], 2, "{seen:#}");

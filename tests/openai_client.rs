@@ -9,13 +9,10 @@ mod python_openai;
 #[path = "../llm/tests/common/mod.rs"]
 mod sse_server;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use mesh::Mesh;
 use python_openai::openai_package;
-use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_openai_client_uses_the_mesh_as_one_model() {
@@ -27,20 +24,7 @@ async fn the_official_openai_client_uses_the_mesh_as_one_model() {
     )
     .await;
     let base_url = format!("{}/v1", mesh.api(0));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_client.py");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .arg(base_url)
-            .env("PYTHONPATH", package)
-            .output()
-            .expect("python3")
-    })
-    .await
-    .expect("join");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the client script failed: {stderr}");
-    let seen: Value = serde_json::from_slice(&output.stdout).expect("the script prints JSON");
+    let seen = python_openai::run_script("openai_client.py", base_url, package).await;
 
     let models = seen["models"].as_array().expect("models");
     for id in ["council", "hivemesh", "pipeline"] {
@@ -102,20 +86,7 @@ async fn the_official_openai_client_raises_on_failed_jobs_reads_usage_and_sends_
     let servers = vec![fail_on_request().await, fail_on_request().await, fail_on_request().await];
     let mesh = Mesh::with_servers(servers, 1).await;
     let base_url = format!("{}/v1", mesh.api(0));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_fields.py");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .arg(base_url)
-            .env("PYTHONPATH", package)
-            .output()
-            .expect("python3")
-    })
-    .await
-    .expect("join");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the client script failed: {stderr}");
-    let seen: Value = serde_json::from_slice(&output.stdout).expect("the script prints JSON");
+    let seen = python_openai::run_script("openai_fields.py", base_url, package).await;
 
     let failed = &seen["failed_stream"];
     assert_eq!(failed["raised"], "APIError", "a failed job raises in the SDK: {seen:#}");

@@ -38,3 +38,22 @@ pub fn openai_package() -> PathBuf {
     assert!(importable(&dir), "{OPENAI_PACKAGE} installed but does not import");
     dir
 }
+
+/// Runs `tests/python/SCRIPT BASE_URL` with the pinned package, off the
+/// async runtime; asserts it succeeded and returns the JSON it printed.
+pub async fn run_script(script: &str, base_url: String, package: PathBuf) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(script)
+            .arg(base_url)
+            .env("PYTHONPATH", package)
+            .output()
+            .expect("python3")
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the client script failed: {stderr}");
+    serde_json::from_slice(&output.stdout).expect("the script prints JSON")
+}

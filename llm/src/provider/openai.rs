@@ -15,6 +15,8 @@ use super::{ChunkStream, Provider};
 use crate::{ChatMessage, ChatRequest, Chunk, LlmError};
 
 mod embeddings;
+
+pub use embeddings::embeddings_response;
 mod wire;
 
 /// OpenRouter's OpenAI-compatible endpoint.

@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use hivemesh_llm::provider::openai::embeddings_response;
 use hivemesh_protocol::NodeId;
 use libp2p::PeerId;
 
@@ -78,46 +79,11 @@ impl PeerEmbeddings {
                     break;
                 }
             }
-            if let Some(embeddings) = parse(&bytes, texts.len()) {
-                return Some(embeddings);
+            match embeddings_response(&candidate.peer.to_string(), &bytes, texts.len()) {
+                Ok(embeddings) => return Some(embeddings),
+                Err(error) => tracing::debug!(%error, "a peer's embeddings did not parse"),
             }
         }
         None
-    }
-}
-
-/// OpenAI's embeddings list, in input order; `None` unless it holds exactly
-/// `count` vectors of one length.
-fn parse(bytes: &[u8], count: usize) -> Option<Vec<Vec<f32>>> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    let mut rows: Vec<(u64, Vec<f32>)> = value["data"]
-        .as_array()?
-        .iter()
-        .map(|row| {
-            let index = row["index"].as_u64()?;
-            let vector: Option<Vec<f32>> =
-                row["embedding"].as_array()?.iter().map(|x| x.as_f64().map(|x| x as f32)).collect();
-            Some((index, vector?))
-        })
-        .collect::<Option<_>>()?;
-    rows.sort_by_key(|(index, _)| *index);
-    let in_order = rows.iter().enumerate().all(|(i, (index, _))| *index == i as u64);
-    let width = rows.first().map(|(_, v)| v.len())?;
-    (rows.len() == count && in_order && width > 0 && rows.iter().all(|(_, v)| v.len() == width))
-        .then(|| rows.into_iter().map(|(_, v)| v).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse;
-
-    #[test]
-    fn an_embeddings_list_is_read_in_input_order_or_not_at_all() {
-        let body = br#"{"data":[{"index":1,"embedding":[0.0,1.0]},{"index":0,"embedding":[1.0,0.0]}]}"#;
-        assert_eq!(parse(body, 2), Some(vec![vec![1.0, 0.0], vec![0.0, 1.0]]));
-        assert_eq!(parse(body, 3), None, "one vector per text");
-        assert_eq!(parse(br#"{"data":[{"index":0,"embedding":[1.0]},{"index":1,"embedding":[]}]}"#, 2), None);
-        assert_eq!(parse(br#"{"error":{"message":"not an embedding model"}}"#, 2), None);
-        assert_eq!(parse(b"not json", 1), None);
     }
 }

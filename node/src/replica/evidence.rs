@@ -103,10 +103,15 @@ impl Evidence {
         }
         let mut records = BTreeMap::new();
         for (voter, bytes) in stored {
-            let record: Result<Record, String> =
-                hivemesh_protocol::decode_message(&bytes).map_err(|e| e.to_string());
-            match record.and_then(|r| r.proof.verify().map(|eq| (eq, r)).map_err(|e| e.to_string())) {
-                Ok((eq, record)) if eq.voter == voter && eq.job == record.job => {
+            let record: Record = match hivemesh_protocol::decode_message(&bytes) {
+                Ok(record) => record,
+                Err(error) => {
+                    tracing::warn!(%voter, %error, "dropped an unreadable stored proof");
+                    continue;
+                }
+            };
+            match record.proof.verify() {
+                Ok(eq) if eq.voter == voter && eq.job == record.job => {
                     records.insert(voter, record);
                 }
                 Ok(_) => tracing::warn!(%voter, "dropped a stored proof filed under the wrong voter"),

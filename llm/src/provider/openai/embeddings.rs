@@ -17,6 +17,17 @@ struct EmbeddingRequest<'a> {
     input: &'a [String],
 }
 
+/// One vector per text (`inputs` of them), in input order, from the body
+/// of an OpenAI-compatible embeddings response (OpenAI's `{"data": [...]}`
+/// or llama.cpp's bare list; per-token vectors mean-pooled). A body of any
+/// other shape is `LlmError::Malformed` naming `provider` and the shape.
+pub fn embeddings_response(provider: &str, body: &[u8], inputs: usize) -> Result<Vec<Vec<f32>>, LlmError> {
+    parse_embeddings(body, inputs).map_err(|message| LlmError::Malformed {
+        provider: provider.to_string(),
+        message: format!("embeddings: {message}"),
+    })
+}
+
 /// One vector per text, in input order, from the JSON of an embeddings
 /// response. Errors say what shape arrived.
 pub(super) fn parse_embeddings(body: &[u8], inputs: usize) -> Result<Vec<Vec<f32>>, String> {
@@ -94,10 +105,7 @@ impl OpenAiProvider {
             self.send(self.http.post(&url).json(&EmbeddingRequest { model, input: texts })).await?;
         let name = &self.config.name;
         let body = response.bytes().await.map_err(|err| super::transport_error(name, &err))?;
-        parse_embeddings(&body, texts.len()).map_err(|message| LlmError::Malformed {
-            provider: name.clone(),
-            message: format!("embeddings: {message}"),
-        })
+        embeddings_response(name, &body, texts.len())
     }
 }
 
