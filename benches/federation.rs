@@ -4,7 +4,8 @@
 //! how long a cancel takes to stop every participant's model call.
 //!
 //! After the criterion runs it prints p50/p99 of each and the overhead
-//! (job time minus the model calls on its critical path).
+//! (job time minus the model calls on its critical path), one figure per
+//! line as `name: value unit` (a stable format: scripts read it).
 //! Run: cargo bench --bench federation
 
 #[path = "../tests/support/mesh.rs"]
@@ -70,13 +71,36 @@ async fn run_job(asker: &NodeHandle, mode: Mode) -> Duration {
     let federation = asker.federation().expect("federation");
     let started = Instant::now();
     let job = federation.submit(submission(mode, "What is the capital of France?")).await.expect("submit");
+    let mut view = client.job(job).await.expect("job");
+    let trace = std::env::var_os("FEDERATION_TRACE").is_some();
     loop {
-        let view = client.job(job).await.expect("job");
         if let Some(outcome) = Facts::read(job, &view.contributions).outcome {
             assert_eq!(outcome.status, "done", "{outcome:?}");
             return started.elapsed();
         }
-        let _ = changes.recv().await;
+        match changes.recv().await {
+            Ok(change) if change.job() == job => {
+                if trace {
+                    let kinds: Vec<String> = change
+                        .fresh
+                        .iter()
+                        .map(|c| {
+                            let elapsed = serde_json::from_slice::<serde_json::Value>(&c.body)
+                                .ok()
+                                .and_then(|body| body["elapsed_ms"].as_u64());
+                            match elapsed {
+                                Some(ms) => format!("{} (call {ms} ms)", c.kind),
+                                None => c.kind.clone(),
+                            }
+                        })
+                        .collect();
+                    eprintln!("trace {mode:?} {:7.2} ms {kinds:?}", started.elapsed().as_secs_f64() * 1e3);
+                }
+                view = change.view
+            }
+            Ok(_) => {}
+            Err(_) => view = client.job(job).await.expect("job"),
+        }
     }
 }
 
@@ -172,6 +196,13 @@ fn percentile(samples: &Samples, p: f64) -> Duration {
 }
 
 fn federation(c: &mut Criterion) {
+    if std::env::var_os("FEDERATION_TRACE").is_some() {
+        // Where a job's time goes: the nodes' own debug events, timestamped.
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mesh = runtime.block_on(async {
@@ -218,31 +249,25 @@ fn federation(c: &mut Criterion) {
     };
     println!("\nfederation summary (provider latency {} ms):", LATENCY.as_millis());
     let names =
-        ["direct call", "council job", "pipeline job", "direct first token", "mesh first token", "cancel"];
+        ["direct_call", "council_job", "pipeline_job", "direct_first_token", "mesh_first_token", "cancel"];
     // A benchmark left out by a filter has no samples: print nothing
     // derived from it rather than a meaningless difference.
     let measured = |s: &Samples| !s.lock().expect("samples").is_empty();
     for (name, s) in names.iter().zip(&samples).filter(|(_, s)| measured(s)) {
-        println!(
-            "  {name:<20} p50 {:8.2} ms  p99 {:8.2} ms  ({} samples)",
-            ms(percentile(s, 0.5)),
-            ms(percentile(s, 0.99)),
-            s.lock().expect("samples").len()
-        );
+        println!("{name}_p50: {:.2} ms", ms(percentile(s, 0.5)));
+        println!("{name}_p99: {:.2} ms", ms(percentile(s, 0.99)));
+        println!("{name}_samples: {} count", s.lock().expect("samples").len());
     }
     // Critical paths: council = candidate then curator; pipeline =
     // generator, then refiner and validator side by side, then curator.
     let jobs = [("council", &samples[1], 2), ("pipeline", &samples[2], 3)];
     for (name, job, calls) in jobs.into_iter().filter(|(_, job, _)| measured(job) && measured(&samples[0])) {
-        println!(
-            "  {name} overhead over {calls} direct calls: p50 {:.2} ms, p99 {:.2} ms",
-            overhead(job, calls, 0.5),
-            overhead(job, calls, 0.99)
-        );
+        println!("{name}_overhead_p50: {:.2} ms", overhead(job, calls, 0.5));
+        println!("{name}_overhead_p99: {:.2} ms", overhead(job, calls, 0.99));
     }
     if measured(&samples[3]) && measured(&samples[4]) {
         println!(
-            "  first-token overhead: p50 {:.2} ms",
+            "first_token_overhead_p50: {:.2} ms",
             ms(percentile(&samples[4], 0.5)) - ms(percentile(&samples[3], 0.5))
         );
     }

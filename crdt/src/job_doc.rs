@@ -5,8 +5,13 @@
 //! network are checked op by op before they touch the document: only puts of
 //! validly signed values at the root, under the key their author owns, are
 //! accepted; anything else (a forged value, a delete, a nested object) is
-//! refused and counted. Reads verify again, so a value on disk is never
-//! trusted blindly. See docs/adr/0007-job-documents.md.
+//! refused and counted. Each value's signature is verified once, when it
+//! arrives (from a peer, or from disk on load); the document keeps the value
+//! that counts under each key beside the automerge state, so reads verify
+//! nothing and a change's newly counting contributions can be handed on
+//! (`take_fresh`). See docs/adr/0007-job-documents.md and 0021.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub use automerge::ChangeHash;
 use automerge::legacy::{Key, ObjectId, OpType};
@@ -78,12 +83,31 @@ impl SyncSession {
 pub struct JobDoc {
     job: JobId,
     doc: AutoCommit,
+    /// The value that counts under each key (see [`JobDoc::contributions`]),
+    /// kept current as changes land.
+    current: BTreeMap<String, Verified>,
+    /// Values verified as their change was accepted and not yet read into
+    /// `current`: a signature is checked once, on arrival, never on reads.
+    verified: HashMap<Vec<u8>, Verified>,
+    /// Counting values that changed since the last [`JobDoc::take_fresh`].
+    fresh: Vec<Verified>,
+    /// Bytes accepted into the document (saves, changes, sync messages'
+    /// changes): an upper bound on its saved size, held under
+    /// [`MAX_JOB_DOC_BYTES`] without re-encoding the document per change.
+    size: usize,
 }
 
 impl JobDoc {
     /// An empty document; this node's changes carry its NodeId as actor.
     pub fn new(job: JobId, me: &NodeId) -> Self {
-        Self { job, doc: AutoCommit::new().with_actor(ActorId::from(me.0.as_slice())) }
+        Self {
+            job,
+            doc: AutoCommit::new().with_actor(ActorId::from(me.0.as_slice())),
+            current: BTreeMap::new(),
+            verified: HashMap::new(),
+            fresh: Vec::new(),
+            size: 0,
+        }
     }
 
     /// A document saved by [`JobDoc::save`]. Every change is checked as if it
@@ -113,6 +137,9 @@ impl JobDoc {
         let value = encode_message(&envelope).map_err(MessageError::from)?;
         let key = key_for(kind, &identity.node_id());
         let before = self.doc.get_heads();
+        let verified =
+            Verified { kind: contribution.kind, author: contribution.author, body: contribution.body };
+        self.verified.insert(value.clone(), verified);
         self.doc
             .put(ROOT, key, ScalarValue::Bytes(value))
             .map_err(|error| JobDocError::Malformed { what: "local edit", reason: error.to_string() })?;
@@ -129,6 +156,8 @@ impl JobDoc {
                 reason: "commit produced no change".into(),
             });
         }
+        self.size += change.len();
+        self.refresh(&before);
         Ok(change)
     }
 
@@ -136,9 +165,11 @@ impl JobDoc {
     /// Returns how many changes were new.
     pub fn apply_changes(&mut self, bytes: &[u8]) -> Result<usize, JobDocError> {
         check_size("changes", bytes.len(), MAX_JOB_DOC_BYTES)?;
+        let before = self.doc.get_heads();
         let mut fork = self.checked_fork(std::slice::from_ref(&bytes))?;
-        let new = fork.get_changes(&self.doc.get_heads()).len();
+        let new = fork.get_changes(&before).len();
         self.doc = fork;
+        self.refresh(&before);
         Ok(new)
     }
 
@@ -156,15 +187,22 @@ impl JobDoc {
         if !chunks.is_empty() {
             self.checked_fork(&chunks)?;
         }
+        let before = self.doc.get_heads();
         self.doc
             .sync()
             .receive_sync_message(&mut session.state, message)
-            .map_err(|error| JobDocError::Malformed { what: "sync message", reason: error.to_string() })
+            .map_err(|error| JobDocError::Malformed { what: "sync message", reason: error.to_string() })?;
+        self.refresh(&before);
+        Ok(())
     }
 
     /// A copy of the document with `chunks` applied, refused unless every new
     /// op is a valid signed put and the result stays within the size limit.
+    /// On success the values it verified are remembered (and the size grows):
+    /// the caller applies the same chunks to the document itself.
     fn checked_fork(&mut self, chunks: &[&[u8]]) -> Result<AutoCommit, JobDocError> {
+        let size = self.size + chunks.iter().map(|chunk| chunk.len()).sum::<usize>();
+        check_size("job document", size, MAX_JOB_DOC_BYTES)?;
         let before = self.doc.get_heads();
         let mut fork = self.doc.fork();
         for chunk in chunks {
@@ -172,42 +210,93 @@ impl JobDoc {
             fork.load_incremental(chunk)
                 .map_err(|error| JobDocError::Malformed { what: "change", reason: error.to_string() })?;
         }
+        let mut accepted = Vec::new();
         for change in fork.get_changes(&before) {
-            check_change(self.job, &change)?;
+            check_change(self.job, &change, &mut accepted)?;
         }
-        let size = fork.save_nocompress().len();
-        check_size("job document", size, MAX_JOB_DOC_BYTES)?;
+        self.size = size;
+        self.verified.extend(accepted);
         Ok(fork)
+    }
+
+    /// Re-reads the keys the changes since `before` touched: their counting
+    /// values go into `current`, and those that changed into `fresh`.
+    fn refresh(&mut self, before: &[ChangeHash]) {
+        let touched: BTreeSet<String> = self
+            .doc
+            .get_changes(before)
+            .iter()
+            .flat_map(|change| change.decode().operations)
+            .filter_map(|op| match op.key {
+                Key::Map(key) => Some(key.to_string()),
+                Key::Seq(_) => None,
+            })
+            .collect();
+        for key in touched {
+            match self.valid_at(&key) {
+                Some((verified, _)) if self.current.get(&key) != Some(&verified) => {
+                    self.fresh.push(verified.clone());
+                    self.current.insert(key, verified);
+                }
+                Some(_) => {}
+                None => {
+                    self.current.remove(&key);
+                }
+            }
+        }
+        self.verified.clear();
     }
 
     /// Every valid contribution, in key order. Where concurrent writes left
     /// several values under one key, the greatest valid one counts, the same
-    /// on every replica.
+    /// on every replica. Verifies nothing: values were checked on arrival.
     pub fn contributions(&self) -> Vec<Verified> {
-        self.doc.keys(ROOT).filter_map(|key| self.valid_at(&key)).map(|(verified, _)| verified).collect()
+        self.current.values().cloned().collect()
+    }
+
+    /// Contributions that began to count since the last call (a new key, or
+    /// a greater value under a key), in the order they landed: what a
+    /// change brought, for subscribers that keep their own copy.
+    pub fn take_fresh(&mut self) -> Vec<Verified> {
+        std::mem::take(&mut self.fresh)
     }
 
     /// One author's contribution of one kind.
     pub fn contribution(&self, kind: &str, author: &NodeId) -> Option<Verified> {
-        self.valid_at(&key_for(kind, author)).map(|(verified, _)| verified)
+        self.current.get(&key_for(kind, author)).cloned()
     }
 
     /// Whether any author holds a valid contribution of `kind`.
     pub fn has_kind(&self, kind: &str) -> bool {
         let prefix = format!("{kind}/");
-        self.doc.keys(ROOT).filter(|key| key.starts_with(&prefix)).any(|key| self.valid_at(&key).is_some())
+        self.current.range(prefix.clone()..).next().is_some_and(|(key, _)| key.starts_with(&prefix))
+    }
+
+    /// The stored bytes of the value counting under `key` (one in `current`).
+    /// A lone value was verified when it arrived; only concurrent values
+    /// under one key (an author that wrote twice) are checked again.
+    fn counting_bytes(&self, key: &str) -> Option<Vec<u8>> {
+        let values = self.doc.get_all(ROOT, key).ok()?;
+        if let [(Value::Scalar(scalar), _)] = values.as_slice()
+            && let ScalarValue::Bytes(bytes) = scalar.as_ref()
+        {
+            return Some(bytes.clone());
+        }
+        self.valid_at(key).map(|(_, bytes)| bytes)
     }
 
     /// The value that counts under `key`, checked, with its stored bytes.
+    /// A value accepted before is looked up, not verified again.
     fn valid_at(&self, key: &str) -> Option<(Verified, Vec<u8>)> {
         let values = self.doc.get_all(ROOT, key).ok()?;
         values
             .into_iter()
             .filter_map(|(value, _)| match value {
                 Value::Scalar(scalar) => match scalar.as_ref() {
-                    ScalarValue::Bytes(bytes) => {
-                        verify_value(self.job, key, bytes).ok().map(|v| (v, bytes.clone()))
-                    }
+                    ScalarValue::Bytes(bytes) => match self.verified.get(bytes) {
+                        Some(verified) => Some((verified.clone(), bytes.clone())),
+                        None => verify_value(self.job, key, bytes).ok().map(|v| (v, bytes.clone())),
+                    },
                     _ => None,
                 },
                 Value::Object(_) => None,
@@ -235,9 +324,9 @@ impl JobDoc {
     /// heads. Meant for finished jobs, which are no longer synced.
     pub fn compact(&mut self, identity: &NodeIdentity) -> Result<(), JobDocError> {
         let mut fresh = AutoCommit::new().with_actor(ActorId::from(self.job.0.as_slice()));
-        let keys: Vec<String> = self.doc.keys(ROOT).collect();
+        let keys: Vec<String> = self.current.keys().cloned().collect();
         for key in keys {
-            let Some((_, bytes)) = self.valid_at(&key) else { continue };
+            let Some(bytes) = self.counting_bytes(&key) else { continue };
             fresh
                 .put(ROOT, key, ScalarValue::Bytes(bytes))
                 .map_err(|error| JobDocError::Malformed { what: "compaction", reason: error.to_string() })?;
@@ -245,6 +334,7 @@ impl JobDoc {
         fresh.commit_with(CommitOptions::default().with_time(0));
         self.doc = fresh;
         self.doc.set_actor(ActorId::from(identity.node_id().0.as_slice()));
+        self.size = self.doc.save().len();
         Ok(())
     }
 }
@@ -287,7 +377,12 @@ fn check_size(what: &'static str, size: usize, max: usize) -> Result<(), JobDocE
 }
 
 /// Only signed puts at the root: no objects, deletes, counters or marks.
-fn check_change(job: JobId, change: &Change) -> Result<(), JobDocError> {
+/// Each valid put's bytes and contribution go to `accepted`.
+fn check_change(
+    job: JobId,
+    change: &Change,
+    accepted: &mut Vec<(Vec<u8>, Verified)>,
+) -> Result<(), JobDocError> {
     let forbidden = |what: String| JobDocError::ForbiddenOp { change: change.hash().to_string(), what };
     for op in change.decode().operations {
         if op.obj != ObjectId::Root || op.insert {
@@ -298,7 +393,8 @@ fn check_change(job: JobId, change: &Change) -> Result<(), JobDocError> {
         };
         match &op.action {
             OpType::Put(ScalarValue::Bytes(bytes)) => {
-                verify_value(job, key, bytes)?;
+                let verified = verify_value(job, key, bytes)?;
+                accepted.push((bytes.clone(), verified));
             }
             OpType::Delete => return Err(forbidden(format!("a delete of {key:?}"))),
             other => return Err(forbidden(format!("{other:?} at {key:?}"))),

@@ -27,7 +27,7 @@ fn node_id(node: &NodeHandle) -> NodeId {
     NodeId::from_peer_id(&node.peer_id).expect("ed25519 peer")
 }
 
-async fn view(client: &NodeClient) -> Option<JobView> {
+async fn view(client: &NodeClient) -> Option<std::sync::Arc<JobView>> {
     client.job(JOB).await.ok()
 }
 
@@ -37,7 +37,7 @@ fn kinds(view: &JobView) -> Vec<String> {
 
 /// Waits until both nodes hold the job with the same heads and `count`
 /// contributions; returns their (equal) views.
-async fn converged(a: &NodeClient, b: &NodeClient, count: usize) -> JobView {
+async fn converged(a: &NodeClient, b: &NodeClient, count: usize) -> std::sync::Arc<JobView> {
     let deadline = Instant::now() + LIMIT;
     loop {
         if let (Some(va), Some(vb)) = (view(a).await, view(b).await)
@@ -100,7 +100,7 @@ async fn job_documents_converge_survive_a_crash_and_heal_after_a_partition() {
     {
         let stored = load_or_create(dir_b.path()).expect("b's key");
         let store = Store::open(dir_b.path()).expect("b's store");
-        let mut jobs = Jobs::load(store, b_id, JobsConfig::default());
+        let mut jobs = Jobs::load(store.clone(), b_id, JobsConfig::default());
         assert_eq!(
             jobs.view(JOB).expect("b kept the job").contributions.len(),
             21,
@@ -110,6 +110,7 @@ async fn job_documents_converge_survive_a_crash_and_heal_after_a_partition() {
             jobs.contribute(&stored.identity, JOB, &format!("offline-{i}"), vec![i], 1)
                 .expect("offline write");
         }
+        store.flush().expect("offline writes durable");
     }
 
     // Heal: b restarts on its data dir and rejoins; sync rounds carry both

@@ -27,6 +27,8 @@ fn records_are_folded_and_a_reload_has_every_change() {
         let (_, records) = store.job_bytes(&job).expect("read records");
         assert!(records <= 8, "records are folded every 8, found {records}");
         assert!(jobs.stats().records_folded >= 5, "{:?}", jobs.stats());
+        // Durable at a flush: the node's group commit runs it (ADR 0021).
+        store.flush().expect("flush");
         jobs.view(job).expect("view").heads
     };
     let store = Store::open(dir.path()).expect("reopen");

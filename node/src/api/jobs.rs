@@ -22,7 +22,7 @@ use super::{ApiError, AppState, error};
 use crate::federation::spec::{self, Facts, Mode};
 use crate::federation::{FederationHandle, Limits, Submission, SubmitError};
 use crate::net::{NodeClient, NodeError};
-use crate::replica::{JobError, JobView};
+use crate::replica::{JobChanged, JobError, JobView};
 
 /// Longest deadline a job may ask for: one hour.
 pub const MAX_DEADLINE_MS: u64 = 60 * 60 * 1000;
@@ -446,17 +446,18 @@ impl Drop for CancelOnDrop {
 }
 
 /// Sends the job's events until its outcome (true) or until the client
-/// goes or the node stops (false).
+/// goes or the node stops (false). The job is read once (and again only
+/// after falling behind); then each pushed change carries its new state.
 async fn follow(
     client: NodeClient,
     job: JobId,
-    mut changes: broadcast::Receiver<JobId>,
+    mut changes: broadcast::Receiver<JobChanged>,
     mut frames: broadcast::Receiver<crate::replica::JobFrame>,
     tx: mpsc::Sender<Event>,
 ) -> bool {
     let mut seen: HashSet<(String, NodeId)> = HashSet::new();
+    let Ok(mut view) = client.job(job).await else { return false };
     loop {
-        let Ok(view) = client.job(job).await else { return false };
         let mut fresh: Vec<&Verified> =
             view.contributions.iter().filter(|c| seen.insert((c.kind.clone(), c.author))).collect();
         fresh.sort_by_key(|c| replay_rank(&c.kind));
@@ -473,11 +474,15 @@ async fn follow(
                 return true;
             }
         }
-        loop {
+        view = loop {
             tokio::select! {
                 change = changes.recv() => match change {
-                    Ok(changed) if changed != job => continue,
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Ok(changed) if changed.job() == job => break changed.view,
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => match client.job(job).await {
+                        Ok(view) => break view,
+                        Err(_) => return false,
+                    },
                     Err(_) => return false,
                 },
                 frame = frames.recv() => match frame {
@@ -492,7 +497,7 @@ async fn follow(
                 },
                 () = tx.closed() => return false,
             }
-        }
+        };
     }
 }
 

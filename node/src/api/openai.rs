@@ -30,6 +30,7 @@ use super::{ApiError, AppState};
 use crate::federation::spec::{Facts, Mode, Outcome, Sampling};
 use crate::federation::{FederationHandle, Submission};
 use crate::net::NodeClient;
+use crate::replica::JobChanged;
 
 /// How long a request waits for its job beyond the job's own deadline.
 const DEFAULT_WAIT: Duration = Duration::from_secs(180);
@@ -399,20 +400,20 @@ pub async fn chat_completions(
 async fn wait_outcome(
     client: &NodeClient,
     job: JobId,
-    changes: &mut broadcast::Receiver<JobId>,
+    changes: &mut broadcast::Receiver<JobChanged>,
 ) -> Option<Outcome> {
     let deadline = tokio::time::Instant::now() + DEFAULT_WAIT;
+    let mut view = client.job(job).await.ok();
     loop {
-        if let Ok(view) = client.job(job).await
-            && let Some(outcome) = Facts::read(job, &view.contributions).outcome
-        {
+        if let Some(outcome) = view.and_then(|view| Facts::read(job, &view.contributions).outcome) {
             return Some(outcome);
         }
-        match tokio::time::timeout_at(deadline, changes.recv()).await {
-            Err(_) => return None,
-            Ok(Err(broadcast::error::RecvError::Closed)) => return None,
-            Ok(_) => {}
-        }
+        view = match tokio::time::timeout_at(deadline, changes.recv()).await {
+            Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+            Ok(Ok(changed)) if changed.job() == job => Some(changed.view),
+            Ok(Ok(_)) => None,
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => client.job(job).await.ok(),
+        };
     }
 }
 
@@ -467,7 +468,7 @@ async fn whole(
     client: &NodeClient,
     job: JobId,
     model: &str,
-    mut changes: broadcast::Receiver<JobId>,
+    mut changes: broadcast::Receiver<JobChanged>,
     guard: CancelOnDrop,
 ) -> Response {
     let outcome = wait_outcome(client, job, &mut changes).await;
@@ -514,7 +515,7 @@ fn stream(
     client: NodeClient,
     job: JobId,
     model: String,
-    mut changes: broadcast::Receiver<JobId>,
+    mut changes: broadcast::Receiver<JobChanged>,
     guard: CancelOnDrop,
     include_usage: bool,
 ) -> Response {

@@ -1,11 +1,12 @@
-//! The federation loop of one node: reads a job's document when it changes,
-//! asks `plan` what to do, and runs each action as a task, at most one per
+//! The federation loop of one node: is pushed each durable change to a job
+//! (the job's new state, ADR 0021) and each SWIM member event, asks `plan`
+//! what to do, and runs each action as a task, at most one per
 //! (job, part). A `Stop` aborts a job's running tasks, which drops their
 //! model streams and so hangs up on the provider.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hivemesh_llm::pipeline::Stage;
 use hivemesh_protocol::{JobId, NodeId, NodeIdentity};
@@ -16,14 +17,12 @@ use super::plan::{Action, plan};
 use super::spec::{self, Facts, JobSpec, Mode, Sampling};
 use super::work::{self, WorkContext};
 use super::{FederationConfig, FederationHandle, FederationStats, Request, Submission, SubmitError};
+use crate::membership::MemberEvent;
 use crate::net::{NodeClient, unix_ms};
-use crate::replica::ViewKind;
+use crate::replica::{JobView, ViewKind};
 
 /// The one part that a `Stop` leaves running: the asker writing the outcome.
 const OUTCOME_PART: &str = "outcome";
-
-/// Live peers are re-read at most this often.
-const MEMBERS_TTL: Duration = Duration::from_millis(100);
 
 /// Starts the federation loop for the node behind `node`.
 pub fn spawn(
@@ -66,7 +65,6 @@ pub fn spawn(
         peered: HashSet::new(),
         done_tx,
         live: HashSet::new(),
-        live_read: None,
         live_version: 0,
         ticked_version: 0,
         default_deadline: config.default_deadline,
@@ -88,8 +86,9 @@ struct Reactor {
     /// Unfinished jobs whose every participant this node pushes to.
     peered: HashSet<JobId>,
     done_tx: mpsc::UnboundedSender<(JobId, String)>,
+    /// Members alive or suspect (a suspect may yet refute; only down and
+    /// left peers are written off), kept from SWIM's pushed events.
     live: HashSet<NodeId>,
-    live_read: Option<Instant>,
     /// Bumped whenever `live` changes; the tick re-plans every job when it
     /// moved since the last tick.
     live_version: u64,
@@ -105,12 +104,14 @@ impl Reactor {
         tick: Duration,
     ) {
         let mut changes = self.node.job_changes();
+        let mut members = self.node.member_events();
+        self.read_live().await;
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 change = changes.recv() => match change {
-                    Ok(job) => self.react(job).await,
+                    Ok(change) => self.react_to(change.job(), change.view).await,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::debug!(missed, "job changes lagged; re-reading every watched job");
                         self.react_all().await;
@@ -135,8 +136,44 @@ impl Reactor {
                     }
                     None => return,
                 },
+                event = members.recv() => match event {
+                    Ok(event) => self.on_member_event(event),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => self.read_live().await,
+                    Err(_) => return,
+                },
                 _ = ticker.tick() => self.tick().await,
             }
+        }
+    }
+
+    /// Keeps `live` from SWIM's events; a change re-plans every job at the
+    /// next tick.
+    fn on_member_event(&mut self, event: MemberEvent) {
+        let changed = match event {
+            MemberEvent::Up(member) => self.live.insert(member.node),
+            MemberEvent::Renamed { old, new } => self.live.remove(&old.node) | self.live.insert(new.node),
+            MemberEvent::Down(member) | MemberEvent::Left(member) => self.live.remove(&member.node),
+            MemberEvent::Alone => !std::mem::take(&mut self.live).is_empty(),
+            MemberEvent::Joined | MemberEvent::Rejoined(_) | MemberEvent::Defunct => false,
+        };
+        if changed {
+            self.live_version += 1;
+        }
+    }
+
+    /// Reads the live members whole: at start, and after missing events.
+    async fn read_live(&mut self) {
+        let Ok(report) = self.node.members().await else { return };
+        let live: HashSet<NodeId> = report
+            .members
+            .iter()
+            .filter(|m| m.state == "alive" || m.state == "suspect")
+            .filter_map(|m| m.peer_id.parse::<libp2p::PeerId>().ok())
+            .filter_map(|p| NodeId::from_peer_id(&p).ok())
+            .collect();
+        if live != self.live {
+            self.live = live;
+            self.live_version += 1;
         }
     }
 
@@ -151,7 +188,6 @@ impl Reactor {
     /// who is alive, and at the deadline: re-read every job when the live
     /// set moved, else only the jobs past their deadline.
     async fn tick(&mut self) {
-        self.refresh_live().await;
         if self.live_version != self.ticked_version {
             self.ticked_version = self.live_version;
             return self.react_all().await;
@@ -164,30 +200,15 @@ impl Reactor {
         }
     }
 
-    async fn refresh_live(&mut self) {
-        if self.live_read.is_some_and(|at| at.elapsed() < MEMBERS_TTL) {
-            return;
-        }
-        if let Ok(report) = self.node.members().await {
-            let live: HashSet<NodeId> = report
-                .members
-                .iter()
-                // A suspect may yet refute; only down and left peers are
-                // written off (placement, below, takes alive ones only).
-                .filter(|m| m.state == "alive" || m.state == "suspect")
-                .filter_map(|m| m.peer_id.parse::<libp2p::PeerId>().ok())
-                .filter_map(|p| NodeId::from_peer_id(&p).ok())
-                .collect();
-            if live != self.live {
-                self.live = live;
-                self.live_version += 1;
-            }
-            self.live_read = Some(Instant::now());
-        }
-    }
-
+    /// Re-plans `job` from its current state (read from the shared per-job
+    /// state, or the driver when it is not there).
     async fn react(&mut self, job: JobId) {
         let Ok(view) = self.node.job(job).await else { return };
+        self.react_to(job, view).await;
+    }
+
+    /// Plans `job` as `view` shows it and starts or stops work.
+    async fn react_to(&mut self, job: JobId, view: Arc<JobView>) {
         let facts = Facts::read(job, &view.contributions);
         let Some(spec) = &facts.spec else { return };
         let asker = facts.asker == Some(self.me);
@@ -199,11 +220,8 @@ impl Reactor {
             // otherwise a change that depends on a third peer's change waits
             // in automerge's queue for the next sync round.
             let peers: Vec<NodeId> = spec.participants.iter().chain(&spec.stages).copied().collect();
-            if let Err(error) = self.node.open_job(job, peers).await {
-                tracing::warn!(%job, %error, "cannot record the job's peers");
-            }
+            self.node.open_job_queued(job, peers);
         }
-        self.refresh_live().await;
         let me = self.me;
         let live = |peer: &NodeId| *peer == me || self.live.contains(peer);
         let capable: Vec<NodeId> = spec.participants.iter().copied().filter(|p| live(p)).collect();
@@ -271,9 +289,8 @@ impl Reactor {
         let spec = JobSpec { sampling, ..self.place(&submission).await? };
         let job = JobId(random_bytes());
         let peers: Vec<NodeId> = spec.participants.iter().chain(&spec.stages).copied().collect();
-        self.node.open_job(job, peers).await?;
         let body = serde_json::to_vec(&spec).map_err(|e| SubmitError::Invalid(e.to_string()))?;
-        self.node.contribute(job, spec::SPEC, body).await?;
+        self.node.create_job(job, peers, spec::SPEC, body).await?;
         FederationStats::bump(&self.ctx.stats.submitted);
         self.asked.insert(job);
         self.watched.insert(job, spec.deadline_ms);

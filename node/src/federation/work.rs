@@ -78,7 +78,10 @@ pub async fn run(ctx: Arc<WorkContext>, job: JobId, facts: Facts, action: Action
 
 async fn put<T: serde::Serialize>(ctx: &WorkContext, job: JobId, kind: &str, body: &T) -> Result<(), String> {
     let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
-    ctx.node.contribute(job, kind, bytes).await.map_err(|e| e.to_string())
+    let started = Instant::now();
+    ctx.node.contribute(job, kind, bytes).await.map_err(|e| e.to_string())?;
+    tracing::debug!(%job, kind, took_us = started.elapsed().as_micros() as u64, "contribution durable and pushed");
+    Ok(())
 }
 
 async fn answer(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> Result<(), String> {

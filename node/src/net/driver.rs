@@ -14,12 +14,14 @@ use hivemesh_protocol::identity::NodeId;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::bootstrap::UnresolvedBootstrap;
+use super::commit::GroupCommit;
 use super::describe::error_chain;
 use super::handle::{MemberInfo, MembersReport, ReplicationConfig, StatusReport};
+use super::job_cache::JobCache;
 use super::job_sync::JobCommand;
 use super::replication::ReplicationState;
 use crate::membership::{MemberEvent, MemberId, Membership, Output, Timer};
-use crate::replica::{Profile, Replica, ViewKind, ViewReport};
+use crate::replica::{JobChanged, JobFrame, Profile, Replica, ViewKind, ViewReport};
 
 /// The node's wall clock in Unix ms (see [`crate::membership::clock`]).
 pub fn unix_ms() -> u64 {
@@ -45,15 +47,30 @@ pub enum Command {
     Trust(super::trust::TrustCommand),
 }
 
+/// Where the driver takes commands from and pushes what happens to.
+pub struct Channels {
+    pub commands: mpsc::Receiver<Command>,
+    pub events: broadcast::Sender<MemberEvent>,
+    /// Each durable change to a job, with what it brought.
+    pub job_events: broadcast::Sender<JobChanged>,
+    pub job_frames: broadcast::Sender<JobFrame>,
+    /// The per-job state the driver keeps current for every reader.
+    pub job_cache: JobCache,
+}
+
 pub struct Driver {
     pub swarm: Swarm<Behaviour>,
     pub membership: Membership,
     pub listen: Vec<Multiaddr>,
     pub unresolved: UnresolvedBootstrap,
-    pub commands: mpsc::Receiver<Command>,
-    pub events: broadcast::Sender<MemberEvent>,
-    pub job_events: broadcast::Sender<hivemesh_protocol::JobId>,
-    pub job_frames: broadcast::Sender<crate::replica::JobFrame>,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<MemberEvent>,
+    pub(super) job_events: broadcast::Sender<JobChanged>,
+    pub(super) job_frames: broadcast::Sender<JobFrame>,
+    pub(super) job_cache: JobCache,
+    /// Writes waiting to be durable, and the flush under way (ADR 0021).
+    pub(super) commit: GroupCommit,
+    flushed: mpsc::UnboundedReceiver<bool>,
     pub started: Instant,
     pub api: Option<std::net::SocketAddr>,
     pub replica: Replica,
@@ -84,10 +101,7 @@ impl Driver {
         membership: Membership,
         listen: Vec<Multiaddr>,
         unresolved: UnresolvedBootstrap,
-        commands: mpsc::Receiver<Command>,
-        events: broadcast::Sender<MemberEvent>,
-        job_events: broadcast::Sender<hivemesh_protocol::JobId>,
-        job_frames: broadcast::Sender<crate::replica::JobFrame>,
+        channels: Channels,
         started: Instant,
         api: Option<std::net::SocketAddr>,
         replica: Replica,
@@ -95,6 +109,8 @@ impl Driver {
         swarm_key: Option<String>,
     ) -> Self {
         let (timers, timer_rx) = mpsc::unbounded_channel();
+        let (flush_done, flushed) = mpsc::unbounded_channel();
+        let Channels { commands, events, job_events, job_frames, job_cache } = channels;
         Self {
             swarm,
             membership,
@@ -104,6 +120,9 @@ impl Driver {
             events,
             job_events,
             job_frames,
+            job_cache,
+            commit: GroupCommit::new(replica.store().clone(), flush_done),
+            flushed,
             started,
             api,
             replica,
@@ -139,6 +158,7 @@ impl Driver {
                     self.job_sync_tick();
                 }
                 Some(timer) = self.timer_rx.recv() => self.membership.handle_timer(timer, unix_ms()),
+                Some(durable) = self.flushed.recv() => self.on_flushed(durable),
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
                     // Every handle is gone: stop without a goodbye, as a

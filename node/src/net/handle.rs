@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::core::transport::ListenerId;
@@ -16,7 +17,8 @@ use tokio::task::JoinHandle;
 use super::behaviour::Behaviour;
 use super::bootstrap::{UnresolvedBootstrap, split_peer};
 use super::describe::{error_chain, missing_address_hint};
-use super::driver::{Command, Driver, unix_ms};
+use super::driver::{Channels, Command, Driver, unix_ms};
+use super::job_cache::JobCache;
 use super::job_sync::JobCommand;
 use crate::federation::{FederationConfig, FederationHandle};
 use crate::keystore::{KeystoreError, load_or_create};
@@ -24,7 +26,7 @@ use crate::membership::{
     MemberEvent, MemberId, MemberView, Membership, MembershipConfig, MembershipStats, start_generation,
 };
 use crate::replica::{
-    JobError, JobFrame, JobView, JobsConfig, Profile, Replica, ReplicaStats, ViewKind, ViewReport,
+    JobChanged, JobError, JobFrame, JobView, JobsConfig, Profile, Replica, ReplicaStats, ViewKind, ViewReport,
 };
 use hivemesh_protocol::{JobId, NodeId};
 
@@ -250,8 +252,10 @@ pub struct NodeHandle {
 #[derive(Clone)]
 pub struct NodeClient {
     commands: mpsc::Sender<Command>,
-    job_events: broadcast::Sender<JobId>,
+    events: broadcast::Sender<MemberEvent>,
+    job_events: broadcast::Sender<JobChanged>,
     job_frames: broadcast::Sender<JobFrame>,
+    job_cache: JobCache,
     streams: libp2p_stream::Control,
 }
 
@@ -289,6 +293,35 @@ impl NodeClient {
         self.job_command(JobCommand::Open { job, peers, reply }, rx).await
     }
 
+    /// Like [`NodeClient::open_job`] without waiting for durability: the
+    /// command is queued ahead of anything sent after it, so a contribution
+    /// from work started next is pushed to these peers too. Only when the
+    /// queue is full does it go behind (sent by a task), and then the job's
+    /// sync rounds carry what a push missed.
+    pub fn open_job_queued(&self, job: JobId, peers: Vec<NodeId>) {
+        let (reply, _) = oneshot::channel();
+        let command = Command::Job(JobCommand::Open { job, peers, reply });
+        if let Err(mpsc::error::TrySendError::Full(command)) = self.commands.try_send(command) {
+            let commands = self.commands.clone();
+            tokio::spawn(async move { commands.send(command).await });
+        }
+    }
+
+    /// Opens `job` with `peers` and signs this node's first contribution to
+    /// it, in one step; resolves once both are durable and the contribution
+    /// is on its way to the peers.
+    pub async fn create_job(
+        &self,
+        job: JobId,
+        peers: Vec<NodeId>,
+        kind: &str,
+        body: Vec<u8>,
+    ) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        let kind = kind.to_string();
+        self.job_command(JobCommand::Create { job, peers, kind, body, reply }, rx).await
+    }
+
     /// Signs and stores this node's `kind` contribution to `job`; resolves once
     /// it is durable and on its way to the job's peers.
     pub async fn contribute(&self, job: JobId, kind: &str, body: Vec<u8>) -> Result<(), NodeError> {
@@ -296,10 +329,15 @@ impl NodeClient {
         self.job_command(JobCommand::Contribute { job, kind: kind.to_string(), body, reply }, rx).await
     }
 
-    /// Every verified contribution to `job`, read from memory or sled.
-    pub async fn job(&self, job: JobId) -> Result<JobView, NodeError> {
+    /// Every verified contribution to `job`: from the shared per-job state
+    /// when the job changed while held, else read by the driver from memory
+    /// or sled.
+    pub async fn job(&self, job: JobId) -> Result<Arc<JobView>, NodeError> {
+        if let Some(view) = self.job_cache.get(&job) {
+            return Ok(view);
+        }
         let (reply, rx) = oneshot::channel();
-        self.job_command(JobCommand::View { job, reply }, rx).await
+        self.job_command(JobCommand::View { job, reply }, rx).await.map(Arc::new)
     }
 
     /// Known jobs, newest first: (id, created ms, finished ms).
@@ -336,9 +374,15 @@ impl NodeClient {
         self.job_frames.subscribe()
     }
 
-    /// The ids of job documents as they change (locally or from peers).
-    pub fn job_changes(&self) -> broadcast::Receiver<JobId> {
+    /// Each durable change to a job document (local or from peers): the
+    /// job as it now stands and the contributions the change brought.
+    pub fn job_changes(&self) -> broadcast::Receiver<JobChanged> {
         self.job_events.subscribe()
+    }
+
+    /// Members coming up, going down, leaving, renamed (typed SWIM events).
+    pub fn member_events(&self) -> broadcast::Receiver<MemberEvent> {
+        self.events.subscribe()
     }
 
     /// Sends one command and waits for its answer.
@@ -515,10 +559,13 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let (job_events, _) = broadcast::channel(4096);
     let (job_frames, _) = broadcast::channel(4096);
     let streams = swarm.behaviour().streams.new_control();
+    let job_cache = JobCache::default();
     let client = NodeClient {
         commands: commands_tx,
+        events: events.clone(),
         job_events: job_events.clone(),
         job_frames: job_frames.clone(),
+        job_cache: job_cache.clone(),
         streams: streams.clone(),
     };
     let mut gateway = None;
@@ -560,10 +607,7 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         membership,
         listen.clone(),
         unresolved,
-        commands_rx,
-        events.clone(),
-        job_events,
-        job_frames,
+        Channels { commands: commands_rx, events: events.clone(), job_events, job_frames, job_cache },
         started,
         api,
         replica,

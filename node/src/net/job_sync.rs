@@ -1,16 +1,23 @@
 //! The driver's job-document side: local contributions are pushed to the
-//! job's peers at once; sync rounds (automerge's protocol over the state
-//! request-response, one message per request) repair what a push missed,
-//! e.g. after a partition or a restart.
+//! job's peers as soon as they are durable; sync rounds (automerge's
+//! protocol over the state request-response, one message per request)
+//! repair what a push missed, e.g. after a partition or a restart.
+//!
+//! Every write here is released (replied to, acknowledged to the peer,
+//! pushed) only after the group commit's next flush (ADR 0021,
+//! `super::commit`). A peer's change is announced to this node's own
+//! subscribers at once: anything they write in turn waits for a later
+//! flush, which makes the peer's change durable too.
 
 use hivemesh_protocol::{JobId, NodeId};
 use libp2p::PeerId;
+use libp2p::request_response::ResponseChannel;
 use tokio::sync::oneshot;
 
 use super::driver::{Driver, unix_ms};
 use super::replication::Pending;
 use crate::membership::MemberState;
-use crate::replica::{JobError, JobFrame, JobView, StateRequest, StateResponse};
+use crate::replica::{JobChanged, JobError, JobFrame, JobView, StateRequest, StateResponse};
 
 /// Most job sync rounds one anti-entropy tick starts, so a node holding many
 /// jobs spreads its repair work over several ticks.
@@ -19,12 +26,24 @@ const MAX_JOB_SYNCS_PER_TICK: usize = 32;
 /// differ; the next round goes on from there.
 const MAX_SYNC_EXCHANGES: u32 = 16;
 
+/// A change this node wrote, and the peers to push it to.
+type Written = (Vec<u8>, Vec<NodeId>);
+
 /// Requests about job documents from the node's own side (API, federation).
 pub enum JobCommand {
     /// Hold `job` and replicate it with `peers`.
     Open {
         job: JobId,
         peers: Vec<NodeId>,
+        reply: oneshot::Sender<Result<(), JobError>>,
+    },
+    /// Hold `job` with `peers` and sign, store and push this node's first
+    /// contribution to it, in one step (a submission's spec).
+    Create {
+        job: JobId,
+        peers: Vec<NodeId>,
+        kind: String,
+        body: Vec<u8>,
         reply: oneshot::Sender<Result<(), JobError>>,
     },
     /// Sign, store and push this node's contribution.
@@ -54,15 +73,18 @@ impl Driver {
     pub fn on_job_command(&mut self, command: JobCommand) {
         match command {
             JobCommand::Open { job, peers, reply } => {
-                let _ = reply.send(self.replica.jobs().open(job, &peers, unix_ms()));
+                let opened = self.replica.jobs().open(job, &peers, unix_ms());
+                self.reply_when_durable(job, opened.map(|()| Vec::new()), reply);
+            }
+            JobCommand::Create { job, peers, kind, body, reply } => {
+                let now = unix_ms();
+                let created = self.replica.jobs().open(job, &peers, now);
+                let contributed = created.and_then(|()| self.replica.contribute(job, &kind, body, now));
+                self.reply_when_durable(job, contributed.map(|c| vec![c]), reply);
             }
             JobCommand::Contribute { job, kind, body, reply } => {
-                let result = self.replica.contribute(job, &kind, body, unix_ms());
-                let _ = reply.send(result.map(|(change, peers)| {
-                    for peer in peers {
-                        self.push_job_change(peer, job, change.clone());
-                    }
-                }));
+                let contributed = self.replica.contribute(job, &kind, body, unix_ms());
+                self.reply_when_durable(job, contributed.map(|c| vec![c]), reply);
             }
             JobCommand::View { job, reply } => {
                 let _ = reply.send(self.replica.jobs().view(job));
@@ -78,7 +100,36 @@ impl Driver {
                 let _ = reply.send(self.replica.jobs().list(limit));
             }
         }
-        self.announce_job_changes();
+    }
+
+    /// Once the write is durable: pushes each change to its peers, tells
+    /// subscribers, and replies. A refused write is answered at once.
+    fn reply_when_durable(
+        &mut self,
+        job: JobId,
+        written: Result<Vec<Written>, JobError>,
+        reply: oneshot::Sender<Result<(), JobError>>,
+    ) {
+        let changed = self.replica.jobs().take_changed();
+        match written {
+            Err(error) => {
+                self.announce_when_durable(changed);
+                let _ = reply.send(Err(error));
+            }
+            Ok(changes) => self.after_durable(move |driver, durable| {
+                if !durable {
+                    let _ = reply.send(Err(JobError::NotDurable(job)));
+                    return;
+                }
+                for (change, peers) in changes {
+                    for peer in peers {
+                        driver.push_job_change(peer, job, change.clone());
+                    }
+                }
+                driver.announce(changed);
+                let _ = reply.send(Ok(()));
+            }),
+        }
     }
 
     fn push_job_change(&mut self, to: NodeId, job: JobId, changes: Vec<u8>) {
@@ -98,8 +149,40 @@ impl Driver {
         self.send_state(peer, &StateRequest::JobPush { job, changes }, pending);
     }
 
-    /// Answers a peer's push or sync message for a job document.
-    pub fn answer_job_request(&mut self, peer: &PeerId, request: StateRequest) -> StateResponse {
+    /// Answers a peer's push or sync message for a job document: a write
+    /// is acknowledged once it is durable, a refusal at once.
+    pub fn answer_job_request(
+        &mut self,
+        peer: &PeerId,
+        request: StateRequest,
+        channel: ResponseChannel<Vec<u8>>,
+    ) {
+        let response = self.job_response(peer, request);
+        let changed = self.replica.jobs().take_changed();
+        // This node's own subscribers may act on a peer's change before it
+        // is durable here: whatever they write in turn is released only
+        // after a later flush, which covers this write too.
+        let wrote = !changed.is_empty();
+        self.announce(changed);
+        if matches!(response, StateResponse::Refused(_)) || !wrote {
+            return self.respond(channel, &response);
+        }
+        self.after_durable(move |driver, durable| {
+            if durable {
+                driver.respond(channel, &response);
+            } else {
+                let refused = StateResponse::Refused("the change could not be made durable here".into());
+                driver.respond(channel, &refused);
+            }
+        });
+    }
+
+    fn respond(&mut self, channel: ResponseChannel<Vec<u8>>, response: &StateResponse) {
+        let bytes = self.replica.encode(response);
+        let _ = self.swarm.behaviour_mut().state.send_response(channel, bytes);
+    }
+
+    fn job_response(&mut self, peer: &PeerId, request: StateRequest) -> StateResponse {
         let Ok(from) = NodeId::from_peer_id(peer) else {
             return StateResponse::Refused("job requests need an ed25519 peer id".into());
         };
@@ -129,7 +212,6 @@ impl Driver {
         if let StateResponse::Refused(reason) = &response {
             tracing::debug!(%peer, %reason, "refused a job request");
         }
-        self.announce_job_changes();
         response
     }
 
@@ -138,11 +220,16 @@ impl Driver {
     pub fn on_job_sync_answer(&mut self, peer: PeerId, job: JobId, exchanges: u32, answer: Option<Vec<u8>>) {
         let Ok(to) = NodeId::from_peer_id(&peer) else { return };
         let next = self.replica.jobs().sync_continue(to, job, answer.as_deref(), unix_ms());
-        self.announce_job_changes();
+        let changed = self.replica.jobs().take_changed();
+        self.announce(changed);
         match next {
             Ok(Some(message)) if exchanges < MAX_SYNC_EXCHANGES => {
-                let request = StateRequest::JobSync { job, first: false, message };
-                self.send_state(peer, &request, Pending::JobSync { job, exchanges: exchanges + 1 });
+                self.after_durable(move |driver, durable| {
+                    if durable {
+                        let request = StateRequest::JobSync { job, first: false, message };
+                        driver.send_state(peer, &request, Pending::JobSync { job, exchanges: exchanges + 1 });
+                    }
+                })
             }
             Ok(_) => {}
             Err(error) => tracing::debug!(%peer, %job, %error, "job sync round failed"),
@@ -182,13 +269,24 @@ impl Driver {
             );
             started += 1;
         }
-        self.replica.compact_finished_jobs(unix_ms());
+        for job in self.replica.compact_finished_jobs(unix_ms()) {
+            self.job_cache.forget(&job);
+        }
     }
 
-    /// Tells subscribers which job documents changed.
-    pub fn announce_job_changes(&mut self) {
-        for job in self.replica.jobs().take_changed() {
-            let _ = self.job_events.send(job);
+    /// Announces `changed` once what is written so far is durable.
+    fn announce_when_durable(&mut self, changed: Vec<JobChanged>) {
+        if !changed.is_empty() {
+            self.after_durable(move |driver, _| driver.announce(changed));
+        }
+    }
+
+    /// Tells subscribers what changed in which job, and keeps the shared
+    /// per-job state current.
+    fn announce(&mut self, changed: Vec<JobChanged>) {
+        for change in changed {
+            self.job_cache.put(&change.view);
+            let _ = self.job_events.send(change);
         }
     }
 }

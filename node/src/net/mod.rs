@@ -2,9 +2,11 @@
 
 mod behaviour;
 mod bootstrap;
+mod commit;
 mod describe;
 mod driver;
 mod handle;
+mod job_cache;
 mod job_sync;
 pub mod private;
 mod refusals;
@@ -18,4 +20,5 @@ pub use handle::{
     MemberInfo, MembersReport, NodeClient, NodeConfig, NodeError, NodeHandle, ReplicationConfig,
     StatusReport, spawn_node,
 };
+pub use job_cache::JobCache;
 pub use trust::{ForceLeaveError, ForceLeaveReport};

@@ -164,7 +164,7 @@ impl Driver {
                             request @ (StateRequest::JobPush { .. }
                             | StateRequest::JobSync { .. }
                             | StateRequest::JobFrame(_)),
-                        ) => self.answer_job_request(&peer, request),
+                        ) => return self.answer_job_request(&peer, request, channel),
                         Ok(StateRequest::Evidence(proofs)) => {
                             let (accepted, rejected) = self.on_evidence(peer, proofs);
                             StateResponse::Ack { accepted, rejected }

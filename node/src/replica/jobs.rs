@@ -3,12 +3,18 @@
 //! saves that is folded into one record every `compact_after_records`, and
 //! replicated with the job's peers by push and by sync rounds.
 //!
+//! Nothing here flushes on the hot path: a write is in sled's log when a
+//! method returns and durable at the next flush, which the driver runs as a
+//! group commit (one flush for every write that arrived while the previous
+//! one ran) and only then acknowledges, pushes or announces (ADR 0021).
+//!
 //! A job is finished once it holds an `outcome` contribution. After a grace
 //! period (so late pushes still land everywhere) its history is compacted,
 //! it leaves memory, and it takes no more changes: memory holds active jobs
 //! only, never the whole history.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hivemesh_crdt::job_doc::{ChangeHash, JobDoc, JobDocError, SyncSession, Verified};
@@ -49,6 +55,10 @@ pub enum JobError {
     Doc { job: JobId, source: JobDocError },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The flush that was to make a write durable failed (the node's log
+    /// has the store's error); the write was not acknowledged.
+    #[error("job {0}: the write could not be made durable (flushing the store failed)")]
+    NotDurable(JobId),
 }
 
 impl JobError {
@@ -60,6 +70,7 @@ impl JobError {
             Self::Closed(_) => "closed_job",
             Self::Doc { source, .. } => source.reason(),
             Self::Store(_) => "store",
+            Self::NotDurable(_) => "not_durable",
         }
     }
 }
@@ -78,6 +89,23 @@ struct HeldJob {
     meta: JobMeta,
     saved_heads: Vec<ChangeHash>,
     next_seq: u64,
+}
+
+/// What one write changed in a job: the job as it now stands and the
+/// contributions that began to count (each verified once, on arrival).
+/// Pushed to subscribers (the federation, event streams, the OpenAI
+/// endpoint), which need not read the job again.
+#[derive(Debug, Clone)]
+pub struct JobChanged {
+    pub view: Arc<JobView>,
+    /// New contributions, in the order they landed.
+    pub fresh: Arc<[Verified]>,
+}
+
+impl JobChanged {
+    pub fn job(&self) -> JobId {
+        self.view.job
+    }
 }
 
 /// A job as a reader sees it: every verified contribution.
@@ -150,17 +178,17 @@ impl Jobs {
         jobs
     }
 
-    /// Starts holding `job` (or adds `peers` to it), durably.
+    /// Starts holding `job` (or adds `peers` to it); durable at the next
+    /// flush.
     pub fn open(&mut self, job: JobId, peers: &[NodeId], now_ms: u64) -> Result<(), JobError> {
         let held = admit(&mut self.held, self.config.max_active, &self.store, &self.me, job, now_ms)?;
         held.meta.peers.extend(peers.iter().filter(|p| **p != self.me));
         self.store.put_job_meta(&job, &held.meta)?;
-        self.store.flush()?;
         Ok(())
     }
 
-    /// Signs and commits a contribution, durably. Returns the change to push
-    /// and the peers to push it to.
+    /// Signs and commits a contribution (durable at the next flush). Returns
+    /// the change to push and the peers to push it to.
     pub fn contribute(
         &mut self,
         identity: &NodeIdentity,
@@ -177,13 +205,12 @@ impl Jobs {
         let folded =
             persist(&self.store, &mut self.changed, held, self.config.compact_after_records, now_ms)?;
         self.stats.records_folded += u64::from(folded);
-        self.store.flush()?;
         self.stats.changes_pushed += held.meta.peers.len() as u64;
         Ok((change, held.meta.peers.iter().copied().collect()))
     }
 
     /// Applies changes pushed by `from` (a participant, so it becomes one of
-    /// the job's peers); durable before this returns. Returns how many were new.
+    /// the job's peers); durable at the next flush. Returns how many were new.
     pub fn apply_push(
         &mut self,
         from: NodeId,
@@ -341,12 +368,20 @@ impl Jobs {
         jobs
     }
 
-    /// Jobs whose document changed since the last call, each once.
-    pub fn take_changed(&mut self) -> Vec<JobId> {
+    /// Jobs whose document changed since the last call, each once, with
+    /// what changed.
+    pub fn take_changed(&mut self) -> Vec<JobChanged> {
         let mut changed = std::mem::take(&mut self.changed);
         changed.sort_unstable();
         changed.dedup();
         changed
+            .into_iter()
+            .filter_map(|job| {
+                let held = self.held.get_mut(&job)?;
+                let fresh = held.doc.take_fresh().into();
+                Some(JobChanged { view: Arc::new(view_of(job, &held.meta, &mut held.doc)), fresh })
+            })
+            .collect()
     }
 
     pub fn stats(&self) -> JobStats {
@@ -416,8 +451,8 @@ fn persist(
 }
 
 /// What a peer sent is in the document: `peer` becomes one of the job's
-/// peers, and all of it is durable before the caller answers. Returns
-/// whether the records were folded.
+/// peers, all of it durable at the next flush (the caller answers after
+/// it). Returns whether the records were folded.
 fn save_from_peer(
     store: &Store,
     changed: &mut Vec<JobId>,
@@ -431,7 +466,6 @@ fn save_from_peer(
     if new_peer {
         store.put_job_meta(&held.doc.job(), &held.meta)?;
     }
-    store.flush()?;
     Ok(folded)
 }
 

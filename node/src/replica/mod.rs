@@ -18,7 +18,7 @@ use hivemesh_protocol::{
 use serde::{Deserialize, Serialize};
 
 pub use evidence::{Evidence, EvidenceEntry, EvidenceError, EvidenceReport, Learned, MAX_PROOFS_PER_MESSAGE};
-pub use jobs::{JobError, JobStats, JobView, Jobs, JobsConfig, OUTCOME_KIND};
+pub use jobs::{JobChanged, JobError, JobStats, JobView, Jobs, JobsConfig, OUTCOME_KIND};
 pub use store::{Store, StoreError};
 pub use view::{MajorityInfo, ViewKind, ViewMember, ViewReport, member_entry, member_from_entry};
 
@@ -185,12 +185,20 @@ impl Replica {
         self.jobs.contribute(&self.identity, job, kind, body, now_ms)
     }
 
-    /// Compacts finished jobs past their grace period.
-    pub fn compact_finished_jobs(&mut self, now_ms: u64) {
+    /// Compacts finished jobs past their grace period; returns those that
+    /// left memory.
+    pub fn compact_finished_jobs(&mut self, now_ms: u64) -> Vec<JobId> {
         match self.jobs.compact_finished(&self.identity, now_ms) {
-            Ok(jobs) if !jobs.is_empty() => tracing::debug!(count = jobs.len(), "compacted finished jobs"),
-            Ok(_) => {}
-            Err(error) => tracing::error!(%error, "could not compact a finished job"),
+            Ok(jobs) => {
+                if !jobs.is_empty() {
+                    tracing::debug!(count = jobs.len(), "compacted finished jobs");
+                }
+                jobs
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not compact a finished job");
+                Vec::new()
+            }
         }
     }
 
