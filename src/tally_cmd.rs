@@ -62,7 +62,7 @@ struct BallotFileRef<'a> {
 }
 
 pub fn parse_rule(s: &str) -> anyhow::Result<TallyRule> {
-    s.parse().map_err(anyhow::Error::msg)
+    Ok(s.parse::<TallyRule>()?)
 }
 
 /// The whole of a file, or of stdin for `-`, as text.

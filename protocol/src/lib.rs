@@ -19,8 +19,8 @@ pub use envelope::{Domain, Envelope, EnvelopeError, PROTOCOL_VERSION};
 pub use identity::{InvalidNodeId, KeyError, NodeId, NodeIdentity};
 pub use libp2p_identity::PeerId;
 pub use messages::{
-    Ballot, BallotChoice, Capabilities, GpuInfo, JobContribution, JobId, MessageError, PeerEntry, Role,
-    SignedMessage, TallyRule, open, seal,
+    Ballot, BallotChoice, Capabilities, GpuInfo, InvalidJobId, JobContribution, JobId, MessageError,
+    PeerEntry, Role, SignedMessage, TallyRule, UnknownTallyRule, open, seal,
 };
 pub use trust::{Equivocation, EquivocationProof, ForceLeave, ProofError};
 pub use verifier::{Verifier, VerifyPolicy, verify_batch_stateless};

@@ -158,12 +158,21 @@ impl std::fmt::Display for JobId {
     }
 }
 
+/// Text that `JobId::from_str` refused: a job id is exactly 32 hex digits
+/// (16 bytes), as `Display` writes them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("job id {text:?} is not 32 hex digits")]
+pub struct InvalidJobId {
+    /// The text as given.
+    pub text: String,
+}
+
 impl std::str::FromStr for JobId {
-    type Err = String;
+    type Err = InvalidJobId;
 
     /// 32 hex digits, as `Display` writes them.
-    fn from_str(text: &str) -> Result<Self, String> {
-        let bytes = hex_decode(text).ok_or_else(|| format!("job id {text:?} is not 32 hex digits"))?;
+    fn from_str(text: &str) -> Result<Self, InvalidJobId> {
+        let bytes = hex_decode(text).ok_or_else(|| InvalidJobId { text: text.to_string() })?;
         Ok(Self(bytes))
     }
 }
@@ -202,21 +211,26 @@ impl TallyRule {
     }
 }
 
-impl std::str::FromStr for TallyRule {
-    type Err = String;
+/// A name `TallyRule::from_str` does not know. It takes the names
+/// [`TallyRule::name`] writes, plus `weighted-plurality` and `condorcet`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown rule {name:?}: use plurality, weighted, approval, borda or schulze")]
+pub struct UnknownTallyRule {
+    /// The name as given.
+    pub name: String,
+}
 
-    fn from_str(text: &str) -> Result<Self, String> {
+impl std::str::FromStr for TallyRule {
+    type Err = UnknownTallyRule;
+
+    fn from_str(text: &str) -> Result<Self, UnknownTallyRule> {
         Ok(match text {
             "plurality" => Self::Plurality,
             "weighted" | "weighted-plurality" => Self::WeightedPlurality,
             "approval" => Self::Approval,
             "borda" => Self::Borda,
             "schulze" | "condorcet" => Self::Schulze,
-            other => {
-                return Err(format!(
-                    "unknown rule {other:?}: use plurality, weighted, approval, borda or schulze"
-                ));
-            }
+            other => return Err(UnknownTallyRule { name: other.to_string() }),
         })
     }
 }

@@ -1,8 +1,8 @@
 //! Identity derivation and typed signed messages.
 
 use hivemesh_protocol::{
-    Ballot, BallotChoice, Capabilities, Domain, JobId, MessageError, NodeId, NodeIdentity, PeerEntry, Role,
-    TallyRule, Verifier, open, seal,
+    Ballot, BallotChoice, Capabilities, Domain, InvalidJobId, JobId, MessageError, NodeId, NodeIdentity,
+    PeerEntry, Role, TallyRule, UnknownTallyRule, Verifier, open, seal,
 };
 
 #[test]
@@ -92,4 +92,31 @@ fn ballot_shape_is_checked_against_its_rule() {
     let env =
         seal(&v, 1, 1, &ballot(TallyRule::Approval, BallotChoice::Approve(vec![0, 3]), 1)).expect("seal");
     assert!(matches!(open::<PeerEntry>(&env), Err(MessageError::Envelope(_))));
+}
+
+#[test]
+fn job_ids_and_rules_parse_back_and_name_what_they_refuse() {
+    let id = JobId([0xab; 16]);
+    assert_eq!(id.to_string().parse::<JobId>(), Ok(id));
+    for bad in ["ab", "zz".repeat(16).as_str(), &"a".repeat(33)] {
+        let error = bad.parse::<JobId>().expect_err("not a job id");
+        assert_eq!(error, InvalidJobId { text: bad.to_string() });
+        assert_eq!(error.to_string(), format!("job id {bad:?} is not 32 hex digits"));
+    }
+    for rule in [
+        TallyRule::Plurality,
+        TallyRule::WeightedPlurality,
+        TallyRule::Approval,
+        TallyRule::Borda,
+        TallyRule::Schulze,
+    ] {
+        assert_eq!(rule.name().parse::<TallyRule>(), Ok(rule));
+    }
+    assert_eq!("condorcet".parse::<TallyRule>(), Ok(TallyRule::Schulze));
+    let error = "range".parse::<TallyRule>().expect_err("unknown rule");
+    assert_eq!(error, UnknownTallyRule { name: "range".into() });
+    assert_eq!(
+        error.to_string(),
+        "unknown rule \"range\": use plurality, weighted, approval, borda or schulze"
+    );
 }

@@ -80,7 +80,7 @@ impl JobRequest {
             .as_deref()
             .unwrap_or("schulze")
             .parse::<TallyRule>()
-            .map_err(|m| ApiError::invalid("rule", m))?;
+            .map_err(|e| ApiError::invalid("rule", e.to_string()))?;
         let deadline = self.deadline_ms.map(check_deadline).transpose()?;
         let max_tokens = self.max_tokens.map(|n| check_max_tokens("max_tokens", n, limits)).transpose()?;
         check_context(&question, max_tokens.unwrap_or(limits.max_tokens_per_call))?;
@@ -225,7 +225,7 @@ fn node_error(error_: NodeError) -> Response {
 }
 
 fn parse_id(id: &str) -> Result<JobId, Box<Response>> {
-    id.parse::<JobId>().map_err(|message| Box::new(ApiError::invalid("id", message).into_response()))
+    id.parse::<JobId>().map_err(|e| Box::new(ApiError::invalid("id", e.to_string()).into_response()))
 }
 
 pub async fn submit(
