@@ -283,7 +283,7 @@ async fn members(
     };
     let kind = match query.view.as_deref().map(str::parse::<ViewKind>).transpose() {
         Ok(kind) => kind,
-        Err(message) => return bad_request(message),
+        Err(e) => return bad_request(e.to_string()),
     };
     match client.view(kind).await {
         Ok(report) => Json(report).into_response(),

@@ -20,15 +20,24 @@ pub enum ViewKind {
     Swim,
 }
 
-impl std::str::FromStr for ViewKind {
-    type Err = String;
+/// A name `ViewKind::from_str` does not know (`members --view`, the API's
+/// `?view=`): it takes `majority`, `registry` or `swim`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown view {name:?}; expected majority, registry or swim")]
+pub struct UnknownView {
+    /// The name as given.
+    pub name: String,
+}
 
-    fn from_str(text: &str) -> Result<Self, String> {
+impl std::str::FromStr for ViewKind {
+    type Err = UnknownView;
+
+    fn from_str(text: &str) -> Result<Self, UnknownView> {
         match text {
             "majority" => Ok(Self::Majority),
             "registry" => Ok(Self::Registry),
             "swim" => Ok(Self::Swim),
-            other => Err(format!("unknown view {other:?}; expected majority, registry or swim")),
+            other => Err(UnknownView { name: other.to_string() }),
         }
     }
 }
@@ -119,4 +128,19 @@ pub fn member_from_entry(entry: &serde_json::Map<String, serde_json::Value>) -> 
         // A majority entry is about the member, not about our path to it.
         path: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_names_parse_and_an_unknown_one_is_named() {
+        assert_eq!("majority".parse::<ViewKind>(), Ok(ViewKind::Majority));
+        assert_eq!("registry".parse::<ViewKind>(), Ok(ViewKind::Registry));
+        assert_eq!("swim".parse::<ViewKind>(), Ok(ViewKind::Swim));
+        let error = "gossip".parse::<ViewKind>().expect_err("unknown view");
+        assert_eq!(error, UnknownView { name: "gossip".into() });
+        assert_eq!(error.to_string(), "unknown view \"gossip\"; expected majority, registry or swim");
+    }
 }
