@@ -148,7 +148,7 @@ pub async fn run(data_dir: &Path, args: EvalArgs) -> anyhow::Result<()> {
         Some(curation) => {
             let name = format!("{}-{curation}", args.profile);
             let toml = format!("[profiles.{name:?}]\nbase = {:?}\ncuration = {curation:?}\n", args.profile);
-            federation.profiles = federation.profiles.clone().with_toml(&toml).map_err(anyhow::Error::msg)?;
+            federation.profiles = federation.profiles.clone().with_toml(&toml)?;
             name
         }
     };
@@ -241,7 +241,7 @@ async fn evaluate(
         Record { country: question.country.clone(), group: question.group.clone(), ..Record::default() };
 
     // One model call: the generator's prompt and settings, as one candidate gets them.
-    let profile = federation.profiles.get(profile_name).map_err(anyhow::Error::msg)?;
+    let profile = federation.profiles.get(profile_name)?;
     let settings = profile.stage(Stage::Generator);
     let mut request = ChatRequest::new(
         settings.model.clone(),

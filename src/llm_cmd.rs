@@ -109,7 +109,7 @@ pub struct AskArgs<'a> {
 /// curator's final answer (or, with `--json`, one JSON document).
 pub async fn ask(args: AskArgs<'_>, data_dir: &Path) -> anyhow::Result<()> {
     let profiles = load_profiles(args.llm, data_dir)?;
-    let profile = profiles.get(args.profile).map_err(anyhow::Error::msg)?.clone();
+    let profile = profiles.get(args.profile)?.clone();
     let client = build_client(args.llm, data_dir).await?;
     let pipeline = Pipeline::new(client);
     let options =

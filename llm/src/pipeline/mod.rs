@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use batcher::TokenBatcher;
 pub use events::PipelineEvent;
-pub use profile::{BUILTIN_PROFILES, Curation, Profile, Profiles, StageSettings};
+pub use profile::{BUILTIN_PROFILES, Curation, Profile, ProfileError, Profiles, StageSettings};
 pub use prompts::{render_conversation, stage_messages, strip_prompt_echo};
 pub use run::{Pipeline, PipelineError, PipelineOptions, PipelineOutcome, StageOutput};
 

@@ -140,6 +140,24 @@ struct ProfilesFile {
     profiles: BTreeMap<String, UserProfile>,
 }
 
+/// Why a profiles file was refused, or a profile name not found.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// The text is not TOML, or has a key or value the format does not
+    /// allow (`[profiles.NAME]` tables of `StageSettings`).
+    #[error("profiles file: {0}")]
+    Toml(#[source] toml::de::Error),
+    /// A profile's `base` names no built-in or earlier profile.
+    #[error("profile {name:?}: unknown base profile {base:?}")]
+    UnknownBase { name: String, base: String },
+    /// A stage's temperature is outside 0..=2, or its `max_tokens` is 0.
+    #[error("profile {name:?}, {stage}: temperature must be 0..=2 and max_tokens above 0")]
+    BadStage { name: String, stage: Stage },
+    /// No profile of that name; `known` lists the defined ones, sorted.
+    #[error("unknown profile {name:?}; known profiles: {}", known.join(", "))]
+    Unknown { name: String, known: Vec<String> },
+}
+
 /// The built-in profiles plus any the user defined.
 #[derive(Clone, Debug)]
 pub struct Profiles {
@@ -157,14 +175,16 @@ impl Default for Profiles {
 impl Profiles {
     /// Adds the profiles of a TOML file (`[profiles.NAME]` tables). A user
     /// profile may replace a built-in one of the same name.
-    pub fn with_toml(mut self, text: &str) -> Result<Self, String> {
-        let file: ProfilesFile = toml::from_str(text).map_err(|err| format!("profiles file: {err}"))?;
+    ///
+    /// # Errors
+    /// [`ProfileError::Toml`], [`ProfileError::UnknownBase`] or
+    /// [`ProfileError::BadStage`]; no profile of a refused file is added.
+    pub fn with_toml(mut self, text: &str) -> Result<Self, ProfileError> {
+        let file: ProfilesFile = toml::from_str(text).map_err(ProfileError::Toml)?;
         for (name, user) in file.profiles {
-            let base = self
-                .profiles
-                .get(&user.base)
-                .cloned()
-                .ok_or_else(|| format!("profile {name:?}: unknown base profile {:?}", user.base))?;
+            let Some(base) = self.profiles.get(&user.base).cloned() else {
+                return Err(ProfileError::UnknownBase { name, base: user.base });
+            };
             let profile = Profile {
                 name: name.clone(),
                 generator: user.generator.unwrap_or(base.generator),
@@ -177,9 +197,7 @@ impl Profiles {
             for stage in Stage::ALL {
                 let settings = profile.stage(stage);
                 if !(0.0..=2.0).contains(&settings.temperature) || settings.max_tokens == 0 {
-                    return Err(format!(
-                        "profile {name:?}, {stage}: temperature must be 0..=2 and max_tokens above 0"
-                    ));
+                    return Err(ProfileError::BadStage { name, stage });
                 }
             }
             self.profiles.insert(name, profile);
@@ -187,10 +205,14 @@ impl Profiles {
         Ok(self)
     }
 
-    pub fn get(&self, name: &str) -> Result<&Profile, String> {
-        self.profiles.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.profiles.keys().map(String::as_str).collect();
-            format!("unknown profile {name:?}; known profiles: {}", known.join(", "))
+    /// The profile called `name`.
+    ///
+    /// # Errors
+    /// [`ProfileError::Unknown`], naming the profiles there are.
+    pub fn get(&self, name: &str) -> Result<&Profile, ProfileError> {
+        self.profiles.get(name).ok_or_else(|| ProfileError::Unknown {
+            name: name.to_string(),
+            known: self.profiles.keys().cloned().collect(),
         })
     }
 
@@ -218,15 +240,23 @@ mod tests {
         assert_eq!(mine.curator.model, "meta-llama/llama-3.1-8b-instruct");
         assert_eq!(mine.generator, profiles.get("fast").expect("builtin").generator);
         let unknown = profiles.get("nope").expect_err("unknown");
-        assert!(unknown.contains("balanced, fast, mine, quality"), "{unknown}");
+        assert_eq!(
+            unknown.to_string(),
+            "unknown profile \"nope\"; known profiles: balanced, fast, mine, quality"
+        );
 
         let bad = Profiles::default().with_toml("[profiles.x]\nbase = \"turbo\"").expect_err("bad base");
-        assert!(bad.contains("unknown base profile \"turbo\""), "{bad}");
+        assert_eq!(bad.to_string(), "profile \"x\": unknown base profile \"turbo\"");
         let hot = Profiles::default()
             .with_toml("[profiles.x]\ngenerator = { temperature = 9.0, max_tokens = 10 }")
             .expect_err("temperature");
-        assert!(hot.contains("generator: temperature"), "{hot}");
-        assert!(Profiles::default().with_toml("[profiles.x]\ncolour = 1").is_err());
+        assert_eq!(
+            hot.to_string(),
+            "profile \"x\", generator: temperature must be 0..=2 and max_tokens above 0"
+        );
+        let unknown_key = Profiles::default().with_toml("[profiles.x]\ncolour = 1").expect_err("unknown key");
+        assert!(matches!(unknown_key, ProfileError::Toml(_)), "{unknown_key:?}");
+        assert!(unknown_key.to_string().starts_with("profiles file: "), "{unknown_key}");
         let rewriting =
             Profiles::default().with_toml("[profiles.w]\ncuration = \"rewrite\"").expect("curation key");
         assert_eq!(rewriting.get("w").expect("defined").curation, Curation::Rewrite);

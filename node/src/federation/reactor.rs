@@ -282,7 +282,7 @@ impl Reactor {
         if queued >= limits.max_queued_calls {
             return Err(SubmitError::Busy(format!("{queued} model calls are waiting here")));
         }
-        self.ctx.profiles.get(&submission.profile).map_err(SubmitError::Invalid)?;
+        self.ctx.profiles.get(&submission.profile).map_err(|e| SubmitError::Invalid(e.to_string()))?;
         if submission.question.iter().all(|m| m.content.trim().is_empty()) {
             return Err(SubmitError::Invalid("the question is empty".into()));
         }
@@ -302,7 +302,12 @@ impl Reactor {
     /// or down) peers with no equivocation proof against them, those offering the profile's models first, least
     /// loaded first; and, in pipeline mode, a peer per stage.
     async fn place(&mut self, submission: &Submission) -> Result<JobSpec, SubmitError> {
-        let profile = self.ctx.profiles.get(&submission.profile).map_err(SubmitError::Invalid)?.clone();
+        let profile = self
+            .ctx
+            .profiles
+            .get(&submission.profile)
+            .map_err(|e| SubmitError::Invalid(e.to_string()))?
+            .clone();
         let report = self.node.view(Some(ViewKind::Registry)).await?;
         // Peers with a verified, uncleared equivocation proof are neither
         // placed nor eligible to vote (docs/adr/0019).

@@ -85,7 +85,7 @@ async fn put<T: serde::Serialize>(ctx: &WorkContext, job: JobId, kind: &str, bod
 }
 
 async fn answer(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> Result<(), String> {
-    let profile = ctx.profiles.get(&spec.profile)?;
+    let profile = ctx.profiles.get(&spec.profile).map_err(|e| e.to_string())?;
     let messages = stage_messages(Stage::Generator, profile, &spec.question, "", "", "");
     let asker = facts.asker.unwrap_or(ctx.me);
     match call_model(ctx, job, spec, asker, CANDIDATE, Stage::Generator, messages).await {
@@ -101,7 +101,7 @@ async fn run_stage(
     facts: &Facts,
     stage: Stage,
 ) -> Result<(), String> {
-    let profile = ctx.profiles.get(&spec.profile)?;
+    let profile = ctx.profiles.get(&spec.profile).map_err(|e| e.to_string())?;
     let text = |s: Stage| facts.stage_output(s).map(|o| o.text.clone()).unwrap_or_default();
     let (draft, refined, review) = (text(Stage::Generator), text(Stage::Refiner), text(Stage::Validator));
     if stage == Stage::Curator && profile.curation.resolve(ctx.client.provider_name()) == Curation::Select {
@@ -156,7 +156,7 @@ async fn call_model(
     stage: Stage,
     messages: Vec<ChatMessage>,
 ) -> Result<Output, CallFailed> {
-    let profile = ctx.profiles.get(&spec.profile).map_err(CallFailed::other)?;
+    let profile = ctx.profiles.get(&spec.profile).map_err(|e| CallFailed::other(e.to_string()))?;
     let settings = profile.stage(stage);
     let max_tokens = settings.max_tokens.min(spec.max_tokens).min(ctx.limits.max_tokens_per_call);
     let mut request = ChatRequest::new(settings.model.clone(), messages);
@@ -431,7 +431,7 @@ async fn conclude(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) 
     outcome.tally = Some(serde_json::json!({ "backend": backend, "result": tally }));
     outcome.status = "done".into();
     FederationStats::bump(&ctx.stats.finished);
-    let profile = ctx.profiles.get(&spec.profile)?;
+    let profile = ctx.profiles.get(&spec.profile).map_err(|e| e.to_string())?;
     if profile.curation.resolve(ctx.client.provider_name()) == Curation::Select {
         outcome.answer = Some(text_of(winner));
         outcome.curation = Some(Curation::Select.as_str().into());
