@@ -378,41 +378,66 @@ fn metadata_string(content: &gguf_file::Content, key: &str) -> Option<String> {
     content.metadata.get(key).and_then(|value| value.to_string().ok()).cloned()
 }
 
+/// Why a GGUF file's metadata yields no tokenizer (`EmbeddedModel::load`
+/// reports it as [`LlmError::Model`], prefixed with the file's path).
+#[derive(Debug, thiserror::Error)]
+enum TokenizerError {
+    #[error("metadata has no {key}")]
+    MissingKey { key: &'static str },
+    /// The key is there but is not an array.
+    #[error("{key}: {source}")]
+    NotArray { key: &'static str, source: candle_core::Error },
+    #[error("a token is not a string: {0}")]
+    TokenNotString(#[source] candle_core::Error),
+    #[error("a merge is not a string: {0}")]
+    MergeNotString(#[source] candle_core::Error),
+    /// A merge is `"LEFT RIGHT"`, two tokens and one space.
+    #[error("merge {merge:?} has no space")]
+    MergeWithoutSpace { merge: String },
+    #[error("token_type: {0}")]
+    TokenType(#[source] candle_core::Error),
+    /// The vocabulary and merges do not make a BPE model (a merge of
+    /// unknown tokens, say).
+    #[error("BPE: {0}")]
+    Bpe(#[source] tokenizers::Error),
+}
+
 /// BPE with the GPT-2 byte-level scheme and single-digit splitting, which is
 /// what SmolLM2's tokenizer.json says; GGUF carries the vocabulary and merges.
-fn tokenizer_from_gguf(content: &gguf_file::Content) -> Result<Tokenizer, String> {
-    let array = |key: &str| {
+fn tokenizer_from_gguf(content: &gguf_file::Content) -> Result<Tokenizer, TokenizerError> {
+    let array = |key: &'static str| {
         content
             .metadata
             .get(key)
-            .ok_or_else(|| format!("metadata has no {key}"))?
+            .ok_or(TokenizerError::MissingKey { key })?
             .to_vec()
-            .map_err(|err| format!("{key}: {err}"))
+            .map_err(|source| TokenizerError::NotArray { key, source })
     };
     let tokens: Vec<String> = array("tokenizer.ggml.tokens")?
         .iter()
-        .map(|value| value.to_string().cloned().map_err(|err| format!("a token is not a string: {err}")))
+        .map(|value| value.to_string().cloned().map_err(TokenizerError::TokenNotString))
         .collect::<Result<_, _>>()?;
     let merges = array("tokenizer.ggml.merges")?
         .iter()
         .map(|value| {
-            let merge = value.to_string().map_err(|err| format!("a merge is not a string: {err}"))?;
-            let (left, right) =
-                merge.split_once(' ').ok_or_else(|| format!("merge {merge:?} has no space"))?;
+            let merge = value.to_string().map_err(TokenizerError::MergeNotString)?;
+            let (left, right) = merge
+                .split_once(' ')
+                .ok_or_else(|| TokenizerError::MergeWithoutSpace { merge: merge.clone() })?;
             Ok((left.to_string(), right.to_string()))
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, TokenizerError>>()?;
     let types: Vec<i32> = match content.metadata.get("tokenizer.ggml.token_type") {
         Some(value) => value
             .to_vec()
-            .map_err(|err| format!("token_type: {err}"))?
+            .map_err(TokenizerError::TokenType)?
             .iter()
             .map(|value| value.to_i32().unwrap_or(1))
             .collect(),
         None => Vec::new(),
     };
     let vocab: Vocab = tokens.iter().enumerate().map(|(id, token)| (token.clone(), id as u32)).collect();
-    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|err| format!("BPE: {err}"))?;
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(TokenizerError::Bpe)?;
     let mut tokenizer = Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
         PreTokenizerWrapper::Digits(Digits::new(true)),
@@ -618,5 +643,33 @@ mod tests {
         request.frequency_penalty = Some(0.25);
         let penalised = apply_openai_penalties(row, &request, &[0, 0, 1]).expect("row");
         assert_eq!(penalised.to_vec1::<f32>().expect("vec"), vec![0.0, 0.25, 1.0]);
+    }
+
+    #[test]
+    fn a_gguf_without_a_usable_vocabulary_names_what_is_missing() {
+        use gguf_file::Value;
+        let strings =
+            |items: &[&str]| Value::Array(items.iter().map(|s| Value::String(s.to_string())).collect());
+        let mut content = gguf_file::Content {
+            magic: gguf_file::VersionedMagic::GgufV3,
+            metadata: Default::default(),
+            tensor_infos: Default::default(),
+            tensor_data_offset: 0,
+        };
+        let error = tokenizer_from_gguf(&content).expect_err("no tokens");
+        assert!(matches!(error, TokenizerError::MissingKey { key: "tokenizer.ggml.tokens" }), "{error:?}");
+        assert_eq!(error.to_string(), "metadata has no tokenizer.ggml.tokens");
+
+        content.metadata.insert("tokenizer.ggml.tokens".into(), strings(&["a", "b", "ab"]));
+        content.metadata.insert("tokenizer.ggml.merges".into(), Value::U32(1));
+        let error = tokenizer_from_gguf(&content).expect_err("merges not an array");
+        assert!(matches!(error, TokenizerError::NotArray { key: "tokenizer.ggml.merges", .. }), "{error:?}");
+
+        content.metadata.insert("tokenizer.ggml.merges".into(), strings(&["ab"]));
+        let error = tokenizer_from_gguf(&content).expect_err("merge without a space");
+        assert_eq!(error.to_string(), "merge \"ab\" has no space");
+
+        content.metadata.insert("tokenizer.ggml.merges".into(), strings(&["a b"]));
+        assert!(tokenizer_from_gguf(&content).is_ok());
     }
 }
