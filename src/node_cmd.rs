@@ -299,9 +299,9 @@ pub async fn shutdown_signal() {
 /// The API of the node `target` names (or the one on `data_dir`), with
 /// `--api-token` when given.
 pub fn api_client(target: &NodeArgs, data_dir: &Path) -> anyhow::Result<ApiClient> {
-    let api = ApiClient::resolve(target.node.as_deref(), data_dir).map_err(|e| anyhow!(e))?;
+    let api = ApiClient::resolve(target.node.as_deref(), data_dir)?;
     match target.api_token.as_deref().map(str::trim).filter(|token| !token.is_empty()) {
-        Some(token) => ApiClient::new(api.base, Some(token.to_string())).map_err(|e| anyhow!(e)),
+        Some(token) => Ok(ApiClient::new(api.base, Some(token.to_string()))?),
         None => Ok(api),
     }
 }
@@ -317,7 +317,7 @@ pub async fn members(
         Some(view) => format!("/v1/members?view={view}"),
         None => "/v1/members".to_string(),
     };
-    let report = api.call(Method::GET, &path, None).await.map_err(|e| anyhow!(e))?;
+    let report = api.call(Method::GET, &path, None).await?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -365,12 +365,12 @@ pub async fn members(
 pub async fn advertise(data_dir: &Path, target: &NodeArgs, change: &ProfileChange) -> anyhow::Result<()> {
     let api = api_client(target, data_dir)?;
     anyhow::ensure!(!change.is_empty(), "nothing to change: give --models, --role or --gpu");
-    let report = api.call(Method::GET, "/v1/members?view=registry", None).await.map_err(|e| anyhow!(e))?;
+    let report = api.call(Method::GET, "/v1/members?view=registry", None).await?;
     let report: ViewReport =
         serde_json::from_value(report).context("the node's registry entry has an unexpected shape")?;
     let profile = change.apply(advertised(&report.me));
     let body = serde_json::to_value(&profile)?;
-    api.call(Method::POST, "/v1/advertise", Some(&body)).await.map_err(|e| anyhow!(e))?;
+    api.call(Method::POST, "/v1/advertise", Some(&body)).await?;
     let gpu = profile.gpu.as_ref().map_or("none".to_string(), |g| format!("{} ({} MB)", g.name, g.memory_mb));
     outln!("advertised: role {:?}, models [{}], GPU {gpu}", profile.role, profile.models.join(", "));
     Ok(())
@@ -385,7 +385,7 @@ fn format_age(unix_ms: u64) -> String {
 
 pub async fn leave(data_dir: &Path, target: &NodeArgs) -> anyhow::Result<()> {
     let api = api_client(target, data_dir)?;
-    api.call(Method::POST, "/v1/leave", None).await.map_err(|e| anyhow!(e))?;
+    api.call(Method::POST, "/v1/leave", None).await?;
     outln!("the node at {} is leaving the swarm", api.base);
     Ok(())
 }

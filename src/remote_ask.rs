@@ -51,7 +51,7 @@ pub async fn ask(api: &ApiClient, request: Request<'_>) -> anyhow::Result<bool> 
         body["deadline_ms"] = json!(deadline.as_millis() as u64);
     }
     let asked = Instant::now();
-    let submitted = api.call(Method::POST, "/v1/jobs", Some(&body)).await.map_err(|e| anyhow!(e))?;
+    let submitted = api.call(Method::POST, "/v1/jobs", Some(&body)).await?;
     let id = submitted["id"].as_str().context("the node accepted the job but sent no id")?.to_string();
     let mut display = Display::new(asked, output::stderr_is_terminal());
     display.line(&format!("job {id} asked at {} ({}, profile {})", api.base, request.mode, request.profile));
@@ -61,7 +61,10 @@ pub async fn ask(api: &ApiClient, request: Request<'_>) -> anyhow::Result<bool> 
     let path = format!("/v1/jobs/{id}/events?cancel_on_disconnect=true");
     let response = api.request(Method::GET, &path).send().await.context("cannot follow the job's events")?;
     if !response.status().is_success() {
-        bail!(json_body(&path, response).await.err().unwrap_or_else(|| "unexpected answer".into()));
+        return Err(match json_body(&path, response).await {
+            Err(e) => e.into(),
+            Ok(_) => anyhow!("unexpected answer"),
+        });
     }
     // Our own SSE parser: one invalid byte costs one U+FFFD, never the stream.
     let mut events = Box::pin(hivemesh::llm::provider::sse::events(response.bytes_stream()));
@@ -81,13 +84,13 @@ pub async fn ask(api: &ApiClient, request: Request<'_>) -> anyhow::Result<bool> 
             _ = tokio::signal::ctrl_c(), if !cancelled => {
                 cancelled = true;
                 display.line("cancelling the job on every participant (Ctrl-C again to stop waiting)");
-                api.call(Method::DELETE, &format!("/v1/jobs/{id}"), None).await.map_err(|e| anyhow!(e))?;
+                api.call(Method::DELETE, &format!("/v1/jobs/{id}"), None).await?;
             }
             _ = tokio::signal::ctrl_c(), if cancelled => bail!("stopped waiting for job {id}"),
         }
     }
     display.finish();
-    let job = api.call(Method::GET, &format!("/v1/jobs/{id}"), None).await.map_err(|e| anyhow!(e))?;
+    let job = api.call(Method::GET, &format!("/v1/jobs/{id}"), None).await?;
     let outcome = &job["outcome"];
     if request.json {
         outln!("{}", serde_json::to_string_pretty(&job)?);
@@ -230,7 +233,7 @@ fn short_peer(peer: &str) -> String {
 /// `hivemesh jobs [ID]`.
 pub async fn jobs(api: &ApiClient, id: Option<&str>, limit: usize, json: bool) -> anyhow::Result<()> {
     if let Some(id) = id {
-        let job = api.call(Method::GET, &format!("/v1/jobs/{id}"), None).await.map_err(|e| anyhow!(e))?;
+        let job = api.call(Method::GET, &format!("/v1/jobs/{id}"), None).await?;
         if json {
             outln!("{}", serde_json::to_string_pretty(&job)?);
         } else {
@@ -238,8 +241,7 @@ pub async fn jobs(api: &ApiClient, id: Option<&str>, limit: usize, json: bool) -
         }
         return Ok(());
     }
-    let list =
-        api.call(Method::GET, &format!("/v1/jobs?limit={limit}"), None).await.map_err(|e| anyhow!(e))?;
+    let list = api.call(Method::GET, &format!("/v1/jobs?limit={limit}"), None).await?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());

@@ -14,10 +14,7 @@ use crate::output::{errln, outln};
 
 /// Signs a force-leave claim on the node for `peer`'s current generation.
 pub async fn force_leave(api: &ApiClient, peer: &str, as_json: bool) -> anyhow::Result<()> {
-    let report = api
-        .call(Method::POST, "/v1/force-leave", Some(&json!({ "peer": peer })))
-        .await
-        .map_err(|e| anyhow!(e))?;
+    let report = api.call(Method::POST, "/v1/force-leave", Some(&json!({ "peer": peer }))).await?;
     if as_json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -37,7 +34,7 @@ pub async fn force_leave(api: &ApiClient, peer: &str, as_json: bool) -> anyhow::
 
 /// Prints the proofs the node holds and whom they exclude.
 pub async fn list(api: &ApiClient, as_json: bool) -> anyhow::Result<()> {
-    let report = api.call(Method::GET, "/v1/byzantine", None).await.map_err(|e| anyhow!(e))?;
+    let report = api.call(Method::GET, "/v1/byzantine", None).await?;
     if as_json {
         outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -60,7 +57,7 @@ pub async fn list(api: &ApiClient, as_json: bool) -> anyhow::Result<()> {
 
 pub async fn clear(api: &ApiClient, peer: &str, as_json: bool) -> anyhow::Result<()> {
     let path = format!("/v1/byzantine/{}", peer.trim());
-    let answer = api.call(Method::DELETE, &path, None).await.map_err(|e| anyhow!(e))?;
+    let answer = api.call(Method::DELETE, &path, None).await?;
     if as_json {
         outln!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
@@ -87,10 +84,7 @@ pub async fn report(api: &ApiClient, file: &Path, as_json: bool) -> anyhow::Resu
             .iter()
             .map(|e| hivemesh::protocol::encode_message(e).map(hex::encode))
             .collect::<Result<_, _>>()?;
-        let answer = api
-            .call(Method::POST, "/v1/byzantine", Some(&json!({ "ballots": ballots })))
-            .await
-            .map_err(|e| anyhow!(e))?;
+        let answer = api.call(Method::POST, "/v1/byzantine", Some(&json!({ "ballots": ballots }))).await?;
         reported.push(answer);
     }
     if as_json {

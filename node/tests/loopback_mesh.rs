@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use hivemesh_node::api::client::StatusCode;
 use hivemesh_node::api::{ApiClient, Method};
 use hivemesh_node::membership::MembershipConfig;
 use hivemesh_node::{MembersReport, Multiaddr, NodeConfig, NodeHandle, spawn_node};
@@ -104,8 +105,8 @@ async fn control_api_serves_members_as_json() {
     assert!(body["members"].as_array().is_some_and(|m| m.is_empty()));
     let recorded = std::fs::read_to_string(hivemesh_node::api::api_addr_file(dir.path())).expect("api.addr");
     assert_eq!(recorded, api.to_string());
-    let missing = api_client.call(Method::GET, "/v1/nope", None).await;
-    assert!(missing.is_err());
+    let missing = api_client.call(Method::GET, "/v1/nope", None).await.expect_err("no such route");
+    assert_eq!(missing.status(), Some(StatusCode::NOT_FOUND), "{missing}");
     node.leave(Duration::from_secs(1)).await;
 }
 
@@ -118,10 +119,12 @@ async fn control_api_with_a_token_refuses_requests_without_it() {
     let base = format!("http://{}", node.api.expect("api enabled"));
     let anonymous = ApiClient::new(base.clone(), None).expect("client");
     let error = anonymous.call(Method::GET, "/v1/members", None).await.expect_err("refused");
-    assert!(error.contains("401") && error.contains("Bearer"), "{error}");
+    assert_eq!(error.status(), Some(StatusCode::UNAUTHORIZED), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("401") && message.contains("Bearer"), "{message}");
     let wrong = ApiClient::new(base.clone(), Some("guess".into())).expect("client");
     let error = wrong.call(Method::GET, "/metrics", None).await.expect_err("refused");
-    assert!(error.contains("wrong bearer token"), "{error}");
+    assert!(error.to_string().contains("wrong bearer token"), "{error}");
     let right = ApiClient::new(base, Some("s3cret".into())).expect("client");
     right.call(Method::GET, "/v1/members", None).await.expect("accepted");
     node.leave(Duration::from_secs(1)).await;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use reqwest::Method;
+pub use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use super::api_addr_file;
@@ -16,6 +16,43 @@ pub const API_TOKEN_ENV: &str = "HIVEMESH_API_TOKEN";
 /// File in the data dir holding the token a node generated for itself.
 pub fn api_token_file(data_dir: &Path) -> PathBuf {
     data_dir.join("api.token")
+}
+
+/// Why a call to a node's API failed. Each message names the address or file
+/// involved; `hivemesh` prints it as the command's error line.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiClientError {
+    /// No `--node` URL was given and `DATA_DIR/api.addr` (written by a
+    /// running node) could not be read.
+    #[error(
+        "no running node found: cannot read {file} ({source}); start one with `hivemesh run` or pass --node URL"
+    )]
+    NoNode { file: PathBuf, source: std::io::Error },
+    /// reqwest could not set up its client (TLS backend, resolver).
+    #[error("cannot build an HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// The request did not get a response: nothing listening, a refused or
+    /// reset connection, or no answer within the call's 10 s.
+    #[error("no node answering at {url}: {source} (is `hivemesh run` running?)")]
+    Unreachable { url: String, source: reqwest::Error },
+    /// The node answered, but its body is not JSON.
+    #[error("{url} answered {status} with a body that is not JSON: {source}")]
+    NotJson { url: String, status: StatusCode, source: reqwest::Error },
+    /// The node answered with a non-success status (401 for a missing or
+    /// wrong bearer token, 404, 400 ...); `message` is its `error.message`
+    /// (OpenAI's shape), else the whole JSON body.
+    #[error("{url} answered {status}: {message}")]
+    Status { url: String, status: StatusCode, message: String },
+}
+
+impl ApiClientError {
+    /// The HTTP status the node answered with, if it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::NotJson { status, .. } | Self::Status { status, .. } => Some(*status),
+            Self::NoNode { .. } | Self::Client(_) | Self::Unreachable { .. } => None,
+        }
+    }
 }
 
 /// A running node's API.
@@ -30,18 +67,20 @@ impl ApiClient {
     /// The node at `explicit` (a base URL), or the one running on
     /// `data_dir`. The token comes from $HIVEMESH_API_TOKEN, else (only for
     /// the node on `data_dir`, never sent elsewhere) DATA_DIR/api.token.
-    pub fn resolve(explicit: Option<&str>, data_dir: &Path) -> Result<Self, String> {
+    ///
+    /// # Errors
+    /// [`ApiClientError::NoNode`] without `explicit` when `DATA_DIR/api.addr`
+    /// cannot be read; [`ApiClientError::Client`] as for [`ApiClient::new`].
+    pub fn resolve(explicit: Option<&str>, data_dir: &Path) -> Result<Self, ApiClientError> {
         let from_env = std::env::var(API_TOKEN_ENV).ok();
         let (base, token) = match explicit {
             Some(url) => (url.trim_end_matches('/').to_string(), from_env),
             None => {
                 let file = api_addr_file(data_dir);
-                let addr = std::fs::read_to_string(&file).map_err(|e| {
-                    format!(
-                        "no running node found: cannot read {} ({e}); start one with `hivemesh run` or pass --node URL",
-                        file.display()
-                    )
-                })?;
+                let addr = match std::fs::read_to_string(&file) {
+                    Ok(addr) => addr,
+                    Err(source) => return Err(ApiClientError::NoNode { file, source }),
+                };
                 let token = from_env.or_else(|| std::fs::read_to_string(api_token_file(data_dir)).ok());
                 (format!("http://{}", addr.trim()), token)
             }
@@ -50,11 +89,17 @@ impl ApiClient {
         Self::new(base, token)
     }
 
-    pub fn new(base: String, token: Option<String>) -> Result<Self, String> {
+    /// The node at `base` (e.g. `http://127.0.0.1:7480`, no trailing `/`),
+    /// sending `token` as a bearer token when given. Connections time out
+    /// after 5 s.
+    ///
+    /// # Errors
+    /// [`ApiClientError::Client`] when reqwest cannot build its client.
+    pub fn new(base: String, token: Option<String>) -> Result<Self, ApiClientError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+            .map_err(ApiClientError::Client)?;
         Ok(Self { base, token, http })
     }
 
@@ -69,28 +114,42 @@ impl ApiClient {
     }
 
     /// A JSON call that must answer within 10 s.
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, String> {
+    ///
+    /// # Errors
+    /// [`ApiClientError::Unreachable`] when no response came, else as for
+    /// [`json_body`].
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ApiClientError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.request(method, path).timeout(Duration::from_secs(10));
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("no node answering at {url}: {e} (is `hivemesh run` running?)"))?;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(source) => return Err(ApiClientError::Unreachable { url, source }),
+        };
         json_body(&url, response).await
     }
 }
 
 /// The JSON body of a response, or an error naming the status and what the
-/// node said.
-pub async fn json_body(url: &str, response: reqwest::Response) -> Result<Value, String> {
+/// node said. `url` only names the request in the error.
+///
+/// # Errors
+/// [`ApiClientError::NotJson`] when the body is not JSON (whatever the
+/// status); [`ApiClientError::Status`] for a non-success status.
+pub async fn json_body(url: &str, response: reqwest::Response) -> Result<Value, ApiClientError> {
     let status = response.status();
-    let body: Value = response
-        .json()
-        .await
-        .map_err(|e| format!("{url} answered {status} with a body that is not JSON: {e}"))?;
+    let body: Value = response.json().await.map_err(|source| ApiClientError::NotJson {
+        url: url.to_string(),
+        status,
+        source,
+    })?;
     if status.is_success() {
         return Ok(body);
     }
@@ -99,7 +158,7 @@ pub async fn json_body(url: &str, response: reqwest::Response) -> Result<Value, 
     let message = error
         .and_then(|e| e.get("message").and_then(Value::as_str).or_else(|| e.as_str()))
         .map_or_else(|| body.to_string(), str::to_string);
-    Err(format!("{url} answered {status}: {message}"))
+    Err(ApiClientError::Status { url: url.to_string(), status, message })
 }
 
 #[cfg(test)]
@@ -123,6 +182,8 @@ mod tests {
         assert_eq!((remote.base.as_str(), remote.token.as_deref()), ("http://192.0.2.1:7480", None));
         let nowhere = tempfile::tempdir().expect("tempdir");
         let error = ApiClient::resolve(None, nowhere.path()).expect_err("no node");
-        assert!(error.contains("api.addr") && error.contains("--node"), "{error}");
+        assert!(matches!(error, ApiClientError::NoNode { .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(message.contains("api.addr") && message.contains("--node"), "{message}");
     }
 }

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Json, Response};
 use tokio::task::JoinHandle;
 
 pub use access::{AccessConfigError, AccessRules, allowed_host, allowed_origin};
-pub use client::{ApiClient, Method};
+pub use client::{ApiClient, ApiClientError, Method};
 pub use routes::{ROUTES, Route};
 
 use crate::federation::FederationHandle;
