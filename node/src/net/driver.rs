@@ -14,13 +14,13 @@ use hivemesh_protocol::identity::NodeId;
 
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::bootstrap::UnresolvedBootstrap;
-use super::commit::GroupCommit;
 use super::describe::error_chain;
 use super::handle::{MemberInfo, MembersReport, ReplicationConfig, StatusReport};
 use super::job_cache::JobCache;
-use super::job_sync::JobCommand;
+use super::job_sync::{JobCommand, Owed};
 use super::replication::ReplicationState;
 use crate::membership::{MemberEvent, MemberId, Membership, Output, Timer};
+use crate::replica::sync::{JobSync, Token};
 use crate::replica::{JobChanged, JobFrame, Profile, Replica, ViewKind, ViewReport};
 
 /// The node's wall clock in Unix ms (see [`crate::membership::clock`]).
@@ -68,8 +68,13 @@ pub struct Driver {
     pub(super) job_events: broadcast::Sender<JobChanged>,
     pub(super) job_frames: broadcast::Sender<JobFrame>,
     pub(super) job_cache: JobCache,
-    /// Writes waiting to be durable, and the flush under way (ADR 0021).
-    pub(super) commit: GroupCommit,
+    /// The job documents and their sync, a sans-IO machine (ADR 0021).
+    pub(super) jobs: JobSync,
+    /// Replies and responses the machine's tokens stand for.
+    pub(super) owed: HashMap<Token, Owed>,
+    pub(super) next_token: u64,
+    /// Where a finished flush reports (`true`: durable).
+    pub(super) flush_done: mpsc::UnboundedSender<bool>,
     flushed: mpsc::UnboundedReceiver<bool>,
     pub started: Instant,
     pub api: Option<std::net::SocketAddr>,
@@ -105,6 +110,7 @@ impl Driver {
         started: Instant,
         api: Option<std::net::SocketAddr>,
         replica: Replica,
+        jobs: JobSync,
         config: &ReplicationConfig,
         swarm_key: Option<String>,
     ) -> Self {
@@ -121,7 +127,10 @@ impl Driver {
             job_events,
             job_frames,
             job_cache,
-            commit: GroupCommit::new(replica.store().clone(), flush_done),
+            jobs,
+            owed: HashMap::new(),
+            next_token: 0,
+            flush_done,
             flushed,
             started,
             api,
@@ -195,7 +204,7 @@ impl Driver {
                     uptime_ms: self.started.elapsed().as_millis() as u64,
                     active_members: self.membership.active_count(),
                     membership: self.membership.stats().clone(),
-                    replication: self.replica.stats(),
+                    replication: self.replication_stats(),
                     refused: self.refused.clone(),
                     swarm_key: self.swarm_key.clone(),
                 });
@@ -222,6 +231,13 @@ impl Driver {
                 self.leaving = Some((Instant::now() + deadline, vec![done]));
             }
         }
+    }
+
+    fn replication_stats(&mut self) -> crate::replica::ReplicaStats {
+        let mut stats = self.replica.stats();
+        stats.jobs = self.jobs.jobs().stats();
+        stats.commit = self.jobs.commit_stats().clone();
+        stats
     }
 
     fn members_report(&self) -> MembersReport {
@@ -259,6 +275,10 @@ impl Driver {
                     if let MemberEvent::Up(member) | MemberEvent::Renamed { new: member, .. } = &event {
                         self.dial_fresh_addresses(member);
                         self.on_member_up(member);
+                        self.job_member(member.node, true);
+                    }
+                    if let MemberEvent::Down(member) | MemberEvent::Left(member) = &event {
+                        self.job_member(member.node, false);
                     }
                     if let MemberEvent::Rejoined(me) = &event {
                         // The next start must begin above this one (ADR 0015).

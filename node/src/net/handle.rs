@@ -25,8 +25,10 @@ use crate::keystore::{KeystoreError, load_or_create};
 use crate::membership::{
     MemberEvent, MemberId, MemberView, Membership, MembershipConfig, MembershipStats, start_generation,
 };
+use crate::replica::sync::JobSync;
 use crate::replica::{
-    JobChanged, JobError, JobFrame, JobView, JobsConfig, Profile, Replica, ReplicaStats, ViewKind, ViewReport,
+    JobChanged, JobError, JobFrame, JobView, Jobs, JobsConfig, Profile, Replica, ReplicaStats, ViewKind,
+    ViewReport,
 };
 use hivemesh_protocol::{JobId, NodeId};
 
@@ -517,12 +519,10 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
     let identity = stored.identity;
     let keypair = identity.to_libp2p_keypair();
     let node_id = identity.node_id();
-    let replica = Replica::open(
-        identity,
-        &config.data_dir,
-        config.replication.profile.clone(),
-        config.replication.jobs.clone(),
-    )?;
+    let identity = std::sync::Arc::new(identity);
+    let replica = Replica::open(identity.clone(), &config.data_dir, config.replication.profile.clone())?;
+    let jobs = Jobs::load(replica.store().clone(), node_id, config.replication.jobs.clone());
+    let jobs = JobSync::new(jobs, identity, getrandom::u64().unwrap_or_else(|_| unix_ms()));
     let mut swarm = super::private::build_swarm(keypair, &config)?;
 
     let mut listeners = HashMap::new();
@@ -611,6 +611,7 @@ pub async fn spawn_node(config: NodeConfig) -> Result<NodeHandle, NodeError> {
         started,
         api,
         replica,
+        jobs,
         &config.replication,
         config.swarm_key.as_ref().map(super::private::swarm_key_fingerprint),
     );

@@ -2,7 +2,6 @@
 
 mod behaviour;
 mod bootstrap;
-mod commit;
 mod describe;
 mod driver;
 mod handle;

@@ -23,25 +23,9 @@ pub enum Pending {
     Push,
     Digest(PeerId),
     View(u64),
-    /// A job change pushed to `to`; kept so a push whose dial failed can be
-    /// sent again (see [`MAX_PUSH_ATTEMPTS`]).
-    JobPush {
-        job: hivemesh_protocol::JobId,
-        to: NodeId,
-        changes: Vec<u8>,
-        attempt: u32,
-    },
-    JobSync {
-        job: hivemesh_protocol::JobId,
-        exchanges: u32,
-    },
+    /// A request of the job sync machine (`crate::replica::sync`).
+    Job(crate::replica::sync::RequestId),
 }
-
-/// Sends of one job push, at most: a push whose connection failed (a dial
-/// to addresses from before the peer restarted, say) is sent again at once
-/// to the member's current addresses, rather than left to the next sync
-/// round.
-pub const MAX_PUSH_ATTEMPTS: u32 = 3;
 
 /// A majority view being gathered: our own view plus each peer's answer.
 pub struct ViewCollection {
@@ -206,9 +190,7 @@ impl Driver {
 
     fn on_state_response(&mut self, peer: PeerId, pending: Pending, response: StateResponse) {
         match (pending, response) {
-            (Pending::JobSync { job, exchanges }, StateResponse::JobSync(answer)) => {
-                self.on_job_sync_answer(peer, job, exchanges, answer);
-            }
+            (Pending::Job(id), response) => self.on_job_response(id, Some(response)),
             (Pending::Digest(peer), StateResponse::Reconcile(reconciliation)) => {
                 self.replica.merge(reconciliation.send);
                 let wanted = self.replica.registry().envelopes_for(&reconciliation.want);
@@ -227,9 +209,6 @@ impl Driver {
             (Pending::Push, StateResponse::Ack { rejected, .. }) if !rejected.is_empty() => {
                 tracing::warn!(?rejected, "a peer refused registry entries we pushed");
             }
-            (Pending::JobPush { job, .. }, StateResponse::Refused(reason)) => {
-                tracing::warn!(%peer, %job, %reason, "a peer refused a job change we pushed");
-            }
             (pending, StateResponse::Refused(reason)) => {
                 tracing::debug!(%peer, %reason, "a peer refused a state request");
                 self.on_state_failure(pending);
@@ -241,15 +220,7 @@ impl Driver {
     fn on_state_failure(&mut self, pending: Pending) {
         match pending {
             Pending::View(collection) => self.collect_view(collection, None),
-            Pending::JobPush { job, to, changes, attempt }
-                if attempt + 1 < MAX_PUSH_ATTEMPTS && self.membership.is_active(&to) =>
-            {
-                tracing::debug!(%job, peer = %to, attempt, "a job push failed; sending it again");
-                self.send_job_push(to, job, changes, attempt + 1);
-            }
-            Pending::JobPush { job, to, .. } => {
-                tracing::debug!(%job, peer = %to, "a job push failed; the next sync round repairs it");
-            }
+            Pending::Job(id) => self.on_job_response(id, None),
             _ => {}
         }
     }

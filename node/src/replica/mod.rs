@@ -5,10 +5,12 @@
 mod evidence;
 mod jobs;
 mod store;
+pub mod sync;
 mod view;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use hivemesh_crdt::registry::{Digest, Merge, Reconciliation, Registry, RegistryError};
 use hivemesh_protocol::{
@@ -94,6 +96,9 @@ pub struct ReplicaStats {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub jobs: JobStats,
+    /// Group commit: flushes run and what they released (ADR 0021).
+    #[serde(default)]
+    pub commit: sync::CommitStats,
     /// Refused input by reason: forged, bad_signature, malformed, ...
     pub rejected: BTreeMap<String, u64>,
     /// Refused equivocation proofs and force-leave claims, by reason
@@ -103,13 +108,12 @@ pub struct ReplicaStats {
 }
 
 pub struct Replica {
-    identity: NodeIdentity,
+    identity: Arc<NodeIdentity>,
     registry: Registry,
     store: Store,
     profile: Profile,
     stats: ReplicaStats,
     malformed: u64,
-    jobs: Jobs,
     evidence: Evidence,
 }
 
@@ -117,10 +121,9 @@ impl Replica {
     /// Opens the store and reloads the registry, verifying every entry again.
     /// Without a `profile`, the one last advertised at run time is used.
     pub fn open(
-        identity: NodeIdentity,
+        identity: Arc<NodeIdentity>,
         data_dir: &Path,
         profile: Option<Profile>,
-        jobs: JobsConfig,
     ) -> Result<Self, StoreError> {
         let store = Store::open(data_dir)?;
         let profile = profile.or_else(|| store.profile()).unwrap_or_default();
@@ -135,7 +138,6 @@ impl Replica {
             }
         }
         tracing::info!(entries = registry.len(), "registry loaded from disk");
-        let jobs = Jobs::load(store.clone(), identity.node_id(), jobs);
         let evidence = Evidence::load(store.clone());
         Ok(Self {
             identity,
@@ -144,7 +146,6 @@ impl Replica {
             profile,
             stats: ReplicaStats::default(),
             malformed: 0,
-            jobs,
             evidence,
         })
     }
@@ -169,37 +170,9 @@ impl Replica {
         &self.identity
     }
 
-    pub fn jobs(&mut self) -> &mut Jobs {
-        &mut self.jobs
-    }
-
-    /// Signs and commits this node's contribution to `job`; returns the
-    /// change and the peers to push it to.
-    pub fn contribute(
-        &mut self,
-        job: JobId,
-        kind: &str,
-        body: Vec<u8>,
-        now_ms: u64,
-    ) -> Result<(Vec<u8>, Vec<NodeId>), JobError> {
-        self.jobs.contribute(&self.identity, job, kind, body, now_ms)
-    }
-
-    /// Compacts finished jobs past their grace period; returns those that
-    /// left memory.
-    pub fn compact_finished_jobs(&mut self, now_ms: u64) -> Vec<JobId> {
-        match self.jobs.compact_finished(&self.identity, now_ms) {
-            Ok(jobs) => {
-                if !jobs.is_empty() {
-                    tracing::debug!(count = jobs.len(), "compacted finished jobs");
-                }
-                jobs
-            }
-            Err(error) => {
-                tracing::error!(%error, "could not compact a finished job");
-                Vec::new()
-            }
-        }
+    /// The identity, shared (the job sync machine signs with it too).
+    pub fn shared_identity(&self) -> Arc<NodeIdentity> {
+        self.identity.clone()
     }
 
     pub fn profile(&self) -> &Profile {
@@ -305,7 +278,6 @@ impl Replica {
     pub fn stats(&self) -> ReplicaStats {
         let mut stats = self.stats.clone();
         stats.registry_entries = self.registry.len();
-        stats.jobs = self.jobs.stats();
         stats.rejected = self.registry.rejected().iter().map(|(k, v)| (k.to_string(), *v)).collect();
         if self.malformed > 0 {
             stats.rejected.insert("malformed_frame".into(), self.malformed);
