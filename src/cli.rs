@@ -235,8 +235,14 @@ pub enum Command {
     /// Simulate N membership state machines (the real code) on a virtual
     /// clock and print convergence figures. Same seed, same output.
     Sim {
-        #[arg(long, default_value_t = 100)]
-        nodes: usize,
+        /// Nodes to simulate (default: 100; with --jobs, 5).
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Simulate this many federated jobs (council and pipeline in turn)
+        /// instead of membership: the real job sync machine on real sled
+        /// stores and the real planning core, with simulated model calls.
+        #[arg(long)]
+        jobs: Option<usize>,
         /// Probability that a frame is lost, 0 to 1.
         #[arg(long, default_value_t = 0.0)]
         loss: f64,
@@ -247,7 +253,8 @@ pub enum Command {
         /// kill phase, as START..END.
         #[arg(long, value_parser = parse_range)]
         partition: Option<std::ops::Range<u64>>,
-        /// How many nodes to kill after convergence.
+        /// How many nodes to kill after convergence (with --jobs: how many
+        /// participants, never an asker, die one second in).
         #[arg(long, default_value_t = 1)]
         kill: usize,
         /// Virtual seconds to keep running at the end, counting false downs.

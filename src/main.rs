@@ -171,8 +171,22 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(node_cmd::leave(&dir, target))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sim { nodes, loss, latency_ms, partition, kill, soak, seed, json } => {
+        Command::Sim { nodes, jobs: Some(jobs), loss, latency_ms, partition, kill, seed, json, .. } => {
             anyhow::ensure!((0.0..=1.0).contains(loss), "--loss must be between 0 and 1, got {loss}");
+            let nodes = nodes.unwrap_or(5);
+            anyhow::ensure!(nodes >= 3, "--nodes must be at least 3 for a job simulation");
+            anyhow::ensure!(*kill <= nodes.saturating_sub(3), "--kill leaves fewer than 3 nodes of {nodes}");
+            let mut config = hivemesh::node::sim::jobs::JobSimConfig::new(nodes, *jobs, *seed);
+            config.loss = *loss;
+            config.latency_ms = latency_ms.clone();
+            config.partition = partition.clone();
+            config.kill = *kill;
+            let clean = sim_cmd::run_jobs(config, *json)?;
+            Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Sim { nodes, jobs: None, loss, latency_ms, partition, kill, soak, seed, json } => {
+            anyhow::ensure!((0.0..=1.0).contains(loss), "--loss must be between 0 and 1, got {loss}");
+            let nodes = &nodes.unwrap_or(100);
             anyhow::ensure!(*nodes >= 2, "--nodes must be at least 2");
             let mut config = hivemesh::node::sim::SimConfig::new(*nodes, *seed);
             config.loss = *loss;

@@ -2,6 +2,8 @@
 //! process, on a virtual clock, over a simulated network with latency, loss
 //! and partitions. Same seed, same report.
 
+pub mod jobs;
+
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::ops::Range;

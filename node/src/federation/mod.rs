@@ -8,6 +8,7 @@
 //! can read how far a job got, and a restarted asker picks up where it was.
 
 mod embed;
+pub mod outcome;
 mod plan;
 pub mod quota;
 mod reactor;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hivemesh_gpu::ballot_box::{Equivocation, JobSpec as BallotSpec, Quorum, validate};
+use hivemesh_gpu::ballot_box::Equivocation;
 use hivemesh_gpu::engine::TallyEngine;
 use hivemesh_llm::council::{
     LIKELIHOOD_AGREEMENT_WEIGHT, embedding_agreement, judge_messages, lexical_agreement, likelihood_scores,
@@ -14,15 +14,13 @@ use hivemesh_llm::pipeline::{Curation, Profiles, Stage, TokenBatcher, stage_mess
 use hivemesh_llm::{Budget, ChatMessage, ChatRequest, LlmClient};
 use hivemesh_protocol::{
     Ballot, BallotChoice, Envelope, EquivocationProof, JobId, NodeId, NodeIdentity, TallyRule,
-    decode_message, encode_message, seal,
+    encode_message, seal,
 };
 use tokio::sync::Semaphore;
 
+use super::outcome::{self, CouncilCount};
 use super::quota::{PeerQuotas, QUOTA_CODE};
-use super::spec::{
-    self, Assignment, Attributed, CANDIDATE, FAILURE, Facts, JobSpec, Missing, Outcome, Output, ROUND, Round,
-    stage_kind,
-};
+use super::spec::{self, Assignment, CANDIDATE, FAILURE, Facts, JobSpec, Output, ROUND, stage_kind};
 use super::{Action, FederationStats, Limits};
 use crate::net::{NodeClient, unix_ms};
 use crate::replica::JobFrame;
@@ -61,13 +59,19 @@ pub async fn run(ctx: Arc<WorkContext>, job: JobId, facts: Facts, action: Action
         Action::Reassign(stage, assignment) => reassign(&ctx, job, stage, &assignment).await,
         Action::Fail { reason, missing } => {
             FederationStats::bump(&ctx.stats.failed);
-            let outcome = ended(&spec, "failed", Some(reason), missing);
+            let outcome = outcome::ended(&spec, unix_ms(), "failed", Some(reason), missing);
             put(&ctx, job, spec::OUTCOME, &outcome).await
         }
         Action::ConfirmCancel => {
             FederationStats::bump(&ctx.stats.cancelled);
             let reason = facts.cancelled.clone().unwrap_or_default();
-            put(&ctx, job, spec::OUTCOME, &ended(&spec, "cancelled", Some(reason), Vec::new())).await
+            put(
+                &ctx,
+                job,
+                spec::OUTCOME,
+                &outcome::ended(&spec, unix_ms(), "cancelled", Some(reason), Vec::new()),
+            )
+            .await
         }
         Action::Stop => Ok(()),
     };
@@ -369,68 +373,30 @@ async fn select_answer(
 /// Validates and tallies the ballots, hands the winner and the runner-up to
 /// the curator, and writes the outcome with everything needed to re-check it.
 async fn conclude(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> Result<(), String> {
-    let round = facts.round.clone().ok_or("no round to conclude")?;
-    let mut excluded = Vec::new();
-    let mut envelopes: Vec<Envelope> = Vec::new();
-    for (author, kind, bytes) in &facts.ballots {
-        match decode_message::<Envelope>(bytes) {
-            Ok(envelope) if envelope.sender == *author => envelopes.push(envelope),
-            Ok(envelope) => excluded.push(serde_json::json!({
-                "voter": author.to_string(), "kind": kind,
-                "reason": format!("a ballot signed by {} inside {author}'s contribution", envelope.sender),
-            })),
-            Err(error) => excluded.push(serde_json::json!({
-                "voter": author.to_string(), "kind": kind, "reason": format!("not a signed ballot: {error}"),
-            })),
-        }
-    }
-    let ballot_spec = BallotSpec {
-        job,
-        rule: spec.rule,
-        candidates: round.candidates.len() as u32,
-        eligible: spec.participants.clone(),
-        quorum: Quorum::AtLeast(spec.quorum),
-    };
-    let counted = validate(&ballot_spec, &envelopes);
-    report_equivocations(ctx, &counted.equivocations, &envelopes).await;
-    for exclusion in &counted.excluded {
-        excluded.push(serde_json::to_value(exclusion).map_err(|e| e.to_string())?);
-    }
-    let ballot_file = ballot_file(job, spec, &round, &envelopes);
-    let mut contributions: Vec<Attributed> = round
-        .candidates
-        .iter()
-        .enumerate()
-        .filter_map(|(i, peer)| {
-            facts.candidate_of(peer).map(|o| attributed(&format!("candidate {i}"), peer, o))
-        })
-        .collect();
-    let mut outcome = ended(spec, "failed", None, round.missing.clone());
-    outcome.ballot_file = Some(ballot_file);
-    outcome.excluded = excluded;
-    if !counted.quorum_reached() {
-        outcome.error =
-            Some(format!("{} valid ballots of {} needed", counted.voters.len(), counted.quorum_required));
-        outcome.contributions = contributions;
+    let engine = ctx.tally.clone();
+    let (counting_spec, counting_facts) = (spec.clone(), facts.clone());
+    let now = unix_ms();
+    let count = tokio::task::spawn_blocking(move || {
+        outcome::count_council(job, &counting_spec, &counting_facts, &engine, now)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    report_equivocations(ctx, &count.equivocations, &count.envelopes).await;
+    let CouncilCount { mut outcome, winner, runner_up, voters, mut contributions, .. } = count;
+    let Some(winner) = winner else {
         FederationStats::bump(&ctx.stats.failed);
         return put(ctx, job, spec::OUTCOME, &outcome).await;
-    }
-    let engine = ctx.tally.clone();
-    let input = counted.input.clone();
-    let (tally, backend) =
-        tokio::task::spawn_blocking(move || engine.tally(&input)).await.map_err(|e| e.to_string())?;
-    let tally = tally.map_err(|e| e.to_string())?;
+    };
     FederationStats::bump(&ctx.stats.tallies);
-    let label = vec![("backend".to_string(), backend.clone())];
-    ctx.stats.tally_ballots.get_or_create(&label).observe(tally.ballots as f64);
-    let winner = tally.winner.ok_or("the tally has no winner")? as usize;
-    let runner_up = tally.ranking.get(1).map(|&i| i as usize);
+    if let Some(backend) = outcome.tally.as_ref().and_then(|t| t["backend"].as_str()) {
+        let label = vec![("backend".to_string(), backend.to_string())];
+        let ballots = outcome.tally.as_ref().and_then(|t| t["result"]["ballots"].as_f64()).unwrap_or(0.0);
+        ctx.stats.tally_ballots.get_or_create(&label).observe(ballots);
+    }
+    FederationStats::bump(&ctx.stats.finished);
+    let round = facts.round.clone().ok_or("no round to conclude")?;
     let text_of =
         |i: usize| facts.candidate_of(&round.candidates[i]).map(|o| o.text.clone()).unwrap_or_default();
-    outcome.winner = Some(round.candidates[winner].to_string());
-    outcome.tally = Some(serde_json::json!({ "backend": backend, "result": tally }));
-    outcome.status = "done".into();
-    FederationStats::bump(&ctx.stats.finished);
     let profile = ctx.profiles.get(&spec.profile).map_err(|e| e.to_string())?;
     if profile.curation.resolve(ctx.client.provider_name()) == Curation::Select {
         outcome.answer = Some(text_of(winner));
@@ -439,8 +405,7 @@ async fn conclude(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) 
         return put(ctx, job, spec::OUTCOME, &outcome).await;
     }
     let review = format!(
-        "{} council members voted; this answer ranked first under {:?}, the refined answer second.",
-        counted.voters.len(),
+        "{voters} council members voted; this answer ranked first under {:?}, the refined answer second.",
         spec.rule
     );
     let refined = runner_up.map(text_of).unwrap_or_default();
@@ -449,7 +414,7 @@ async fn conclude(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) 
     let me = ctx.me;
     match call_model(ctx, job, spec, me, "curator", Stage::Curator, messages).await {
         Ok(output) if !output.text.is_empty() => {
-            contributions.push(attributed("curator", &me, &output));
+            contributions.push(outcome::attributed("curator", &me, &output));
             outcome.answer = Some(output.text);
             outcome.curation = Some(Curation::Rewrite.as_str().into());
         }
@@ -470,61 +435,9 @@ async fn conclude(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) 
 }
 
 async fn finish_pipeline(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> Result<(), String> {
-    let mut outcome = ended(spec, "done", None, Vec::new());
-    for stage in Stage::ALL {
-        if let (Some(peer), Some(output)) = (facts.stage_peer(stage), facts.stage_output(stage)) {
-            outcome.contributions.push(attributed(stage.as_str(), &peer, output));
-        }
-    }
-    outcome.missing = facts
-        .assignments
-        .iter()
-        .map(|(stage, a)| Missing {
-            // The code of the failure that moved the stage (`quota`, ...).
-            code: facts
-                .failures
-                .iter()
-                .find(|(_, failure)| failure.part == stage_kind(*stage))
-                .and_then(|(_, failure)| failure.code.clone()),
-            peer: a.reason.clone(),
-            reason: format!("{} moved to {}", stage.as_str(), a.peer),
-        })
-        .collect();
-    outcome.answer = facts.stage_output(Stage::Curator).map(|o| o.text.clone());
-    let as_written = |stage| facts.stage_output(stage).map(|o| &o.text) == outcome.answer.as_ref();
-    let selected = as_written(Stage::Generator) || as_written(Stage::Refiner);
-    outcome.curation = Some(if selected { Curation::Select } else { Curation::Rewrite }.as_str().into());
+    let outcome = outcome::pipeline_outcome(spec, facts, unix_ms());
     FederationStats::bump(&ctx.stats.finished);
     put(ctx, job, spec::OUTCOME, &outcome).await
-}
-
-fn attributed(part: &str, peer: &NodeId, output: &Output) -> Attributed {
-    Attributed {
-        part: part.to_string(),
-        peer: peer.to_string(),
-        text: output.text.clone(),
-        model: output.model.clone(),
-        tokens: output.tokens,
-        elapsed_ms: output.elapsed_ms,
-        prompt_tokens: output.prompt_tokens,
-        finish_reason: output.finish_reason.clone(),
-    }
-}
-
-fn ended(spec: &JobSpec, status: &str, error: Option<String>, missing: Vec<Missing>) -> Outcome {
-    Outcome {
-        status: status.to_string(),
-        answer: None,
-        error,
-        contributions: Vec::new(),
-        winner: None,
-        tally: None,
-        ballot_file: None,
-        excluded: Vec::new(),
-        missing,
-        elapsed_ms: unix_ms().saturating_sub(spec.created_ms),
-        curation: None,
-    }
 }
 
 /// Hands each equivocation's two signed ballots to the node, which verifies
@@ -542,17 +455,4 @@ async fn report_equivocations(ctx: &WorkContext, found: &[Equivocation], envelop
             Err(error) => tracing::debug!(%error, "could not hand an equivocation proof to the node"),
         }
     }
-}
-
-/// The ballots in `hivemesh tally`'s file format.
-fn ballot_file(job: JobId, spec: &JobSpec, round: &Round, envelopes: &[Envelope]) -> serde_json::Value {
-    let ballots: Vec<String> =
-        envelopes.iter().filter_map(|e| encode_message(e).ok()).map(hex::encode).collect();
-    serde_json::json!({
-        "job": job.to_string(),
-        "rule": spec.rule.name(),
-        "candidates": round.candidates.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-        "eligible": spec.participants.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-        "ballots": ballots,
-    })
 }
