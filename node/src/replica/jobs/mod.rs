@@ -8,74 +8,35 @@
 //! group commit (one flush for every write that arrived while the previous
 //! one ran) and only then acknowledges, pushes or announces (ADR 0021).
 //!
+//! Every active job's metadata is in memory; its document only while it is
+//! among the `max_loaded_docs` most recently touched (see `docs`): a waiting
+//! job is read back from sled, every change checked again, when touched.
+//!
 //! A job is finished once it holds an `outcome` contribution. After a grace
 //! period (so late pushes still land everywhere) its history is compacted,
 //! it leaves memory, and it takes no more changes: memory holds active jobs
 //! only, never the whole history.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
-use std::time::Duration;
+mod docs;
+mod persist;
+mod types;
 
-use hivemesh_crdt::job_doc::{ChangeHash, JobDoc, JobDocError, SyncSession, Verified};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use hivemesh_crdt::job_doc::SyncSession;
 use hivemesh_protocol::{JobId, NodeId, NodeIdentity};
 use serde::{Deserialize, Serialize};
 
-use super::store::{Store, StoreError};
+use self::docs::{Docs, load_doc};
+use self::persist::{admit, persist, save_from_peer, view_of};
+pub use self::types::{JobChanged, JobError, JobStats, JobView, JobsConfig};
+use super::store::Store;
 
 /// The contribution kind that marks a job finished.
 pub const OUTCOME_KIND: &str = "outcome";
 
-#[derive(Clone, Debug)]
-pub struct JobsConfig {
-    /// Most jobs held in memory at once (unfinished, or finished within the
-    /// grace period); a new one beyond it is refused as busy.
-    pub max_active: usize,
-    /// Incremental records after which a job's records are folded into one.
-    pub compact_after_records: u64,
-    /// How long a finished job keeps syncing before its history is compacted.
-    pub finished_grace: Duration,
-}
-
-impl Default for JobsConfig {
-    fn default() -> Self {
-        Self { max_active: 20_000, compact_after_records: 64, finished_grace: Duration::from_secs(30) }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    #[error("job {0} is not held by this node")]
-    Unknown(JobId),
-    #[error("busy: this node already holds {max} active jobs; refusing job {job}")]
-    Busy { job: JobId, max: usize },
-    #[error("job {0} is finished and compacted; it takes no more changes")]
-    Closed(JobId),
-    #[error("job {job}: {source}")]
-    Doc { job: JobId, source: JobDocError },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The flush that was to make a write durable failed (the node's log
-    /// has the store's error); the write was not acknowledged.
-    #[error("job {0}: the write could not be made durable (flushing the store failed)")]
-    NotDurable(JobId),
-}
-
-impl JobError {
-    /// A short stable label, for metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::Unknown(_) => "unknown_job",
-            Self::Busy { .. } => "busy",
-            Self::Closed(_) => "closed_job",
-            Self::Doc { source, .. } => source.reason(),
-            Self::Store(_) => "store",
-            Self::NotDurable(_) => "not_durable",
-        }
-    }
-}
-
-/// What is kept per job beside its document.
+/// What is kept per job beside its document (stored as the job's meta).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct JobMeta {
     peers: BTreeSet<NodeId>,
@@ -84,60 +45,21 @@ struct JobMeta {
     compacted: bool,
 }
 
+/// An active job, in memory whether or not its document is.
 struct HeldJob {
-    doc: JobDoc,
     meta: JobMeta,
-    saved_heads: Vec<ChangeHash>,
+    /// Sequence number of the job's next incremental record in sled.
     next_seq: u64,
-}
-
-/// What one write changed in a job: the job as it now stands and the
-/// contributions that began to count (each verified once, on arrival).
-/// Pushed to subscribers (the federation, event streams, the OpenAI
-/// endpoint), which need not read the job again.
-#[derive(Debug, Clone)]
-pub struct JobChanged {
-    pub view: Arc<JobView>,
-    /// New contributions, in the order they landed.
-    pub fresh: Arc<[Verified]>,
-}
-
-impl JobChanged {
-    pub fn job(&self) -> JobId {
-        self.view.job
-    }
-}
-
-/// A job as a reader sees it: every verified contribution.
-#[derive(Debug, Clone)]
-pub struct JobView {
-    pub job: JobId,
-    pub peers: Vec<NodeId>,
-    pub created_ms: u64,
-    pub finished_at_ms: Option<u64>,
-    pub compacted: bool,
-    pub heads: Vec<String>,
-    pub contributions: Vec<Verified>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct JobStats {
-    pub active: usize,
-    pub changes_pushed: u64,
-    pub changes_applied: u64,
-    pub sync_rounds: u64,
-    pub sync_bytes_in: u64,
-    pub sync_bytes_out: u64,
-    pub records_folded: u64,
-    pub histories_compacted: u64,
-    /// Refused job input by reason.
-    pub rejected: BTreeMap<String, u64>,
 }
 
 pub struct Jobs {
     store: Store,
     me: NodeId,
     held: HashMap<JobId, HeldJob>,
+    docs: Docs,
+    /// Open sync rounds. Kept when a document leaves memory: were both
+    /// sides to start each message from a fresh session, a round would
+    /// never end.
     sessions: HashMap<(NodeId, JobId), SyncSession>,
     config: JobsConfig,
     stats: JobStats,
@@ -148,40 +70,40 @@ pub struct Jobs {
 impl Jobs {
     /// Reloads every unfinished (or not yet compacted) job from sled, checking
     /// each change again; one that no longer loads is reported and skipped.
+    /// The first `max_loaded_docs` documents stay in memory.
     pub fn load(store: Store, me: NodeId, config: JobsConfig) -> Self {
         let mut jobs = Self {
             store,
             me,
             held: HashMap::new(),
+            docs: Docs::new(config.max_loaded_docs),
             sessions: HashMap::new(),
             config,
             stats: JobStats::default(),
             changed: Vec::new(),
         };
-        let (store, me) = (&jobs.store, &jobs.me);
-        let (metas, skipped) = store.job_metas::<JobMeta>();
+        let (metas, skipped) = jobs.store.job_metas::<JobMeta>();
         for skip in skipped {
             tracing::warn!(tree = skip.tree, reason = %skip.reason, "skipped an unreadable job record");
         }
-        let mut held = HashMap::new();
         for (job, meta) in metas.into_iter().filter(|(_, meta)| !meta.compacted) {
-            match load_doc(store, me, job) {
-                Ok((mut doc, records)) => {
-                    let saved_heads = doc.heads();
-                    held.insert(job, HeldJob { doc, meta, saved_heads, next_seq: records });
+            match load_doc(&jobs.store, &jobs.me, job) {
+                Ok((doc, records)) => {
+                    jobs.docs.loads += 1;
+                    jobs.docs.keep_if_room(job, doc);
+                    jobs.held.insert(job, HeldJob { meta, next_seq: records });
                 }
                 Err(error) => tracing::warn!(%job, %error, "skipped a stored job that no longer loads"),
             }
         }
-        tracing::info!(jobs = held.len(), "active jobs loaded from disk");
-        jobs.held = held;
+        tracing::info!(jobs = jobs.held.len(), loaded = jobs.docs.len(), "active jobs loaded from disk");
         jobs
     }
 
     /// Starts holding `job` (or adds `peers` to it); durable at the next
     /// flush.
     pub fn open(&mut self, job: JobId, peers: &[NodeId], now_ms: u64) -> Result<(), JobError> {
-        let held = admit(&mut self.held, self.config.max_active, &self.store, &self.me, job, now_ms)?;
+        let held = admit(&mut self.held, self.config.max_active, &self.store, job, now_ms)?;
         held.meta.peers.extend(peers.iter().filter(|p| **p != self.me));
         self.store.put_job_meta(&job, &held.meta)?;
         Ok(())
@@ -198,12 +120,13 @@ impl Jobs {
         now_ms: u64,
     ) -> Result<(Vec<u8>, Vec<NodeId>), JobError> {
         let held = self.held.get_mut(&job).ok_or(JobError::Unknown(job))?;
-        let change = held
+        let loaded = self.docs.get_or_load(&self.store, &self.me, job)?;
+        let change = loaded
             .doc
             .contribute(identity, kind, body, now_ms)
             .map_err(|source| JobError::Doc { job, source })?;
-        let folded =
-            persist(&self.store, &mut self.changed, held, self.config.compact_after_records, now_ms)?;
+        let compact_after = self.config.compact_after_records;
+        let folded = persist(&self.store, &mut self.changed, held, loaded, compact_after, now_ms)?;
         self.stats.records_folded += u64::from(folded);
         self.stats.changes_pushed += held.meta.peers.len() as u64;
         Ok((change, held.meta.peers.iter().copied().collect()))
@@ -231,19 +154,32 @@ impl Jobs {
         now_ms: u64,
     ) -> Result<usize, JobError> {
         let compact_after = self.config.compact_after_records;
-        let held = admit(&mut self.held, self.config.max_active, &self.store, &self.me, job, now_ms)?;
-        let new = held.doc.apply_changes(changes).map_err(|source| JobError::Doc { job, source })?;
-        let folded = save_from_peer(&self.store, &mut self.changed, held, from, compact_after, now_ms)?;
+        let held = admit(&mut self.held, self.config.max_active, &self.store, job, now_ms)?;
+        let loaded = self.docs.get_or_load(&self.store, &self.me, job)?;
+        let new = loaded.doc.apply_changes(changes).map_err(|source| JobError::Doc { job, source })?;
+        let folded =
+            save_from_peer(&self.store, &mut self.changed, held, loaded, from, compact_after, now_ms)?;
         self.stats.changes_applied += new as u64;
         self.stats.records_folded += u64::from(folded);
         Ok(new)
     }
 
     /// Opens a sync round with `to`: a fresh session and its first message.
+    /// `None` when the job is not held, its document no longer loads
+    /// (logged), or there is nothing to say.
     pub fn sync_start(&mut self, to: NodeId, job: JobId) -> Option<Vec<u8>> {
-        let held = self.held.get_mut(&job)?;
+        if !self.held.contains_key(&job) {
+            return None;
+        }
+        let loaded = match self.docs.get_or_load(&self.store, &self.me, job) {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                tracing::warn!(%job, %error, "no sync round: the job document does not load");
+                return None;
+            }
+        };
         let mut session = SyncSession::new();
-        let message = held.doc.sync_message(&mut session)?;
+        let message = loaded.doc.sync_message(&mut session)?;
         self.sessions.insert((to, job), session);
         self.stats.sync_rounds += 1;
         self.stats.sync_bytes_out += message.len() as u64;
@@ -266,7 +202,8 @@ impl Jobs {
     }
 
     /// The initiator's side: applies the peer's answer and returns the next
-    /// message, or `None` when the round is over.
+    /// message, or `None` when the round is over. A round whose document
+    /// left memory meanwhile goes on from a fresh session.
     pub fn sync_continue(
         &mut self,
         to: NodeId,
@@ -291,22 +228,33 @@ impl Jobs {
         now_ms: u64,
     ) -> Result<Option<Vec<u8>>, JobError> {
         let compact_after = self.config.compact_after_records;
-        let held = admit(&mut self.held, self.config.max_active, &self.store, &self.me, job, now_ms)?;
+        let held = admit(&mut self.held, self.config.max_active, &self.store, job, now_ms)?;
+        let loaded = self.docs.get_or_load(&self.store, &self.me, job)?;
         if first {
             self.sessions.remove(&(peer, job));
         }
         let session = self.sessions.entry((peer, job)).or_default();
         if let Some(bytes) = incoming {
             self.stats.sync_bytes_in += bytes.len() as u64;
-            let before = held.doc.heads();
-            held.doc.receive_sync(session, bytes).map_err(|source| JobError::Doc { job, source })?;
-            if held.doc.heads() != before {
-                let folded =
-                    save_from_peer(&self.store, &mut self.changed, held, peer, compact_after, now_ms)?;
+            let before = loaded.doc.heads();
+            let received = loaded.doc.receive_sync(session, bytes);
+            // Whatever changed is written before an error returns: a
+            // document never holds heads that are not in sled.
+            if loaded.doc.heads() != before {
+                let folded = save_from_peer(
+                    &self.store,
+                    &mut self.changed,
+                    held,
+                    loaded,
+                    peer,
+                    compact_after,
+                    now_ms,
+                )?;
                 self.stats.records_folded += u64::from(folded);
             }
+            received.map_err(|source| JobError::Doc { job, source })?;
         }
-        let next = held.doc.sync_message(session);
+        let next = loaded.doc.sync_message(session);
         if let Some(message) = &next {
             self.stats.sync_bytes_out += message.len() as u64;
         }
@@ -314,7 +262,7 @@ impl Jobs {
     }
 
     /// Every held job that still syncs, with its peers: what anti-entropy
-    /// picks from.
+    /// picks from. Reads metadata only; no document is loaded.
     pub fn repair_targets(&self) -> Vec<(JobId, Vec<NodeId>)> {
         self.held
             .iter()
@@ -335,9 +283,16 @@ impl Jobs {
             .collect();
         for job in &due {
             let Some(mut held) = self.held.remove(job) else { continue };
-            held.doc.compact(identity).map_err(|source| JobError::Doc { job: *job, source })?;
+            let mut doc = match self.docs.remove(job) {
+                Some(loaded) => loaded.doc,
+                None => {
+                    self.docs.loads += 1;
+                    load_doc(&self.store, &self.me, *job)?.0
+                }
+            };
+            doc.compact(identity).map_err(|source| JobError::Doc { job: *job, source })?;
             held.meta.compacted = true;
-            self.store.replace_job_chunks(job, &held.doc.save())?;
+            self.store.replace_job_chunks(job, &doc.save())?;
             self.store.put_job_meta(job, &held.meta)?;
             self.sessions.retain(|(_, session_job), _| session_job != job);
             self.stats.histories_compacted += 1;
@@ -348,10 +303,12 @@ impl Jobs {
         Ok(due)
     }
 
-    /// A job held in memory, or read back from sled if it was compacted.
+    /// A held job (its document read back from sled if it had left memory),
+    /// or one read back from sled if it was compacted.
     pub fn view(&mut self, job: JobId) -> Result<JobView, JobError> {
-        if let Some(held) = self.held.get_mut(&job) {
-            return Ok(view_of(job, &held.meta, &mut held.doc));
+        if let Some(held) = self.held.get(&job) {
+            let loaded = self.docs.get_or_load(&self.store, &self.me, job)?;
+            return Ok(view_of(job, &held.meta, &mut loaded.doc));
         }
         let meta = self.store.job_meta::<JobMeta>(&job)?.ok_or(JobError::Unknown(job))?;
         let (mut doc, _) = load_doc(&self.store, &self.me, job)?;
@@ -369,120 +326,48 @@ impl Jobs {
     }
 
     /// Jobs whose document changed since the last call, each once, with
-    /// what changed.
+    /// what changed: those whose document is in memory first (by job id),
+    /// then those read back from sled, so that reading one back drops only
+    /// documents already taken.
     pub fn take_changed(&mut self) -> Vec<JobChanged> {
         let mut changed = std::mem::take(&mut self.changed);
         changed.sort_unstable();
         changed.dedup();
-        changed
-            .into_iter()
-            .filter_map(|job| {
-                let held = self.held.get_mut(&job)?;
-                let fresh = held.doc.take_fresh().into();
-                Some(JobChanged { view: Arc::new(view_of(job, &held.meta, &mut held.doc)), fresh })
-            })
-            .collect()
+        changed.sort_by_key(|job| !self.docs.contains(job));
+        let mut out = Vec::with_capacity(changed.len());
+        for job in changed {
+            let Some(held) = self.held.get(&job) else {
+                self.docs.take_pending(&job);
+                continue;
+            };
+            let loaded = match self.docs.get_or_load(&self.store, &self.me, job) {
+                Ok(loaded) => loaded,
+                Err(error) => {
+                    tracing::warn!(%job, %error, "a changed job document no longer loads");
+                    continue;
+                }
+            };
+            let mut fresh = loaded.doc.take_fresh();
+            let view = Arc::new(view_of(job, &held.meta, &mut loaded.doc));
+            let mut all = self.docs.take_pending(&job);
+            all.append(&mut fresh);
+            out.push(JobChanged { view, fresh: all.into() });
+        }
+        out
     }
 
     pub fn stats(&self) -> JobStats {
-        JobStats { active: self.held.len(), ..self.stats.clone() }
+        JobStats {
+            active: self.held.len(),
+            loaded: self.docs.len(),
+            doc_loads: self.docs.loads,
+            ..self.stats.clone()
+        }
     }
 
     fn count<T>(&mut self, result: &Result<T, JobError>) {
         if let Err(error) = result {
             *self.stats.rejected.entry(error.reason().to_string()).or_default() += 1;
         }
-    }
-}
-
-/// The held job, or a new one if there is room and it was not closed.
-fn admit<'a>(
-    held: &'a mut HashMap<JobId, HeldJob>,
-    max_active: usize,
-    store: &Store,
-    me: &NodeId,
-    job: JobId,
-    now_ms: u64,
-) -> Result<&'a mut HeldJob, JobError> {
-    if !held.contains_key(&job) {
-        if store.job_meta::<JobMeta>(&job)?.is_some_and(|meta| meta.compacted) {
-            return Err(JobError::Closed(job));
-        }
-        if held.len() >= max_active {
-            return Err(JobError::Busy { job, max: max_active });
-        }
-        let meta = JobMeta { created_ms: now_ms, ..JobMeta::default() };
-        store.put_job_meta(&job, &meta)?;
-        held.insert(job, HeldJob { doc: JobDoc::new(job, me), meta, saved_heads: Vec::new(), next_seq: 0 });
-    }
-    held.get_mut(&job).ok_or(JobError::Unknown(job))
-}
-
-/// Saves what changed since the last save as one more record, or folds every
-/// record into one full save when the chain is long. Marks the job finished
-/// when it first holds an outcome. Returns whether it folded.
-fn persist(
-    store: &Store,
-    changed: &mut Vec<JobId>,
-    held: &mut HeldJob,
-    compact_after: u64,
-    now_ms: u64,
-) -> Result<bool, JobError> {
-    let heads = held.doc.heads();
-    if heads == held.saved_heads {
-        return Ok(false);
-    }
-    changed.push(held.doc.job());
-    let folded = held.next_seq >= compact_after;
-    if folded {
-        store.replace_job_chunks(&held.doc.job(), &held.doc.save())?;
-        held.next_seq = 1;
-    } else {
-        let bytes = held.doc.save_after(&held.saved_heads);
-        store.put_job_chunk(&held.doc.job(), held.next_seq, &bytes)?;
-        held.next_seq += 1;
-    }
-    held.saved_heads = heads;
-    if held.meta.finished_at_ms.is_none() && held.doc.has_kind(OUTCOME_KIND) {
-        held.meta.finished_at_ms = Some(now_ms);
-        store.put_job_meta(&held.doc.job(), &held.meta)?;
-    }
-    Ok(folded)
-}
-
-/// What a peer sent is in the document: `peer` becomes one of the job's
-/// peers, all of it durable at the next flush (the caller answers after
-/// it). Returns whether the records were folded.
-fn save_from_peer(
-    store: &Store,
-    changed: &mut Vec<JobId>,
-    held: &mut HeldJob,
-    peer: NodeId,
-    compact_after: u64,
-    now_ms: u64,
-) -> Result<bool, JobError> {
-    let new_peer = held.meta.peers.insert(peer);
-    let folded = persist(store, changed, held, compact_after, now_ms)?;
-    if new_peer {
-        store.put_job_meta(&held.doc.job(), &held.meta)?;
-    }
-    Ok(folded)
-}
-
-fn load_doc(store: &Store, me: &NodeId, job: JobId) -> Result<(JobDoc, u64), JobError> {
-    let (bytes, records) = store.job_bytes(&job)?;
-    let doc = JobDoc::load(job, me, &bytes).map_err(|source| JobError::Doc { job, source })?;
-    Ok((doc, records))
-}
-
-fn view_of(job: JobId, meta: &JobMeta, doc: &mut JobDoc) -> JobView {
-    JobView {
-        job,
-        peers: meta.peers.iter().copied().collect(),
-        created_ms: meta.created_ms,
-        finished_at_ms: meta.finished_at_ms,
-        compacted: meta.compacted,
-        heads: doc.heads().iter().map(|h| h.to_string()).collect(),
-        contributions: doc.contributions(),
     }
 }
