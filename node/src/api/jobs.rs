@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::{ApiError, AppState, error};
 use crate::federation::spec::{self, Facts, Mode};
 use crate::federation::{FederationHandle, Limits, Submission, SubmitError};
-use crate::net::{NodeClient, NodeError};
+use crate::net::{ClientError, NodeClient};
 use crate::replica::{JobChanged, JobError, JobView};
 
 /// Longest deadline a job may ask for: one hour.
@@ -202,7 +202,7 @@ pub(crate) fn submit_error(error_: SubmitError) -> Response {
                 .into_response()
         }
         SubmitError::Invalid(message) => error(StatusCode::BAD_REQUEST, message),
-        SubmitError::Node(NodeError::Job(job)) => job_error(job),
+        SubmitError::Node(ClientError::Job(job)) => job_error(job),
         SubmitError::Node(other) => error(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
     }
 }
@@ -217,9 +217,9 @@ fn job_error(error_: JobError) -> Response {
     }
 }
 
-fn node_error(error_: NodeError) -> Response {
+fn node_error(error_: ClientError) -> Response {
     match error_ {
-        NodeError::Job(job) => job_error(job),
+        ClientError::Job(job) => job_error(job),
         other => error(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
     }
 }

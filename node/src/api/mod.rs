@@ -18,7 +18,7 @@ pub use client::{ApiClient, ApiClientError, Method};
 pub use routes::{ROUTES, Route};
 
 use crate::federation::FederationHandle;
-use crate::net::{NodeClient, NodeError};
+use crate::net::{ClientError, NodeClient};
 
 mod access;
 mod auth;
@@ -78,10 +78,19 @@ pub struct ApiConfig<'a> {
     pub access: AccessRules,
 }
 
-pub async fn serve(config: ApiConfig<'_>) -> Result<(SocketAddr, JoinHandle<()>), NodeError> {
+/// Why the control API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("the control API on {0} is reachable beyond loopback: it needs a bearer token")]
+    TokenRequired(SocketAddr),
+    #[error("cannot bind the control API on {address}: {source}")]
+    Bind { address: SocketAddr, source: std::io::Error },
+}
+
+pub async fn serve(config: ApiConfig<'_>) -> Result<(SocketAddr, JoinHandle<()>), ServeError> {
     let ApiConfig { address, token, client, jobs, gateway, data_dir, access } = config;
     if !address.ip().is_loopback() && token.is_none() {
-        return Err(NodeError::ApiTokenRequired(address));
+        return Err(ServeError::TokenRequired(address));
     }
     let listener = match tokio::net::TcpListener::bind(address).await {
         Ok(l) => l,
@@ -90,11 +99,11 @@ pub async fn serve(config: ApiConfig<'_>) -> Result<(SocketAddr, JoinHandle<()>)
             tracing::warn!(%address, "control API port in use; using an ephemeral port instead");
             tokio::net::TcpListener::bind(fallback)
                 .await
-                .map_err(|source| NodeError::Api { address: fallback, source })?
+                .map_err(|source| ServeError::Bind { address: fallback, source })?
         }
-        Err(source) => return Err(NodeError::Api { address, source }),
+        Err(source) => return Err(ServeError::Bind { address, source }),
     };
-    let bound = listener.local_addr().map_err(|source| NodeError::Api { address, source })?;
+    let bound = listener.local_addr().map_err(|source| ServeError::Bind { address, source })?;
     if let Err(e) = std::fs::write(api_addr_file(data_dir), bound.to_string()) {
         tracing::warn!(error = %e, "could not record the API address in the data directory");
     }
@@ -248,7 +257,7 @@ async fn no_route(uri: axum::http::Uri) -> Response {
     error(StatusCode::NOT_FOUND, format!("no route {}", uri.path()))
 }
 
-fn stopped(e: NodeError) -> Response {
+fn stopped(e: ClientError) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
@@ -299,7 +308,7 @@ async fn advertise(State(client): State<NodeClient>, body: Result<Json<Profile>,
     };
     match client.advertise(profile.clone()).await {
         Ok(()) => Json(serde_json::json!({ "status": "advertised", "profile": profile })).into_response(),
-        Err(NodeError::Replication(message)) => bad_request(message),
+        Err(ClientError::Replication(message)) => bad_request(message),
         Err(e) => stopped(e),
     }
 }

@@ -120,7 +120,7 @@ pub enum SubmitError {
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
-    Node(#[from] crate::net::NodeError),
+    Node(#[from] crate::net::ClientError),
 }
 
 /// Labels of a model call's latency: the part (`candidate`, `stage.refiner`,
@@ -213,7 +213,7 @@ impl FederationHandle {
         sampling: spec::Sampling,
     ) -> Result<hivemesh_protocol::JobId, SubmitError> {
         let (tx, rx) = oneshot::channel();
-        let stopped = || SubmitError::Node(crate::net::NodeError::Stopped);
+        let stopped = || SubmitError::Node(crate::net::ClientError::Stopped);
         self.requests.send(Request::Submit(submission, sampling, tx)).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
@@ -221,7 +221,7 @@ impl FederationHandle {
     /// Cancels a job this node asked: every participant stops its calls.
     pub async fn cancel(&self, job: hivemesh_protocol::JobId) -> Result<(), SubmitError> {
         let (tx, rx) = oneshot::channel();
-        let stopped = || SubmitError::Node(crate::net::NodeError::Stopped);
+        let stopped = || SubmitError::Node(crate::net::ClientError::Stopped);
         self.requests.send(Request::Cancel(job, tx)).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }

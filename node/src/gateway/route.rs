@@ -12,7 +12,7 @@ use super::{
     BodyFrame, ForwardHead, ForwardRequest, GatewayError, HEAD_TIMEOUT, MAX_BODY_FRAME, MAX_HEAD_BYTES,
     MAX_REQUEST_BYTES, PROTOCOL, read_frame_within, write_frame,
 };
-use crate::net::{NodeClient, NodeError};
+use crate::net::{ClientError, NodeClient};
 use crate::replica::ViewKind;
 
 /// A response body as it arrives.
@@ -30,7 +30,7 @@ pub struct Candidate {
 
 /// The peers offering `model`, alive in the registry view (never suspect
 /// or down), least loaded first, this node first among equals.
-pub async fn candidates(node: &NodeClient, model: &str) -> Result<Vec<Candidate>, NodeError> {
+pub async fn candidates(node: &NodeClient, model: &str) -> Result<Vec<Candidate>, ClientError> {
     let report = node.view(Some(ViewKind::Registry)).await?;
     let mut found = Vec::new();
     if report.me.models.iter().any(|m| m == model)

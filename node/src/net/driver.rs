@@ -15,7 +15,7 @@ use hivemesh_protocol::identity::NodeId;
 use super::behaviour::{Behaviour, BehaviourEvent};
 use super::bootstrap::UnresolvedBootstrap;
 use super::describe::error_chain;
-use super::handle::{MemberInfo, MembersReport, ReplicationConfig, StatusReport};
+use super::dto::{MemberInfo, MembersReport, StatusReport};
 use super::job_cache::JobCache;
 use super::job_sync::{JobCommand, Owed};
 use super::replication::ReplicationState;
@@ -111,7 +111,8 @@ impl Driver {
         api: Option<std::net::SocketAddr>,
         replica: Replica,
         jobs: JobSync,
-        config: &ReplicationConfig,
+        anti_entropy_period: Duration,
+        majority_threshold: usize,
         swarm_key: Option<String>,
     ) -> Self {
         let (timers, timer_rx) = mpsc::unbounded_channel();
@@ -136,8 +137,8 @@ impl Driver {
             api,
             replica,
             replication: ReplicationState::default(),
-            majority_threshold: config.majority_threshold,
-            anti_entropy_period: config.anti_entropy,
+            majority_threshold,
+            anti_entropy_period,
             timers,
             timer_rx,
             mdns_announced: HashSet::new(),

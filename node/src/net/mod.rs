@@ -1,23 +1,26 @@
 //! The networked node: a libp2p swarm driving the membership machine.
+//! Below the federation and the API: nothing here imports them; the node
+//! is put together above, in `wiring`.
 
 mod behaviour;
 mod bootstrap;
+mod client;
 mod describe;
 mod driver;
-mod handle;
+mod dto;
 mod job_cache;
 mod job_sync;
 pub mod private;
 mod refusals;
 mod replication;
+mod start;
 mod trust;
 
 pub use behaviour::{MAX_SWIM_FRAME, SWIM_PROTOCOL};
+pub use client::{ClientError, NodeClient};
 pub use describe::error_chain;
 pub use driver::unix_ms;
-pub use handle::{
-    MemberInfo, MembersReport, NodeClient, NodeConfig, NodeError, NodeHandle, ReplicationConfig,
-    StatusReport, spawn_node,
-};
+pub use dto::{MemberInfo, MembersReport, StatusReport};
 pub use job_cache::JobCache;
+pub use start::{Listening, RunSettings, StartError, SwarmSettings, listen};
 pub use trust::{ForceLeaveError, ForceLeaveReport};

@@ -145,17 +145,17 @@ pub(crate) fn pnet_tcp(
 /// wrapped in pnet and nothing else (ADR 0016).
 pub(super) fn build_swarm(
     keypair: libp2p::identity::Keypair,
-    config: &super::handle::NodeConfig,
-) -> Result<libp2p::Swarm<super::behaviour::Behaviour>, super::handle::NodeError> {
+    config: &super::start::SwarmSettings<'_>,
+) -> Result<libp2p::Swarm<super::behaviour::Behaviour>, super::start::StartError> {
     let mdns = config.mdns;
     let allow = config.allow_peers.clone();
     let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
-    let transport = |e: &dyn std::fmt::Display| super::handle::NodeError::Transport(e.to_string());
+    let transport = |e: &dyn std::fmt::Display| super::start::StartError::Transport(e.to_string());
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
     let swarm = match config.swarm_key {
         Some(psk) => {
-            if let Some(quic) = config.listen.iter().chain(&config.bootstrap).find(|a| is_quic(a)) {
-                return Err(super::handle::NodeError::QuicWithSwarmKey(quic.clone()));
+            if let Some(quic) = config.listen.iter().chain(config.bootstrap).find(|a| is_quic(a)) {
+                return Err(super::start::StartError::QuicWithSwarmKey(quic.clone()));
             }
             builder
                 .with_other_transport(|key| pnet_tcp(key, psk).map_err(Into::into))

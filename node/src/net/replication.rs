@@ -11,7 +11,7 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::oneshot;
 
 use super::driver::{Driver, unix_ms};
-use super::handle::MemberInfo;
+use super::dto::MemberInfo;
 use crate::membership::{MemberId, MemberState};
 use crate::replica::{
     MajorityInfo, Profile, StateRequest, StateResponse, ViewKind, ViewMember, ViewReport, member_entry,

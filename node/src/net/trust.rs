@@ -7,8 +7,8 @@ use hivemesh_protocol::{Domain, EquivocationProof, ForceLeave, MessageError, Nod
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use super::client::{ClientError, NodeClient};
 use super::driver::{Command, Driver, unix_ms};
-use super::handle::{NodeClient, NodeError};
 use super::replication::Pending;
 use crate::replica::{
     EvidenceError, EvidenceReport, Learned, MAX_PROOFS_PER_MESSAGE, StateRequest, StoreError,
@@ -237,22 +237,22 @@ impl NodeClient {
     pub async fn report_equivocation(
         &self,
         proof: EquivocationProof,
-    ) -> Result<Result<bool, EvidenceError>, NodeError> {
+    ) -> Result<Result<bool, EvidenceError>, ClientError> {
         self.command(|tx| Command::Trust(TrustCommand::Report(Box::new(proof), tx))).await
     }
 
-    pub async fn evidence(&self) -> Result<EvidenceReport, NodeError> {
+    pub async fn evidence(&self) -> Result<EvidenceReport, ClientError> {
         self.command(|tx| Command::Trust(TrustCommand::Evidence(tx))).await
     }
 
-    pub async fn clear_evidence(&self, node: NodeId) -> Result<Result<bool, StoreError>, NodeError> {
+    pub async fn clear_evidence(&self, node: NodeId) -> Result<Result<bool, StoreError>, ClientError> {
         self.command(|tx| Command::Trust(TrustCommand::Clear(node, tx))).await
     }
 
     pub async fn force_leave(
         &self,
         node: NodeId,
-    ) -> Result<Result<ForceLeaveReport, ForceLeaveError>, NodeError> {
+    ) -> Result<Result<ForceLeaveReport, ForceLeaveError>, ClientError> {
         self.command(|tx| Command::Trust(TrustCommand::ForceLeave(node, tx))).await
     }
 }
