@@ -62,9 +62,19 @@ pub fn encode_frame<T: Serialize>(message: &T, max: usize) -> Result<Vec<u8>, Co
         return Err(CodecError::Oversized { len: body.len(), max });
     }
     let mut frame = Vec::with_capacity(LENGTH_PREFIX_BYTES + body.len());
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&frame_prefix(body.len(), max)?);
     frame.extend_from_slice(&body);
     Ok(frame)
+}
+
+/// The length prefix of a frame whose body is `len` bytes: `len` as a
+/// 4-byte big-endian integer, refused above `max` (and above `u32::MAX`).
+/// For framing bytes that are already encoded (a stream codec).
+pub fn frame_prefix(len: usize, max: usize) -> Result<[u8; LENGTH_PREFIX_BYTES], CodecError> {
+    match u32::try_from(len) {
+        Ok(prefix) if len <= max => Ok(prefix.to_be_bytes()),
+        _ => Err(CodecError::Oversized { len, max }),
+    }
 }
 
 /// Decodes a buffer that must hold exactly one frame.
@@ -80,8 +90,10 @@ pub fn decode_frame<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, 
     decode_message(&bytes[LENGTH_PREFIX_BYTES..end])
 }
 
-/// Reads and bounds-checks a frame's length prefix.
-fn declared_length(bytes: &[u8], max: usize) -> Result<usize, CodecError> {
+/// The body length a frame's prefix (its first [`LENGTH_PREFIX_BYTES`] of
+/// `bytes`) declares, refused above `max` before anything is allocated;
+/// `Truncated` when `bytes` is shorter than a prefix.
+pub fn declared_length(bytes: &[u8], max: usize) -> Result<usize, CodecError> {
     let Some(prefix) = bytes.first_chunk::<LENGTH_PREFIX_BYTES>() else {
         return Err(CodecError::Truncated { needed: LENGTH_PREFIX_BYTES, available: bytes.len() });
     };

@@ -5,6 +5,7 @@
 mod behaviour;
 mod bootstrap;
 mod client;
+mod codec;
 mod describe;
 mod driver;
 mod dto;
@@ -16,8 +17,9 @@ mod replication;
 mod start;
 mod trust;
 
-pub use behaviour::{MAX_SWIM_FRAME, SWIM_PROTOCOL};
+pub use behaviour::SWIM_PROTOCOL;
 pub use client::{ClientError, NodeClient};
+pub use codec::{FrameError, MAX_SWIM_FRAME};
 pub use describe::error_chain;
 pub use driver::unix_ms;
 pub use dto::{MemberInfo, MembersReport, StatusReport};
