@@ -6,7 +6,7 @@ use hivemesh_llm::council::anonymous_order;
 use hivemesh_llm::pipeline::Stage;
 use hivemesh_protocol::NodeId;
 
-use super::spec::{Assignment, Facts, Missing, Mode, Round, stage_kind};
+use super::spec::{Assignment, Facts, Missing, Mode, Part, Round};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -61,11 +61,11 @@ pub fn plan(
 fn missing_reason(
     facts: &Facts,
     peer: &NodeId,
-    part: &str,
+    part: Part,
     live: &dyn Fn(&NodeId) -> bool,
     late: bool,
 ) -> Option<(String, Option<String>)> {
-    if let Some(failure) = facts.failure(peer, part) {
+    if let Some(failure) = facts.failure(peer, part.as_str()) {
         Some((format!("its {part} failed: {}", failure.reason), failure.code.clone()))
     } else if !live(peer) {
         Some(("down".into(), None))
@@ -88,14 +88,18 @@ fn plan_council(
     let mut actions = Vec::new();
     match &facts.round {
         None => {
-            if member && facts.candidate_of(&me).is_none() && !facts.failed(&me, "candidate") && !late {
+            if member
+                && facts.candidate_of(&me).is_none()
+                && !facts.failed(&me, Part::Candidate.as_str())
+                && !late
+            {
                 actions.push(Action::Answer);
             }
             if asker {
                 let mut missing = Vec::new();
                 let mut waiting = 0;
                 for peer in spec.participants.iter().filter(|p| facts.candidate_of(p).is_none()) {
-                    match missing_reason(facts, peer, "candidate", live, late) {
+                    match missing_reason(facts, peer, Part::Candidate, live, late) {
                         Some((reason, code)) => {
                             missing.push(Missing { peer: peer.to_string(), reason, code })
                         }
@@ -138,7 +142,7 @@ fn plan_council(
             }
         }
         Some(_) => {
-            if member && !facts.has_voted(&me) && !facts.failed(&me, "ballot") {
+            if member && !facts.has_voted(&me) && !facts.failed(&me, Part::Ballot.as_str()) {
                 actions.push(Action::Vote);
             }
             if asker {
@@ -147,7 +151,7 @@ fn plan_council(
                     .participants
                     .iter()
                     .filter(|p| {
-                        !facts.has_voted(p) && missing_reason(facts, p, "ballot", live, late).is_none()
+                        !facts.has_voted(p) && missing_reason(facts, p, Part::Ballot, live, late).is_none()
                     })
                     .count();
                 // Conclude once every ballot is in or out, or as soon as the
@@ -185,13 +189,13 @@ fn plan_pipeline(
             continue;
         }
         let Some(peer) = facts.stage_peer(stage) else { continue };
-        let part = stage_kind(stage);
-        if peer == me && !facts.failed(&me, &part) && !late {
+        let part = Part::Stage(stage).as_str();
+        if peer == me && !facts.failed(&me, part) && !late {
             actions.push(Action::RunStage(stage));
         }
-        if asker && !late && (facts.failed(&peer, &part) || !live(&peer)) {
-            let why = if facts.failed(&peer, &part) { "failed" } else { "down" };
-            let next = capable.iter().find(|p| **p != peer && !facts.failed(p, &part));
+        if asker && !late && (facts.failed(&peer, part) || !live(&peer)) {
+            let why = if facts.failed(&peer, part) { "failed" } else { "down" };
+            let next = capable.iter().find(|p| **p != peer && !facts.failed(p, part));
             match next {
                 Some(next) => actions.push(Action::Reassign(
                     stage,

@@ -14,15 +14,12 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use super::plan::{Action, plan};
-use super::spec::{self, Facts, JobSpec, Mode, Sampling};
+use super::spec::{self, Facts, JobSpec, Mode, Part, Sampling};
 use super::work::{self, WorkContext};
 use super::{FederationConfig, FederationHandle, FederationStats, Request, Submission, SubmitError};
 use crate::membership::MemberEvent;
 use crate::net::{NodeClient, unix_ms};
 use crate::replica::{JobView, ViewKind};
-
-/// The one part that a `Stop` leaves running: the asker writing the outcome.
-const OUTCOME_PART: &str = "outcome";
 
 /// Starts the federation loop for the node behind `node`.
 pub fn spawn(
@@ -77,7 +74,8 @@ struct Reactor {
     node: NodeClient,
     me: NodeId,
     ctx: Arc<WorkContext>,
-    running: HashMap<JobId, HashMap<String, AbortHandle>>,
+    /// The task running each part of each job.
+    running: HashMap<JobId, HashMap<Part, AbortHandle>>,
     /// Jobs this node has a part in that are not finished, with their
     /// deadlines.
     watched: HashMap<JobId, u64>,
@@ -85,7 +83,7 @@ struct Reactor {
     asked: HashSet<JobId>,
     /// Unfinished jobs whose every participant this node pushes to.
     peered: HashSet<JobId>,
-    done_tx: mpsc::UnboundedSender<(JobId, String)>,
+    done_tx: mpsc::UnboundedSender<(JobId, Part)>,
     /// Members alive or suspect (a suspect may yet refute; only down and
     /// left peers are written off), kept from SWIM's pushed events.
     live: HashSet<NodeId>,
@@ -100,7 +98,7 @@ impl Reactor {
     async fn run(
         mut self,
         mut requests: mpsc::Receiver<Request>,
-        mut done: mpsc::UnboundedReceiver<(JobId, String)>,
+        mut done: mpsc::UnboundedReceiver<(JobId, Part)>,
         tick: Duration,
     ) {
         let mut changes = self.node.job_changes();
@@ -240,11 +238,11 @@ impl Reactor {
         }
     }
 
-    /// Aborts the job's running work (except the asker writing its
-    /// outcome); `forget` stops watching it too.
+    /// Aborts the job's running work except the asker writing its outcome
+    /// (the one part a `Stop` leaves running); `forget` stops watching it too.
     fn stop(&mut self, job: JobId, forget: bool) {
         if let Some(parts) = self.running.get_mut(&job) {
-            let stopping: Vec<String> = parts.keys().filter(|part| *part != OUTCOME_PART).cloned().collect();
+            let stopping: Vec<Part> = parts.keys().filter(|part| **part != Part::Outcome).copied().collect();
             for part in stopping {
                 let Some(task) = parts.remove(&part) else { continue };
                 tracing::debug!(%job, %part, "stopping job work");
@@ -259,13 +257,13 @@ impl Reactor {
     }
 
     fn start(&mut self, job: JobId, facts: &Facts, action: Action) {
-        let part = part_of(&action);
+        let Some(part) = part_of(&action) else { return };
         let parts = self.running.entry(job).or_default();
         if parts.contains_key(&part) {
             return;
         }
         tracing::debug!(%job, %part, me = %self.me, "starting job work");
-        let (ctx, facts, done, label) = (self.ctx.clone(), facts.clone(), self.done_tx.clone(), part.clone());
+        let (ctx, facts, done, label) = (self.ctx.clone(), facts.clone(), self.done_tx.clone(), part);
         let task = tokio::spawn(async move {
             work::run(ctx, job, facts, action).await;
             let _ = done.send((job, label));
@@ -371,18 +369,19 @@ impl Reactor {
     }
 }
 
-fn part_of(action: &Action) -> String {
-    match action {
-        Action::Answer => spec::CANDIDATE.into(),
-        Action::RunStage(stage) => spec::stage_kind(*stage),
-        Action::OpenRound(_) => spec::ROUND.into(),
-        Action::Vote => spec::BALLOT.into(),
+/// The part an action does; `None` for `Stop`, which runs no task.
+fn part_of(action: &Action) -> Option<Part> {
+    Some(match action {
+        Action::Answer => Part::Candidate,
+        Action::RunStage(stage) => Part::Stage(*stage),
+        Action::OpenRound(_) => Part::Round,
+        Action::Vote => Part::Ballot,
         Action::Conclude | Action::FinishPipeline | Action::Fail { .. } | Action::ConfirmCancel => {
-            OUTCOME_PART.into()
+            Part::Outcome
         }
-        Action::Reassign(stage, _) => spec::assign_kind(*stage),
-        Action::Stop => "stop".into(),
-    }
+        Action::Reassign(stage, _) => Part::Assign(*stage),
+        Action::Stop => return None,
+    })
 }
 
 fn random_bytes() -> [u8; 16] {

@@ -20,15 +20,62 @@ use hivemesh_protocol::{JobId, NodeId, TallyRule};
 use serde::{Deserialize, Serialize};
 
 pub const SPEC: &str = "spec";
-pub const CANDIDATE: &str = "candidate";
-pub const ROUND: &str = "round";
-pub const BALLOT: &str = "ballot";
+pub const CANDIDATE: &str = Part::Candidate.as_str();
+pub const ROUND: &str = Part::Round.as_str();
+pub const BALLOT: &str = Part::Ballot.as_str();
 pub const FAILURE: &str = "failure";
 pub const CANCEL: &str = "cancel";
 pub use crate::replica::OUTCOME_KIND as OUTCOME;
 
+/// One piece of work a participant does in a job: the key of its running
+/// task, and (as [`Part::as_str`]) the kind it writes its result under and
+/// names in a [`Failure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// A council member's answer: `candidate`.
+    Candidate,
+    /// A pipeline stage's output: `stage.NAME`.
+    Stage(Stage),
+    /// The asker putting the candidates to the vote: `round`.
+    Round,
+    /// A council member's signed ranking: `ballot`.
+    Ballot,
+    /// The asker writing the outcome (a tally, a pipeline's answer, a
+    /// failure or a cancellation): `outcome`.
+    Outcome,
+    /// The asker moving a stage to another peer: `assign.NAME`.
+    Assign(Stage),
+}
+
+impl Part {
+    /// The part's name, as written in job documents.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Part::Candidate => "candidate",
+            Part::Round => "round",
+            Part::Ballot => "ballot",
+            Part::Outcome => "outcome",
+            Part::Stage(Stage::Generator) => "stage.generator",
+            Part::Stage(Stage::Refiner) => "stage.refiner",
+            Part::Stage(Stage::Validator) => "stage.validator",
+            Part::Stage(Stage::Curator) => "stage.curator",
+            Part::Assign(Stage::Generator) => "assign.generator",
+            Part::Assign(Stage::Refiner) => "assign.refiner",
+            Part::Assign(Stage::Validator) => "assign.validator",
+            Part::Assign(Stage::Curator) => "assign.curator",
+        }
+    }
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The kind a stage's output is written under: `stage.NAME`.
 pub fn stage_kind(stage: Stage) -> String {
-    format!("stage.{}", stage.as_str())
+    Part::Stage(stage).as_str().to_string()
 }
 
 /// The kind a participant's failure at `part` is written under: `failure`
@@ -44,8 +91,9 @@ pub fn is_failure(kind: &str) -> bool {
     kind == FAILURE || kind.strip_prefix(FAILURE).is_some_and(|rest| rest.starts_with('.'))
 }
 
+/// The kind of the asker's reassignment of a stage: `assign.NAME`.
 pub fn assign_kind(stage: Stage) -> String {
-    format!("assign.{}", stage.as_str())
+    Part::Assign(stage).as_str().to_string()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,3 +362,7 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
 pub fn stage_named(name: &str) -> Option<Stage> {
     Stage::ALL.into_iter().find(|s| s.as_str() == name)
 }
+
+#[cfg(test)]
+#[path = "part_tests.rs"]
+mod part_tests;
