@@ -19,11 +19,12 @@ use std::sync::Arc;
 
 use hivemesh_gpu::ballot_box::{JobSpec as BallotSpec, Quorum, validate};
 use hivemesh_gpu::engine::{BackendChoice, TallyEngine};
+use hivemesh_llm::ChatMessage;
 use hivemesh_llm::council::{lexical_agreement, rank_by_scores};
 use hivemesh_llm::pipeline::Curation;
-use hivemesh_llm::ChatMessage;
 use hivemesh_protocol::{
-    Ballot, BallotChoice, Envelope, JobId, NodeId, NodeIdentity, TallyRule, decode_message, encode_message, seal,
+    Ballot, BallotChoice, Envelope, JobId, NodeId, NodeIdentity, TallyRule, decode_message, encode_message,
+    seal,
 };
 use rand10::rngs::StdRng;
 use rand10::{RngExt, SeedableRng};
@@ -363,7 +364,7 @@ impl JobSimulation {
 
     fn submit(&mut self, asker: usize, index: usize) {
         let n = self.nodes.len();
-        let mode = if index % 2 == 0 { Mode::Council } else { Mode::Pipeline };
+        let mode = if index.is_multiple_of(2) { Mode::Council } else { Mode::Pipeline };
         let participants: Vec<NodeId> = (0..3).map(|k| self.nodes[(asker + k) % n].id).collect();
         let stages = match mode {
             Mode::Council => Vec::new(),
@@ -474,7 +475,7 @@ impl JobSimulation {
 
     /// A model's answer: most nodes agree, one in four differs.
     fn answer_text(&self, node: usize, job: JobId) -> String {
-        if (node + job.0[15] as usize) % 4 == 0 {
+        if (node + job.0[15] as usize).is_multiple_of(4) {
             format!("Lyon, said node {node}")
         } else {
             "Paris is the capital of France.".to_string()
@@ -546,7 +547,9 @@ impl JobSimulation {
                 Err(reason) => serde_json::to_vec(&ended(spec, now, "failed", Some(reason), Vec::new())),
             },
             Action::FinishPipeline => serde_json::to_vec(&pipeline_outcome(spec, facts, now)),
-            Action::Fail { reason, missing } => serde_json::to_vec(&ended(spec, now, "failed", Some(reason), missing)),
+            Action::Fail { reason, missing } => {
+                serde_json::to_vec(&ended(spec, now, "failed", Some(reason), missing))
+            }
             Action::ConfirmCancel => serde_json::to_vec(&ended(spec, now, "cancelled", None, Vec::new())),
             Action::Stop => return,
         };
@@ -559,8 +562,11 @@ impl JobSimulation {
     /// ballot, as a voter without a scoring model does.
     fn vote(&mut self, node: usize, job: JobId, spec: &JobSpec, facts: &Facts) {
         let Some(round) = &facts.round else { return };
-        let texts: Vec<&str> =
-            round.candidates.iter().map(|peer| facts.candidate_of(peer).map_or("", |o| o.text.as_str())).collect();
+        let texts: Vec<&str> = round
+            .candidates
+            .iter()
+            .map(|peer| facts.candidate_of(peer).map_or("", |o| o.text.as_str()))
+            .collect();
         let ranking = rank_by_scores(&lexical_agreement(&texts));
         let voter = self.nodes[node].id;
         let ballot = Ballot { job, voter, rule: spec.rule, choice: BallotChoice::Rank(ranking), weight: 1 };
@@ -623,7 +629,9 @@ impl JobSimulation {
                 }
                 Some(outcome) => match outcome.error {
                     Some(reason) if !reason.is_empty() => *report.failed.entry(reason).or_default() += 1,
-                    _ => report.violations.push(format!("job {job} ended {} without a reason", outcome.status)),
+                    _ => {
+                        report.violations.push(format!("job {job} ended {} without a reason", outcome.status))
+                    }
                 },
                 None => {
                     report.unfinished += 1;
@@ -653,7 +661,11 @@ impl JobSimulation {
             .iter()
             .flat_map(|i| {
                 let author = self.nodes[*i].id;
-                self.nodes[*i].acknowledged.iter().filter(|(j, _)| *j == job).map(move |(_, k)| (k.clone(), author))
+                self.nodes[*i]
+                    .acknowledged
+                    .iter()
+                    .filter(|(j, _)| *j == job)
+                    .map(move |(_, k)| (k.clone(), author))
             })
             .collect();
         let mut held: Vec<(usize, HashSet<(String, NodeId)>)> = Vec::new();
@@ -691,7 +703,9 @@ impl JobSimulation {
         let parse_ids = |key: &str| -> Vec<NodeId> {
             file[key]
                 .as_array()
-                .map(|ids| ids.iter().filter_map(|v| v.as_str()?.parse::<libp2p::PeerId>().ok()).collect::<Vec<_>>())
+                .map(|ids| {
+                    ids.iter().filter_map(|v| v.as_str()?.parse::<libp2p::PeerId>().ok()).collect::<Vec<_>>()
+                })
                 .unwrap_or_default()
                 .iter()
                 .filter_map(|p| NodeId::from_peer_id(p).ok())
@@ -700,7 +714,12 @@ impl JobSimulation {
         let (candidates, eligible) = (parse_ids("candidates"), parse_ids("eligible"));
         let envelopes: Vec<Envelope> = file["ballots"]
             .as_array()
-            .map(|b| b.iter().filter_map(|h| hex::decode(h.as_str()?).ok()).filter_map(|b| decode_message(&b).ok()).collect())
+            .map(|b| {
+                b.iter()
+                    .filter_map(|h| hex::decode(h.as_str()?).ok())
+                    .filter_map(|b| decode_message(&b).ok())
+                    .collect()
+            })
             .unwrap_or_default();
         let spec = BallotSpec {
             job,
@@ -715,7 +734,10 @@ impl JobSimulation {
             Err(error) => return Some(format!("job {job}: its ballot file does not re-count: {error}")),
         };
         (winner != outcome.winner).then(|| {
-            format!("job {job}: the ballot file re-counts to {winner:?}, the outcome says {:?}", outcome.winner)
+            format!(
+                "job {job}: the ballot file re-counts to {winner:?}, the outcome says {:?}",
+                outcome.winner
+            )
         })
     }
 }
