@@ -70,7 +70,9 @@ fn print_jobs_report(r: &JobSimReport) {
     outln!("requests sent: {} (lost {})", r.requests_sent, r.requests_lost);
     outln!("flushes: {} ({:.2} writes released per flush)", r.flushes, r.released_per_flush);
     if r.violations.is_empty() {
-        outln!("invariants: all hold (every job ended; acknowledged contributions on every live participant; tallies re-check)");
+        outln!(
+            "invariants: all hold (every job ended; acknowledged contributions on every live participant; tallies re-check)"
+        );
     } else {
         outln!("invariants: {} violated", r.violations.len());
         for violation in &r.violations {
