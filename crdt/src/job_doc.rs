@@ -205,6 +205,10 @@ impl JobDoc {
         check_size("job document", size, MAX_JOB_DOC_BYTES)?;
         let before = self.doc.get_heads();
         let mut fork = self.doc.fork();
+        // `fork` gives the copy a random actor; the copy replaces the
+        // document, whose own changes must keep carrying this node's id
+        // (ADR 0007), and every new actor would grow the document.
+        fork.set_actor(self.doc.get_actor().clone());
         for chunk in chunks {
             check_parses(chunk)?;
             fork.load_incremental(chunk)

@@ -273,3 +273,26 @@ fn compaction_keeps_the_values_shrinks_the_document_and_is_the_same_everywhere()
     let reloaded = JobDoc::load(JOB, &alice.node_id(), &saved).unwrap();
     assert_eq!(reloaded.contributions(), values);
 }
+
+/// A replica that applied a peer's change still writes as itself: the same
+/// edits give the same heads every time (a random actor, as automerge's fork
+/// gives, would not), and a change hands on exactly what began to count.
+#[test]
+fn after_applying_a_peer_change_a_replica_writes_as_itself_and_hands_on_only_the_new() {
+    let (alice, bob) = (node(1), node(2));
+    let run = || {
+        let mut a = JobDoc::new(JOB, &alice.node_id());
+        let mut b = JobDoc::new(JOB, &bob.node_id());
+        let change = a.contribute(&alice, "spec", b"q".to_vec(), 1_000).unwrap();
+        assert_eq!(b.apply_changes(&change).unwrap(), 1);
+        let fresh: Vec<String> = b.take_fresh().into_iter().map(|c| c.kind).collect();
+        assert_eq!(fresh, ["spec"]);
+        b.contribute(&bob, "candidate", b"a".to_vec(), 2_000).unwrap();
+        let fresh: Vec<String> = b.take_fresh().into_iter().map(|c| c.kind).collect();
+        assert_eq!(fresh, ["candidate"], "only the new contribution");
+        assert!(b.take_fresh().is_empty(), "handed on once");
+        assert!(b.has_kind("candidate") && !b.has_kind("ballot"));
+        b.heads()
+    };
+    assert_eq!(run(), run());
+}

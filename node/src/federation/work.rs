@@ -203,14 +203,15 @@ async fn call_model(
         ctx.node.try_send_frame(asker, frame);
     };
     let budget = Budget::new(None, Some(u64::from(max_tokens) + 16));
-    let result = ctx
-        .client
-        .complete(request, &budget, |text| {
-            if let Some(frame) = batcher.push(text, Instant::now()) {
-                send(frame);
-            }
-        })
-        .await;
+    // Boxed: the provider call's future is kilobytes, and a call waiting
+    // for its permit above should not carry that much (10,000 queued jobs
+    // are 10,000 such tasks; `cargo bench --bench job_capacity`).
+    let result = Box::pin(ctx.client.complete(request, &budget, |text| {
+        if let Some(frame) = batcher.push(text, Instant::now()) {
+            send(frame);
+        }
+    }))
+    .await;
     if let Some(rest) = batcher.finish() {
         send(rest);
     }
@@ -307,7 +308,7 @@ async fn judge(
         ctx.stats.votes_by_method.get_or_create(&label).inc();
         return rank_by_scores(&lexical);
     }
-    let scored = match ctx.client.score(judge_messages(question), owned.clone()).await {
+    let scored = match Box::pin(ctx.client.score(judge_messages(question), owned.clone())).await {
         Ok(Some(likelihood)) if likelihood.len() == texts.len() => {
             Some(likelihood_scores(&likelihood, &lexical, LIKELIHOOD_AGREEMENT_WEIGHT))
         }
@@ -319,11 +320,11 @@ async fn judge(
     };
     let (scores, method) = match scored {
         Some(scores) => (scores, "likelihood"),
-        None => match ctx.client.embed(owned.clone()).await {
+        None => match Box::pin(ctx.client.embed(owned.clone())).await {
             Ok(Some(embeddings)) if embeddings.len() == texts.len() => {
                 (embedding_agreement(&embeddings), "embeddings")
             }
-            Ok(_) => match ctx.peer_embeddings.embed(&ctx.node, ctx.me, &owned).await {
+            Ok(_) => match Box::pin(ctx.peer_embeddings.embed(&ctx.node, ctx.me, &owned)).await {
                 Some(embeddings) => (embedding_agreement(&embeddings), "peer_embeddings"),
                 None => (lexical, "lexical"),
             },
@@ -353,7 +354,7 @@ async fn select_answer(
     let present: Vec<String> = options.into_iter().filter(|text| !text.trim().is_empty()).collect();
     let mut best = 0;
     if present.len() > 1 {
-        match ctx.client.score(judge_messages(&spec.question), present.clone()).await {
+        match Box::pin(ctx.client.score(judge_messages(&spec.question), present.clone())).await {
             Ok(Some(scores)) if scores.len() == present.len() => best = rank_by_scores(&scores)[0] as usize,
             Ok(_) => {}
             Err(error) => tracing::warn!(%job, %error, "scoring failed; the draft stands"),
