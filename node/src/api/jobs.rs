@@ -74,7 +74,7 @@ impl JobRequest {
             .as_deref()
             .unwrap_or("council")
             .parse::<Mode>()
-            .map_err(|m| ApiError::invalid("mode", m))?;
+            .map_err(|m| ApiError::invalid("mode", m.to_string()))?;
         let rule = self
             .rule
             .as_deref()

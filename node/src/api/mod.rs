@@ -308,7 +308,7 @@ async fn advertise(State(client): State<NodeClient>, body: Result<Json<Profile>,
     };
     match client.advertise(profile.clone()).await {
         Ok(()) => Json(serde_json::json!({ "status": "advertised", "profile": profile })).into_response(),
-        Err(ClientError::Replication(message)) => bad_request(message),
+        Err(ClientError::Replication(error)) => bad_request(error.to_string()),
         Err(e) => stopped(e),
     }
 }

@@ -27,6 +27,19 @@ pub struct CouncilCount {
     pub envelopes: Vec<Envelope>,
 }
 
+/// Why a council could not be counted.
+#[derive(Debug, thiserror::Error)]
+pub enum CountError {
+    #[error("no round to conclude")]
+    NoRound,
+    #[error("cannot record an excluded ballot: {0}")]
+    Exclusion(#[from] serde_json::Error),
+    #[error("the tally failed: {0}")]
+    Tally(#[from] hivemesh_gpu::TallyError),
+    #[error("the tally has no winner")]
+    NoWinner,
+}
+
 /// Validates the job's signed ballots against its spec and round and
 /// tallies them with `engine`. Errors: no round, or a tally error.
 pub fn count_council(
@@ -35,8 +48,8 @@ pub fn count_council(
     facts: &Facts,
     engine: &TallyEngine,
     now_ms: u64,
-) -> Result<CouncilCount, String> {
-    let round = facts.round.clone().ok_or("no round to conclude")?;
+) -> Result<CouncilCount, CountError> {
+    let round = facts.round.clone().ok_or(CountError::NoRound)?;
     let mut excluded = Vec::new();
     let mut envelopes: Vec<Envelope> = Vec::new();
     for (author, kind, bytes) in &facts.ballots {
@@ -60,7 +73,7 @@ pub fn count_council(
     };
     let counted = validate(&ballot_spec, &envelopes);
     for exclusion in &counted.excluded {
-        excluded.push(serde_json::to_value(exclusion).map_err(|e| e.to_string())?);
+        excluded.push(serde_json::to_value(exclusion)?);
     }
     let contributions: Vec<Attributed> = round
         .candidates
@@ -89,8 +102,8 @@ pub fn count_council(
         return Ok(count);
     }
     let (tally, backend) = engine.tally(&counted.input);
-    let tally = tally.map_err(|e| e.to_string())?;
-    let winner = tally.winner.ok_or("the tally has no winner")? as usize;
+    let tally = tally?;
+    let winner = tally.winner.ok_or(CountError::NoWinner)? as usize;
     count.winner = Some(winner);
     count.runner_up = tally.ranking.get(1).map(|&i| i as usize);
     count.outcome.winner = Some(round.candidates[winner].to_string());

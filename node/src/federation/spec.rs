@@ -106,13 +106,20 @@ pub enum Mode {
     Pipeline,
 }
 
+/// A mode name that is neither `council` nor `pipeline`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown mode {name:?}: use council or pipeline")]
+pub struct UnknownMode {
+    pub name: String,
+}
+
 impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
+    type Err = UnknownMode;
+    fn from_str(text: &str) -> Result<Self, UnknownMode> {
         match text {
             "council" => Ok(Self::Council),
             "pipeline" => Ok(Self::Pipeline),
-            other => Err(format!("unknown mode {other:?}: use council or pipeline")),
+            other => Err(UnknownMode { name: other.to_string() }),
         }
     }
 }

@@ -45,6 +45,28 @@ pub struct WorkContext {
     pub peer_embeddings: super::embed::PeerEmbeddings,
 }
 
+/// Why a piece of work could not write its contribution (logged; the
+/// loop retries what is still needed at the next change or tick).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    #[error("the job has no round yet")]
+    NoRound,
+    #[error(transparent)]
+    Node(#[from] crate::net::ClientError),
+    #[error("cannot encode a contribution: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Profile(#[from] hivemesh_llm::pipeline::ProfileError),
+    #[error("cannot sign a ballot: {0}")]
+    Seal(#[from] hivemesh_protocol::MessageError),
+    #[error("cannot encode a ballot: {0}")]
+    Codec(#[from] hivemesh_protocol::CodecError),
+    #[error(transparent)]
+    Count(#[from] outcome::CountError),
+    #[error("the tally task ended early: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
 /// Does one action for `job`; errors are logged (the loop retries what is
 /// still needed when the document next changes or the next tick comes).
 pub async fn run(ctx: Arc<WorkContext>, job: JobId, facts: Facts, action: Action) {
@@ -80,16 +102,21 @@ pub async fn run(ctx: Arc<WorkContext>, job: JobId, facts: Facts, action: Action
     }
 }
 
-async fn put<T: serde::Serialize>(ctx: &WorkContext, job: JobId, kind: &str, body: &T) -> Result<(), String> {
-    let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+async fn put<T: serde::Serialize>(
+    ctx: &WorkContext,
+    job: JobId,
+    kind: &str,
+    body: &T,
+) -> Result<(), WorkError> {
+    let bytes = serde_json::to_vec(body)?;
     let started = Instant::now();
-    ctx.node.contribute(job, kind, bytes).await.map_err(|e| e.to_string())?;
+    ctx.node.contribute(job, kind, bytes).await?;
     tracing::debug!(%job, kind, took_us = started.elapsed().as_micros() as u64, "contribution durable and pushed");
     Ok(())
 }
 
-async fn answer(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> Result<(), String> {
-    let profile = ctx.profiles.get(&spec.profile).map_err(|e| e.to_string())?;
+async fn answer(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> Result<(), WorkError> {
+    let profile = ctx.profiles.get(&spec.profile)?;
     let messages = stage_messages(Stage::Generator, profile, &spec.question, "", "", "");
     let asker = facts.asker.unwrap_or(ctx.me);
     match call_model(ctx, job, spec, asker, CANDIDATE, Stage::Generator, messages).await {
@@ -104,8 +131,8 @@ async fn run_stage(
     spec: &JobSpec,
     facts: &Facts,
     stage: Stage,
-) -> Result<(), String> {
-    let profile = ctx.profiles.get(&spec.profile).map_err(|e| e.to_string())?;
+) -> Result<(), WorkError> {
+    let profile = ctx.profiles.get(&spec.profile)?;
     let text = |s: Stage| facts.stage_output(s).map(|o| o.text.clone()).unwrap_or_default();
     let (draft, refined, review) = (text(Stage::Generator), text(Stage::Refiner), text(Stage::Validator));
     if stage == Stage::Curator && profile.curation.resolve(ctx.client.provider_name()) == Curation::Select {
@@ -126,7 +153,7 @@ async fn reassign(
     job: JobId,
     stage: Stage,
     assignment: &Assignment,
-) -> Result<(), String> {
+) -> Result<(), WorkError> {
     tracing::info!(%job, stage = stage.as_str(), to = %assignment.peer, reason = %assignment.reason, "stage reassigned");
     put(ctx, job, &spec::assign_kind(stage), assignment).await
 }
@@ -262,8 +289,8 @@ impl Drop for Running<'_> {
 
 /// Ranks the round's candidates by agreement, without their authors, and
 /// casts this node's signed ballot.
-async fn vote(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> Result<(), String> {
-    let round = facts.round.as_ref().ok_or("no round to vote in")?;
+async fn vote(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> Result<(), WorkError> {
+    let round = facts.round.as_ref().ok_or(WorkError::NoRound)?;
     let texts: Vec<&str> = round
         .candidates
         .iter()
@@ -281,9 +308,9 @@ async fn vote(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> R
     };
     let ballot = Ballot { job, voter: ctx.me, rule: spec.rule, choice, weight: 1 };
     let now = unix_ms();
-    let envelope = seal(&ctx.identity, now, now, &ballot).map_err(|e| e.to_string())?;
-    let bytes = encode_message(&envelope).map_err(|e| e.to_string())?;
-    ctx.node.contribute(job, spec::BALLOT, bytes).await.map_err(|e| e.to_string())?;
+    let envelope = seal(&ctx.identity, now, now, &ballot)?;
+    let bytes = encode_message(&envelope)?;
+    ctx.node.contribute(job, spec::BALLOT, bytes).await?;
     FederationStats::bump(&ctx.stats.ballots_cast);
     Ok(())
 }
@@ -373,15 +400,14 @@ async fn select_answer(
 
 /// Validates and tallies the ballots, hands the winner and the runner-up to
 /// the curator, and writes the outcome with everything needed to re-check it.
-async fn conclude(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> Result<(), String> {
+async fn conclude(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> Result<(), WorkError> {
     let engine = ctx.tally.clone();
     let (counting_spec, counting_facts) = (spec.clone(), facts.clone());
     let now = unix_ms();
     let count = tokio::task::spawn_blocking(move || {
         outcome::count_council(job, &counting_spec, &counting_facts, &engine, now)
     })
-    .await
-    .map_err(|e| e.to_string())??;
+    .await??;
     report_equivocations(ctx, &count.equivocations, &count.envelopes).await;
     let CouncilCount { mut outcome, winner, runner_up, voters, mut contributions, .. } = count;
     let Some(winner) = winner else {
@@ -395,10 +421,10 @@ async fn conclude(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) 
         ctx.stats.tally_ballots.get_or_create(&label).observe(ballots);
     }
     FederationStats::bump(&ctx.stats.finished);
-    let round = facts.round.clone().ok_or("no round to conclude")?;
+    let round = facts.round.clone().ok_or(WorkError::NoRound)?;
     let text_of =
         |i: usize| facts.candidate_of(&round.candidates[i]).map(|o| o.text.clone()).unwrap_or_default();
-    let profile = ctx.profiles.get(&spec.profile).map_err(|e| e.to_string())?;
+    let profile = ctx.profiles.get(&spec.profile)?;
     if profile.curation.resolve(ctx.client.provider_name()) == Curation::Select {
         outcome.answer = Some(text_of(winner));
         outcome.curation = Some(Curation::Select.as_str().into());
@@ -435,7 +461,12 @@ async fn conclude(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) 
     put(ctx, job, spec::OUTCOME, &outcome).await
 }
 
-async fn finish_pipeline(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> Result<(), String> {
+async fn finish_pipeline(
+    ctx: &WorkContext,
+    job: JobId,
+    spec: &JobSpec,
+    facts: &Facts,
+) -> Result<(), WorkError> {
     let outcome = outcome::pipeline_outcome(spec, facts, unix_ms());
     FederationStats::bump(&ctx.stats.finished);
     put(ctx, job, spec::OUTCOME, &outcome).await

@@ -25,9 +25,9 @@ pub enum ClientError {
     /// [`NodeClient::set_allowed_peers`] on a node started without one.
     #[error("the node runs without --allow-peers: there is no allowlist to change")]
     NoAllowlist,
-    /// The registry refused a new advertisement (the reason).
+    /// The registry refused a new advertisement, or it could not be stored.
     #[error("replication: {0}")]
-    Replication(String),
+    Replication(#[from] crate::replica::PublishError),
     /// A job command failed (unknown job, limits, storage).
     #[error(transparent)]
     Job(#[from] JobError),

@@ -34,7 +34,7 @@ pub enum Command {
     /// The cluster as one of the views sees it (`None`: the active view).
     View(Option<ViewKind>, oneshot::Sender<ViewReport>),
     /// Replace this node's advertised profile and push the new entry.
-    Advertise(Profile, oneshot::Sender<Result<(), String>>),
+    Advertise(Profile, oneshot::Sender<Result<(), crate::replica::PublishError>>),
     /// Leave gracefully, waiting at most `deadline` for the goodbyes to be
     /// delivered, then stop.
     Leave {

@@ -14,8 +14,8 @@ use super::driver::{Driver, unix_ms};
 use super::dto::MemberInfo;
 use crate::membership::{MemberId, MemberState};
 use crate::replica::{
-    MajorityInfo, Profile, StateRequest, StateResponse, ViewKind, ViewMember, ViewReport, member_entry,
-    member_from_entry,
+    MajorityInfo, Profile, PublishError, StateRequest, StateResponse, ViewKind, ViewMember, ViewReport,
+    member_entry, member_from_entry,
 };
 
 /// What an outstanding state request was for.
@@ -72,10 +72,9 @@ impl Driver {
 
     /// Signs this node's entry (with a new profile, if given), stores it and
     /// pushes it to every live member.
-    pub fn publish_entry(&mut self, profile: Option<Profile>) -> Result<Envelope, String> {
+    pub fn publish_entry(&mut self, profile: Option<Profile>) -> Result<Envelope, PublishError> {
         let addresses = self.listen.iter().map(|a| a.to_string()).collect();
-        let envelope =
-            self.replica.publish(profile, addresses, 0, unix_ms()).map_err(|error| error.to_string())?;
+        let envelope = self.replica.publish(profile, addresses, 0, unix_ms())?;
         for member in self.live_members() {
             self.push_to(&member, vec![envelope.clone()]);
         }

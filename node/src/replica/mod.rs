@@ -254,12 +254,12 @@ impl Replica {
     }
 
     /// Decodes a frame from a peer; a malformed one is counted.
-    pub fn decode<T: serde::de::DeserializeOwned>(&mut self, bytes: &[u8]) -> Result<T, String> {
+    pub fn decode<T: serde::de::DeserializeOwned>(
+        &mut self,
+        bytes: &[u8],
+    ) -> Result<T, hivemesh_protocol::CodecError> {
         self.stats.bytes_in += bytes.len() as u64;
-        decode_message(bytes).map_err(|error| {
-            self.malformed += 1;
-            error.to_string()
-        })
+        decode_message(bytes).inspect_err(|_| self.malformed += 1)
     }
 
     pub fn encode<T: Serialize>(&mut self, message: &T) -> Vec<u8> {

@@ -544,7 +544,9 @@ impl JobSimulation {
                     count.outcome.contributions = count.contributions;
                     serde_json::to_vec(&count.outcome)
                 }
-                Err(reason) => serde_json::to_vec(&ended(spec, now, "failed", Some(reason), Vec::new())),
+                Err(error) => {
+                    serde_json::to_vec(&ended(spec, now, "failed", Some(error.to_string()), Vec::new()))
+                }
             },
             Action::FinishPipeline => serde_json::to_vec(&pipeline_outcome(spec, facts, now)),
             Action::Fail { reason, missing } => {
