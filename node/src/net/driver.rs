@@ -59,10 +59,10 @@ pub struct Channels {
 }
 
 pub struct Driver {
-    pub swarm: Swarm<Behaviour>,
-    pub membership: Membership,
-    pub listen: Vec<Multiaddr>,
-    pub unresolved: UnresolvedBootstrap,
+    pub(super) swarm: Swarm<Behaviour>,
+    pub(super) membership: Membership,
+    pub(super) listen: Vec<Multiaddr>,
+    pub(super) unresolved: UnresolvedBootstrap,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<MemberEvent>,
     pub(super) job_events: broadcast::Sender<JobChanged>,
@@ -76,11 +76,11 @@ pub struct Driver {
     /// Where a finished flush reports (`true`: durable).
     pub(super) flush_done: mpsc::UnboundedSender<bool>,
     flushed: mpsc::UnboundedReceiver<bool>,
-    pub started: Instant,
-    pub api: Option<std::net::SocketAddr>,
-    pub replica: Replica,
-    pub replication: ReplicationState,
-    pub majority_threshold: usize,
+    pub(super) started: Instant,
+    pub(super) api: Option<std::net::SocketAddr>,
+    pub(super) replica: Replica,
+    pub(super) replication: ReplicationState,
+    pub(super) majority_threshold: usize,
     anti_entropy_period: Duration,
     timers: mpsc::UnboundedSender<Timer>,
     timer_rx: mpsc::UnboundedReceiver<Timer>,
