@@ -257,7 +257,8 @@ pub enum Command {
         /// participants, never an asker, die one second in).
         #[arg(long, default_value_t = 1)]
         kill: usize,
-        /// Virtual seconds to keep running at the end, counting false downs.
+        /// Virtual seconds to keep running at the end, counting false downs
+        /// (membership only; a job simulation ends when its jobs have).
         #[arg(long, default_value_t = 60)]
         soak: u64,
         #[arg(long, default_value_t = 1)]

@@ -175,7 +175,10 @@ fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
             anyhow::ensure!((0.0..=1.0).contains(loss), "--loss must be between 0 and 1, got {loss}");
             let nodes = nodes.unwrap_or(5);
             anyhow::ensure!(nodes >= 3, "--nodes must be at least 3 for a job simulation");
-            anyhow::ensure!(*kill <= nodes.saturating_sub(3), "--kill leaves fewer than 3 nodes of {nodes}");
+            anyhow::ensure!(
+                *kill <= nodes.saturating_sub(3),
+                "--kill {kill} leaves fewer than 3 of the {nodes} nodes alive (with 3 nodes, give --kill 0)"
+            );
             let mut config = hivemesh::node::sim::jobs::JobSimConfig::new(nodes, *jobs, *seed);
             config.loss = *loss;
             config.latency_ms = latency_ms.clone();

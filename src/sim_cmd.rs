@@ -67,7 +67,11 @@ fn print_jobs_report(r: &JobSimReport) {
         outln!("  failed {count}x: {reason}");
     }
     outln!("job time, submit to outcome at the asker: p50 {}  p99 {}", ms(r.job_p50_ms), ms(r.job_p99_ms));
-    outln!("requests sent: {} (lost {})", r.requests_sent, r.requests_lost);
+    outln!(
+        "requests sent: {} ({} requests or answers lost to --loss and the partition)",
+        r.requests_sent,
+        r.requests_lost
+    );
     outln!("flushes: {} ({:.2} writes released per flush)", r.flushes, r.released_per_flush);
     if r.violations.is_empty() {
         outln!(

@@ -17,6 +17,12 @@ pub const SWIM_PROTOCOL: StreamProtocol = StreamProtocol::new("/hivemesh/swim/1.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/hivemesh/kad/1.0.0");
 pub const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/hivemesh/state/1.0.0");
 
+/// Concurrent streams of the state protocol per connection: job pushes,
+/// sync rounds and streamed text of many jobs at once. libp2p's default
+/// (100) dropped inbound streams with 20 concurrent jobs between three
+/// nodes (issue 17's breaker run).
+pub const MAX_STATE_STREAMS: usize = 1024;
+
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     /// The allowlist (`--allow-peers`, ADR 0016); off when every peer may
@@ -65,7 +71,9 @@ impl Behaviour {
         let state = request_response::Behaviour::with_codec(
             StateCodec,
             [(STATE_PROTOCOL, request_response::ProtocolSupport::Full)],
-            request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(10))
+                .with_max_concurrent_streams(MAX_STATE_STREAMS),
         );
         let allow = allow.map(|peers| {
             let mut list = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();

@@ -159,6 +159,8 @@ struct SimNode {
     started: HashSet<(JobId, String)>,
     /// Jobs with a part here whose peers are recorded.
     opened: HashSet<JobId>,
+    /// Jobs whose outcome this node holds: never planned again.
+    ended: HashSet<JobId>,
     /// Peer requests waiting for this node's response: token to (peer, id).
     owed: HashMap<Token, (usize, RequestId)>,
     /// This node's own writes waiting for their reply: token to (job, kind).
@@ -221,6 +223,7 @@ impl JobSimulation {
                 live: HashSet::new(),
                 started: HashSet::new(),
                 opened: HashSet::new(),
+                ended: HashSet::new(),
                 owed: HashMap::new(),
                 writes: HashMap::new(),
                 acknowledged: Vec::new(),
@@ -332,7 +335,13 @@ impl JobSimulation {
                 if self.nodes[node].alive {
                     self.nodes[node].machine.handle(Input::Tick, self.now);
                     self.pump(node);
-                    let jobs: Vec<JobId> = self.asked.iter().map(|(job, _, _)| *job).collect();
+                    // Deadlines and deaths: re-plan the unfinished jobs
+                    // this node has a part in (an ended one needs nothing,
+                    // and reading a compacted one back re-checks it).
+                    let n = &self.nodes[node];
+                    let jobs: Vec<JobId> = n.opened.difference(&n.ended).copied().collect();
+                    let mut jobs = jobs;
+                    jobs.sort_unstable();
                     for job in jobs {
                         self.react(node, job);
                     }
@@ -485,6 +494,9 @@ impl JobSimulation {
     /// Plans `job` at `node` as the real reactor does, and starts what the
     /// plan asks for (each part once).
     fn react(&mut self, node: usize, job: JobId) {
+        if self.nodes[node].ended.contains(&job) {
+            return;
+        }
         let Ok(view) = self.nodes[node].machine.jobs().view(job) else { return };
         let facts = Facts::read(job, &view.contributions);
         let Some(spec) = facts.spec.clone() else { return };
@@ -493,8 +505,11 @@ impl JobSimulation {
         if !asker && !spec.participants.contains(&me) && !spec.stages.contains(&me) {
             return;
         }
-        if facts.outcome.is_some() && asker {
-            self.finished.entry(job).or_insert(self.now);
+        if facts.outcome.is_some() {
+            self.nodes[node].ended.insert(job);
+            if asker {
+                self.finished.entry(job).or_insert(self.now);
+            }
             return;
         }
         if self.nodes[node].opened.insert(job) {
