@@ -20,6 +20,7 @@ use super::job_cache::JobCache;
 use super::job_sync::{JobCommand, Owed};
 use super::replication::ReplicationState;
 use crate::membership::{MemberEvent, MemberId, Membership, Output, Timer};
+use crate::replica::anti_entropy::RegistrySync;
 use crate::replica::sync::{JobSync, Token};
 use crate::replica::{JobChanged, JobFrame, Profile, Replica, ViewKind, ViewReport};
 
@@ -78,7 +79,8 @@ pub struct Driver {
     flushed: mpsc::UnboundedReceiver<bool>,
     pub(super) started: Instant,
     pub(super) api: Option<std::net::SocketAddr>,
-    pub(super) replica: Replica,
+    /// The signed registry and its anti-entropy, a sans-IO machine.
+    pub(super) registry: RegistrySync,
     pub(super) replication: ReplicationState,
     pub(super) majority_threshold: usize,
     anti_entropy_period: Duration,
@@ -135,7 +137,7 @@ impl Driver {
             flushed,
             started,
             api,
-            replica,
+            registry: RegistrySync::new(replica, getrandom::u64().unwrap_or_else(|_| unix_ms())),
             replication: ReplicationState::default(),
             majority_threshold,
             anti_entropy_period,
@@ -235,7 +237,7 @@ impl Driver {
     }
 
     fn replication_stats(&mut self) -> crate::replica::ReplicaStats {
-        let mut stats = self.replica.stats();
+        let mut stats = self.registry.replica().stats();
         stats.jobs = self.jobs.jobs().stats();
         stats.commit = self.jobs.commit_stats().clone();
         stats
@@ -275,15 +277,16 @@ impl Driver {
                     log_event(&event);
                     if let MemberEvent::Up(member) | MemberEvent::Renamed { new: member, .. } = &event {
                         self.dial_fresh_addresses(member);
-                        self.on_member_up(member);
+                        self.registry_member(member, true);
                         self.job_member(member.node, true);
                     }
                     if let MemberEvent::Down(member) | MemberEvent::Left(member) = &event {
+                        self.registry_member(member, false);
                         self.job_member(member.node, false);
                     }
                     if let MemberEvent::Rejoined(me) = &event {
                         // The next start must begin above this one (ADR 0015).
-                        if let Err(error) = self.replica.store().put_generation(me.generation) {
+                        if let Err(error) = self.registry.replica().store().put_generation(me.generation) {
                             tracing::warn!(%error, "could not record the rejoined generation");
                         }
                     }
@@ -339,7 +342,7 @@ impl Driver {
     /// so a restarted node is back in the cluster without its bootstrap list.
     fn rejoin_remembered_members(&mut self) {
         let me = self.membership.me().node;
-        for (node, addresses) in self.replica.store().members() {
+        for (node, addresses) in self.registry.replica().store().members() {
             if node != me {
                 self.membership.announce(MemberId::placeholder(node, addresses), unix_ms());
             }

@@ -81,10 +81,10 @@ impl Driver {
                 let _ = reply.send(self.jobs.jobs().view(job));
             }
             JobCommand::Frame { to, frame } => {
-                if to == self.replica.me() {
+                if to == self.replica().me() {
                     let _ = self.job_frames.send(frame);
                 } else if let Ok(peer) = to.to_peer_id() {
-                    self.send_state(peer, &StateRequest::JobFrame(frame), Pending::Push);
+                    self.send_state(peer, &StateRequest::JobFrame(frame), Pending::Unanswered);
                 }
             }
             JobCommand::List { limit, reply } => {
@@ -102,7 +102,7 @@ impl Driver {
         channel: ResponseChannel<Vec<u8>>,
     ) {
         let Ok(from) = NodeId::from_peer_id(peer) else {
-            return self.respond(channel, &refused("job requests need an ed25519 peer id"));
+            return self.respond_state(channel, &refused("job requests need an ed25519 peer id"));
         };
         let request = match request {
             StateRequest::JobPush { job, changes } => JobRequest::Push { job, changes },
@@ -110,12 +110,12 @@ impl Driver {
             StateRequest::JobFrame(frame) if frame.peer == peer.to_string() => {
                 let _ = self.job_frames.send(frame);
                 let ack = StateResponse::Ack { accepted: 1, rejected: Vec::new() };
-                return self.respond(channel, &ack);
+                return self.respond_state(channel, &ack);
             }
             StateRequest::JobFrame(_) => {
-                return self.respond(channel, &refused("a frame must name its sender as its peer"));
+                return self.respond_state(channel, &refused("a frame must name its sender as its peer"));
             }
-            _ => return self.respond(channel, &refused("not a job request")),
+            _ => return self.respond_state(channel, &refused("not a job request")),
         };
         let token = self.owe(Owed::Respond(channel));
         self.jobs.handle(Input::Request { from, request, token }, unix_ms());
@@ -153,11 +153,6 @@ impl Driver {
         token
     }
 
-    fn respond(&mut self, channel: ResponseChannel<Vec<u8>>, response: &StateResponse) {
-        let bytes = self.replica.encode(response);
-        let _ = self.swarm.behaviour_mut().state.send_response(channel, bytes);
-    }
-
     /// Carries out what the machine produced.
     fn apply_job_outputs(&mut self) {
         for output in self.jobs.drain() {
@@ -170,7 +165,7 @@ impl Driver {
                 }
                 Output::Respond { token, response } => {
                     if let Some(Owed::Respond(channel)) = self.owed.remove(&token) {
-                        self.respond(channel, &response);
+                        self.respond_state(channel, &response);
                     }
                 }
                 Output::Changed(change) => {
@@ -199,7 +194,7 @@ impl Driver {
 
     /// Flushes the store on a blocking thread; the loop hears back.
     fn start_flush(&mut self) {
-        let (store, done) = (self.replica.store().clone(), self.flush_done.clone());
+        let (store, done) = (self.replica().store().clone(), self.flush_done.clone());
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let durable = match store.flush() {

@@ -75,10 +75,10 @@ impl Driver {
                 let _ = reply.send(result.map(|learned| matches!(learned, Learned::New(_))));
             }
             TrustCommand::Evidence(reply) => {
-                let _ = reply.send(self.replica.evidence().report());
+                let _ = reply.send(self.replica().evidence().report());
             }
             TrustCommand::Clear(node, reply) => {
-                let result = self.replica.evidence().clear(&node);
+                let result = self.replica().evidence().clear(&node);
                 if let Ok(true) = result {
                     tracing::info!(peer = %node, "an operator cleared the equivocation mark on this node");
                 }
@@ -97,7 +97,7 @@ impl Driver {
         proof: EquivocationProof,
         from: Option<PeerId>,
     ) -> Result<Learned, EvidenceError> {
-        let learned = self.replica.evidence().learn(proof.clone(), unix_ms());
+        let learned = self.replica().evidence().learn(proof.clone(), unix_ms());
         match &learned {
             Ok(Learned::New(equivocation)) => {
                 tracing::warn!(
@@ -111,7 +111,7 @@ impl Driver {
             Err(error) => {
                 tracing::debug!(%error, "refused an equivocation proof");
                 *self
-                    .replica
+                    .replica()
                     .stats_mut()
                     .trust_rejected
                     .entry(format!("proof.{}", error.reason()))
@@ -140,31 +140,12 @@ impl Driver {
         (accepted, rejected)
     }
 
-    /// Anti-entropy for proofs: the held proofs (a random window of the
-    /// message limit) to the member picked for this round. A proof set is tiny (one per
-    /// equivocating voter), so no digest is needed.
-    pub(super) fn gossip_evidence(&mut self, peer: PeerId) {
-        let mut proofs = self.replica.evidence().proofs();
-        if proofs.is_empty() {
-            return;
-        }
-        // A random window, so every proof reaches every member over the
-        // rounds even when more are held than one message carries (a fixed
-        // first 64 would let 64 minted keys crowd the real ones out).
-        if proofs.len() > MAX_PROOFS_PER_MESSAGE {
-            let start = getrandom::u64().unwrap_or_else(|_| unix_ms()) as usize % proofs.len();
-            proofs.rotate_left(start);
-            proofs.truncate(MAX_PROOFS_PER_MESSAGE);
-        }
-        self.send_state(peer, &StateRequest::Evidence(proofs), Pending::Push);
-    }
-
     fn send_to_live(&mut self, request: &StateRequest, except: Option<PeerId>) -> usize {
         let mut sent = 0;
         for member in self.live_members() {
             let Some(peer) = self.peer_of(&member) else { continue };
             if Some(peer) != except {
-                self.send_state(peer, request, Pending::Push);
+                self.send_state(peer, request, Pending::Unanswered);
                 sent += 1;
             }
         }
@@ -172,7 +153,7 @@ impl Driver {
     }
 
     fn issue_force_leave(&mut self, node: NodeId) -> Result<ForceLeaveReport, ForceLeaveError> {
-        let me = self.replica.me();
+        let me = self.replica().me();
         if node == me {
             return Err(ForceLeaveError::Itself);
         }
@@ -181,7 +162,7 @@ impl Driver {
         let Some(member) = member else { return Err(ForceLeaveError::UnknownPeer(peer)) };
         let claim = ForceLeave { issuer: me, peer: node, generation: member.id.generation };
         let now = unix_ms();
-        let envelope = seal(self.replica.identity(), now, now, &claim)?;
+        let envelope = seal(self.replica().identity(), now, now, &claim)?;
         self.membership.force_leave(node, claim.generation, now);
         tracing::info!(%peer, generation = claim.generation, previous = member.state.label(), "force-leave issued");
         let sent_to = self.send_to_live(&StateRequest::ForceLeave(envelope), None);
@@ -216,11 +197,12 @@ impl Driver {
             Ok(claim) => claim,
             Err(refused) => {
                 tracing::debug!(%refused, "refused a force-leave claim");
-                *self.replica.stats_mut().trust_rejected.entry(refused.label().to_string()).or_default() += 1;
+                *self.replica().stats_mut().trust_rejected.entry(refused.label().to_string()).or_default() +=
+                    1;
                 return Err(refused);
             }
         };
-        if claim.peer == self.replica.me() {
+        if claim.peer == self.replica().me() {
             tracing::warn!(issuer = %claim.issuer, "a force-leave names this node; SWIM rejoins it under a new generation");
             return Ok(());
         }

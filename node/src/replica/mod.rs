@@ -2,6 +2,7 @@
 //! members when it changes and repaired by periodic anti-entropy; and the
 //! majority-rule view for small clusters.
 
+pub mod anti_entropy;
 mod evidence;
 mod jobs;
 mod store;
@@ -233,24 +234,6 @@ impl Replica {
             }
         }
         (accepted, rejected)
-    }
-
-    /// Answers a registry request; the others (view, jobs) need the peer's
-    /// identity or the membership layer and are answered by the caller.
-    pub fn answer(&mut self, request: StateRequest) -> Option<StateResponse> {
-        match request {
-            StateRequest::Push(envelopes) => {
-                let (accepted, rejected) = self.merge(envelopes);
-                Some(StateResponse::Ack { accepted, rejected })
-            }
-            StateRequest::Digest(digest) => Some(StateResponse::Reconcile(self.registry.reconcile(&digest))),
-            StateRequest::View
-            | StateRequest::Evidence(_)
-            | StateRequest::ForceLeave(_)
-            | StateRequest::JobPush { .. }
-            | StateRequest::JobSync { .. }
-            | StateRequest::JobFrame(_) => None,
-        }
     }
 
     /// Decodes a frame from a peer; a malformed one is counted.
