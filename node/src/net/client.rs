@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::driver::{Channels, Command};
 use super::dto::{MembersReport, StatusReport};
 use super::job_cache::JobCache;
-use super::job_sync::JobCommand;
+use super::job_task::JobCommand;
 use crate::membership::MemberEvent;
 use crate::replica::{JobChanged, JobError, JobFrame, JobView, Profile, ViewKind, ViewReport};
 use hivemesh_protocol::{JobId, NodeId};
@@ -37,6 +37,8 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct NodeClient {
     commands: mpsc::Sender<Command>,
+    /// Straight to the job task, which runs the job sync machine.
+    job_commands: mpsc::Sender<JobCommand>,
     events: broadcast::Sender<MemberEvent>,
     job_events: broadcast::Sender<JobChanged>,
     job_frames: broadcast::Sender<JobFrame>,
@@ -85,9 +87,9 @@ impl NodeClient {
     /// sync rounds carry what a push missed.
     pub fn open_job_queued(&self, job: JobId, peers: Vec<NodeId>) {
         let (reply, _) = oneshot::channel();
-        let command = Command::Job(JobCommand::Open { job, peers, reply });
-        if let Err(mpsc::error::TrySendError::Full(command)) = self.commands.try_send(command) {
-            let commands = self.commands.clone();
+        let command = JobCommand::Open { job, peers, reply };
+        if let Err(mpsc::error::TrySendError::Full(command)) = self.job_commands.try_send(command) {
+            let commands = self.job_commands.clone();
             tokio::spawn(async move { commands.send(command).await });
         }
     }
@@ -128,25 +130,19 @@ impl NodeClient {
     /// Known jobs, newest first: (id, created ms, finished ms).
     pub async fn jobs(&self, limit: usize) -> Result<Vec<(JobId, u64, Option<u64>)>, ClientError> {
         let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Job(JobCommand::List { limit, reply }))
-            .await
-            .map_err(|_| ClientError::Stopped)?;
+        self.job_commands.send(JobCommand::List { limit, reply }).await.map_err(|_| ClientError::Stopped)?;
         rx.await.map_err(|_| ClientError::Stopped)
     }
 
     /// Sends streamed text of a job to `to` (the asker); best effort.
     pub async fn send_frame(&self, to: NodeId, frame: JobFrame) -> Result<(), ClientError> {
-        self.commands
-            .send(Command::Job(JobCommand::Frame { to, frame }))
-            .await
-            .map_err(|_| ClientError::Stopped)
+        self.commands.send(Command::Frame { to, frame }).await.map_err(|_| ClientError::Stopped)
     }
 
     /// Like `send_frame`, from synchronous code: a full command queue drops
     /// the frame (the signed output in the document is what counts).
     pub fn try_send_frame(&self, to: NodeId, frame: JobFrame) {
-        let _ = self.commands.try_send(Command::Job(JobCommand::Frame { to, frame }));
+        let _ = self.commands.try_send(Command::Frame { to, frame });
     }
 
     /// Streamed text arriving for jobs this node asked.
@@ -185,7 +181,7 @@ impl NodeClient {
         command: JobCommand,
         rx: oneshot::Receiver<Result<T, JobError>>,
     ) -> Result<T, ClientError> {
-        self.commands.send(Command::Job(command)).await.map_err(|_| ClientError::Stopped)?;
+        self.job_commands.send(command).await.map_err(|_| ClientError::Stopped)?;
         rx.await.map_err(|_| ClientError::Stopped)?.map_err(ClientError::Job)
     }
 
@@ -206,22 +202,35 @@ impl NodeClient {
 }
 
 impl NodeClient {
-    /// A client and the driver's ends of its channels: commands (64 queued),
-    /// member events (1024), job changes and job frames (4096 each).
-    pub(super) fn with_channels(streams: libp2p_stream::Control) -> (Self, Channels) {
+    /// A client, the driver's ends of its channels and the job task's:
+    /// commands (64 queued), job commands (256), member events (1024), job
+    /// changes and job frames (4096 each).
+    pub(super) fn with_channels(streams: libp2p_stream::Control) -> (Self, Channels, JobChannels) {
         let (commands, commands_rx) = mpsc::channel(64);
+        let (job_commands, job_commands_rx) = mpsc::channel(256);
         let (events, _) = broadcast::channel(1024);
         let (job_events, _) = broadcast::channel(4096);
         let (job_frames, _) = broadcast::channel(4096);
         let job_cache = JobCache::default();
         let client = Self {
             commands,
+            job_commands,
             events: events.clone(),
             job_events: job_events.clone(),
             job_frames: job_frames.clone(),
             job_cache: job_cache.clone(),
             streams,
         };
-        (client, Channels { commands: commands_rx, events, job_events, job_frames, job_cache })
+        let channels = Channels { commands: commands_rx, events, job_frames };
+        (client, channels, JobChannels { commands: job_commands_rx, events: job_events, cache: job_cache })
     }
+}
+
+/// The job task's ends of a client's channels.
+pub(super) struct JobChannels {
+    pub commands: mpsc::Receiver<JobCommand>,
+    /// Each durable change to a job, with what it brought.
+    pub events: broadcast::Sender<JobChanged>,
+    /// The per-job state the task keeps current for every reader.
+    pub cache: JobCache,
 }

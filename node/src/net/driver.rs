@@ -16,13 +16,11 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 use super::bootstrap::UnresolvedBootstrap;
 use super::describe::error_chain;
 use super::dto::{MemberInfo, MembersReport, StatusReport};
-use super::job_cache::JobCache;
-use super::job_sync::{JobCommand, Owed};
+use super::job_task::{JobLink, ToJobs};
 use super::replication::ReplicationState;
 use crate::membership::{MemberEvent, MemberId, Membership, Output, Timer};
 use crate::replica::anti_entropy::RegistrySync;
-use crate::replica::sync::{JobSync, Token};
-use crate::replica::{JobChanged, JobFrame, Profile, Replica, ViewKind, ViewReport};
+use crate::replica::{JobFrame, Profile, Replica, ViewKind, ViewReport};
 
 /// The node's wall clock in Unix ms (see [`crate::membership::clock`]).
 pub fn unix_ms() -> u64 {
@@ -42,7 +40,12 @@ pub enum Command {
         deadline: Duration,
         done: oneshot::Sender<()>,
     },
-    Job(JobCommand),
+    /// Stream a frame of a job's text to the asker (delivered locally when
+    /// that is us); best effort.
+    Frame {
+        to: NodeId,
+        frame: JobFrame,
+    },
     /// Replace the allowlist; answers `false` when the node has none.
     SetAllowed(HashSet<PeerId>, oneshot::Sender<bool>),
     Trust(super::trust::TrustCommand),
@@ -52,11 +55,7 @@ pub enum Command {
 pub struct Channels {
     pub commands: mpsc::Receiver<Command>,
     pub events: broadcast::Sender<MemberEvent>,
-    /// Each durable change to a job, with what it brought.
-    pub job_events: broadcast::Sender<JobChanged>,
     pub job_frames: broadcast::Sender<JobFrame>,
-    /// The per-job state the driver keeps current for every reader.
-    pub job_cache: JobCache,
 }
 
 pub struct Driver {
@@ -66,17 +65,9 @@ pub struct Driver {
     pub(super) unresolved: UnresolvedBootstrap,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<MemberEvent>,
-    pub(super) job_events: broadcast::Sender<JobChanged>,
     pub(super) job_frames: broadcast::Sender<JobFrame>,
-    pub(super) job_cache: JobCache,
-    /// The job documents and their sync, a sans-IO machine (ADR 0021).
-    pub(super) jobs: JobSync,
-    /// Replies and responses the machine's tokens stand for.
-    pub(super) owed: HashMap<Token, Owed>,
-    pub(super) next_token: u64,
-    /// Where a finished flush reports (`true`: durable).
-    pub(super) flush_done: mpsc::UnboundedSender<bool>,
-    flushed: mpsc::UnboundedReceiver<bool>,
+    /// The job task, which runs the job sync machine (ADR 0021).
+    pub(super) jobs: JobLink,
     pub(super) started: Instant,
     pub(super) api: Option<std::net::SocketAddr>,
     /// The signed registry and its anti-entropy, a sans-IO machine.
@@ -112,14 +103,13 @@ impl Driver {
         started: Instant,
         api: Option<std::net::SocketAddr>,
         replica: Replica,
-        jobs: JobSync,
+        jobs: JobLink,
         anti_entropy_period: Duration,
         majority_threshold: usize,
         swarm_key: Option<String>,
     ) -> Self {
         let (timers, timer_rx) = mpsc::unbounded_channel();
-        let (flush_done, flushed) = mpsc::unbounded_channel();
-        let Channels { commands, events, job_events, job_frames, job_cache } = channels;
+        let Channels { commands, events, job_frames } = channels;
         Self {
             swarm,
             membership,
@@ -127,14 +117,8 @@ impl Driver {
             unresolved,
             commands,
             events,
-            job_events,
             job_frames,
-            job_cache,
             jobs,
-            owed: HashMap::new(),
-            next_token: 0,
-            flush_done,
-            flushed,
             started,
             api,
             registry: RegistrySync::new(replica, getrandom::u64().unwrap_or_else(|_| unix_ms())),
@@ -170,7 +154,7 @@ impl Driver {
                     self.job_sync_tick();
                 }
                 Some(timer) = self.timer_rx.recv() => self.membership.handle_timer(timer, unix_ms()),
-                Some(durable) = self.flushed.recv() => self.on_flushed(durable),
+                Some(message) = self.jobs.from.recv() => self.on_from_jobs(message),
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
                     // Every handle is gone: stop without a goodbye, as a
@@ -200,24 +184,26 @@ impl Driver {
                 let _ = reply.send(self.members_report());
             }
             Command::Status(reply) => {
-                let _ = reply.send(StatusReport {
+                let report = Box::new(StatusReport {
                     peer_id: self.swarm.local_peer_id().to_string(),
                     listen: self.listen.iter().map(|a| a.to_string()).collect(),
                     api: self.api.map(|a| a.to_string()),
                     uptime_ms: self.started.elapsed().as_millis() as u64,
                     active_members: self.membership.active_count(),
                     membership: self.membership.stats().clone(),
-                    replication: self.replication_stats(),
+                    replication: self.registry.replica().stats(),
                     refused: self.refused.clone(),
                     swarm_key: self.swarm_key.clone(),
                 });
+                // The job task adds its counters and answers.
+                let _ = self.jobs.to.send(ToJobs::Status(report, reply));
             }
             Command::View(kind, reply) => self.view(kind, reply),
             Command::Advertise(profile, reply) => {
                 let _ = reply.send(self.publish_entry(Some(profile)).map(|_| ()));
             }
             Command::Leave { deadline, done } => self.start_leaving(deadline, done),
-            Command::Job(command) => self.on_job_command(command),
+            Command::Frame { to, frame } => self.send_frame_to(to, frame),
             Command::SetAllowed(peers, reply) => {
                 let _ = reply.send(self.set_allowed(peers));
             }
@@ -234,13 +220,6 @@ impl Driver {
                 self.leaving = Some((Instant::now() + deadline, vec![done]));
             }
         }
-    }
-
-    fn replication_stats(&mut self) -> crate::replica::ReplicaStats {
-        let mut stats = self.registry.replica().stats();
-        stats.jobs = self.jobs.jobs().stats();
-        stats.commit = self.jobs.commit_stats().clone();
-        stats
     }
 
     fn members_report(&self) -> MembersReport {

@@ -1,101 +1,31 @@
 //! The driver's side of job sync: it moves bytes between libp2p and the
-//! sans-IO machine (`crate::replica::sync`, ADR 0021), keeps the reply
-//! channels the machine's tokens name, runs the flushes it asks for on a
-//! blocking thread, and announces job changes to subscribers and the
-//! shared per-job state.
+//! job task (`super::job_task`), which runs the sans-IO machine
+//! (`crate::replica::sync`, ADR 0021). The driver decodes a peer's job
+//! request and keeps its response channel; the task verifies and applies
+//! it. Token frames, which are not state, stay here.
 
-use hivemesh_protocol::{JobId, NodeId};
+use hivemesh_protocol::NodeId;
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
-use tokio::sync::oneshot;
 
-use super::driver::{Driver, unix_ms};
+use super::driver::Driver;
+use super::job_task::{FromJobs, ToJobs};
 use super::replication::Pending;
-use crate::replica::sync::{Input, JobRequest, Output, RequestId, Token};
-use crate::replica::{JobError, JobFrame, JobView, StateRequest, StateResponse};
-
-/// Requests about job documents from the node's own side (API, federation).
-pub enum JobCommand {
-    /// Hold `job` and replicate it with `peers`.
-    Open {
-        job: JobId,
-        peers: Vec<NodeId>,
-        reply: oneshot::Sender<Result<(), JobError>>,
-    },
-    /// Hold `job` with `peers` and sign, store and push this node's first
-    /// contribution to it, in one step (a submission's spec).
-    Create {
-        job: JobId,
-        peers: Vec<NodeId>,
-        kind: String,
-        body: Vec<u8>,
-        reply: oneshot::Sender<Result<(), JobError>>,
-    },
-    /// Sign, store and push this node's contribution.
-    Contribute {
-        job: JobId,
-        kind: String,
-        body: Vec<u8>,
-        reply: oneshot::Sender<Result<(), JobError>>,
-    },
-    View {
-        job: JobId,
-        reply: oneshot::Sender<Result<JobView, JobError>>,
-    },
-    /// Stream a frame to the asker (delivered locally when that is us).
-    Frame {
-        to: NodeId,
-        frame: JobFrame,
-    },
-    /// Known jobs, newest first: (id, created, finished).
-    List {
-        limit: usize,
-        reply: oneshot::Sender<Vec<(JobId, u64, Option<u64>)>>,
-    },
-}
-
-/// What a machine token stands for: a local writer waiting for its reply,
-/// or a peer waiting for the response to its request.
-pub(super) enum Owed {
-    Reply(oneshot::Sender<Result<(), JobError>>),
-    Respond(ResponseChannel<Vec<u8>>),
-}
+use crate::replica::sync::{Input, JobRequest, RequestId};
+use crate::replica::{JobFrame, StateRequest, StateResponse};
 
 impl Driver {
-    pub fn on_job_command(&mut self, command: JobCommand) {
-        let now = unix_ms();
-        match command {
-            JobCommand::Open { job, peers, reply } => {
-                let token = self.owe(Owed::Reply(reply));
-                self.jobs.handle(Input::Open { job, peers, token }, now);
-            }
-            JobCommand::Create { job, peers, kind, body, reply } => {
-                let token = self.owe(Owed::Reply(reply));
-                self.jobs.handle(Input::Create { job, peers, kind, body, token }, now);
-            }
-            JobCommand::Contribute { job, kind, body, reply } => {
-                let token = self.owe(Owed::Reply(reply));
-                self.jobs.handle(Input::Contribute { job, kind, body, token }, now);
-            }
-            JobCommand::View { job, reply } => {
-                let _ = reply.send(self.jobs.jobs().view(job));
-            }
-            JobCommand::Frame { to, frame } => {
-                if to == self.replica().me() {
-                    let _ = self.job_frames.send(frame);
-                } else if let Ok(peer) = to.to_peer_id() {
-                    self.send_state(peer, &StateRequest::JobFrame(frame), Pending::Unanswered);
-                }
-            }
-            JobCommand::List { limit, reply } => {
-                let _ = reply.send(self.jobs.jobs().list(limit));
-            }
+    /// Streams a frame to the asker (delivered locally when that is us).
+    pub(super) fn send_frame_to(&mut self, to: NodeId, frame: JobFrame) {
+        if to == self.replica().me() {
+            let _ = self.job_frames.send(frame);
+        } else if let Ok(peer) = to.to_peer_id() {
+            self.send_state(peer, &StateRequest::JobFrame(frame), Pending::Unanswered);
         }
-        self.apply_job_outputs();
     }
 
     /// A peer's push, sync message or token frame for a job.
-    pub fn answer_job_request(
+    pub(super) fn answer_job_request(
         &mut self,
         peer: &PeerId,
         request: StateRequest,
@@ -117,64 +47,36 @@ impl Driver {
             }
             _ => return self.respond_state(channel, &refused("not a job request")),
         };
-        let token = self.owe(Owed::Respond(channel));
-        self.jobs.handle(Input::Request { from, request, token }, unix_ms());
-        self.apply_job_outputs();
+        let token = self.owe_response(channel);
+        self.feed_jobs(Input::Request { from, request, token });
     }
 
     /// The answer to a job request the machine sent (`None`: it failed).
     pub(super) fn on_job_response(&mut self, id: RequestId, response: Option<StateResponse>) {
-        self.jobs.handle(Input::Response { id, response }, unix_ms());
-        self.apply_job_outputs();
+        self.feed_jobs(Input::Response { id, response });
     }
 
     /// Anti-entropy for job documents: repair rounds, compaction.
-    pub fn job_sync_tick(&mut self) {
-        self.jobs.handle(Input::Tick, unix_ms());
-        self.apply_job_outputs();
+    pub(super) fn job_sync_tick(&mut self) {
+        self.feed_jobs(Input::Tick);
     }
 
     /// A member's liveness, as the machine picks repair and retry peers.
     pub(super) fn job_member(&mut self, node: NodeId, live: bool) {
-        let input = if live { Input::MemberUp(node) } else { Input::MemberGone(node) };
-        self.jobs.handle(input, unix_ms());
+        self.feed_jobs(if live { Input::MemberUp(node) } else { Input::MemberGone(node) });
     }
 
-    /// The flush the machine asked for finished.
-    pub(super) fn on_flushed(&mut self, durable: bool) {
-        self.jobs.handle(Input::Flushed { durable }, unix_ms());
-        self.apply_job_outputs();
+    fn feed_jobs(&mut self, input: Input) {
+        if self.jobs.to.send(ToJobs::Machine(input)).is_err() {
+            tracing::error!("the job task has stopped; job requests are dropped");
+        }
     }
 
-    fn owe(&mut self, owed: Owed) -> Token {
-        let token = Token(self.next_token);
-        self.next_token += 1;
-        self.owed.insert(token, owed);
-        token
-    }
-
-    /// Carries out what the machine produced.
-    fn apply_job_outputs(&mut self) {
-        for output in self.jobs.drain() {
-            match output {
-                Output::Send { to, id, request } => self.send_job_request(to, id, &request),
-                Output::Reply { token, result, .. } => {
-                    if let Some(Owed::Reply(reply)) = self.owed.remove(&token) {
-                        let _ = reply.send(result);
-                    }
-                }
-                Output::Respond { token, response } => {
-                    if let Some(Owed::Respond(channel)) = self.owed.remove(&token) {
-                        self.respond_state(channel, &response);
-                    }
-                }
-                Output::Changed(change) => {
-                    self.job_cache.put(&change.view);
-                    let _ = self.job_events.send(change);
-                }
-                Output::Compacted(job) => self.job_cache.forget(&job),
-                Output::Flush => self.start_flush(),
-            }
+    /// What the job task asks of the network.
+    pub(super) fn on_from_jobs(&mut self, message: FromJobs) {
+        match message {
+            FromJobs::Send { to, id, request } => self.send_job_request(to, id, &request),
+            FromJobs::Respond { token, response } => self.respond_owed(token, &response),
         }
     }
 
@@ -190,23 +92,6 @@ impl Driver {
             Some(peer) => self.send_state(peer, request, Pending::Job(id)),
             None => self.on_job_response(id, None),
         }
-    }
-
-    /// Flushes the store on a blocking thread; the loop hears back.
-    fn start_flush(&mut self) {
-        let (store, done) = (self.replica().store().clone(), self.flush_done.clone());
-        tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            let durable = match store.flush() {
-                Ok(()) => true,
-                Err(error) => {
-                    tracing::error!(%error, "flushing the store failed; writes waiting on it are refused");
-                    false
-                }
-            };
-            tracing::debug!(took_us = started.elapsed().as_micros() as u64, "group commit flushed");
-            let _ = done.send(durable);
-        });
     }
 }
 

@@ -11,6 +11,7 @@ mod driver;
 mod dto;
 mod job_cache;
 mod job_sync;
+mod job_task;
 pub mod private;
 mod refusals;
 mod replication;

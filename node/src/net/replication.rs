@@ -35,7 +35,8 @@ pub enum Pending {
 #[derive(Default)]
 pub struct ReplicationState {
     pub pending: HashMap<OutboundRequestId, Pending>,
-    /// Peers' registry requests waiting for the machine's answer.
+    /// Peers' requests waiting for a machine's answer (registry or job
+    /// sync; one token space).
     pub responding: HashMap<Token, ResponseChannel<Vec<u8>>>,
     /// Majority views being gathered, by the machine's token.
     pub views: HashMap<Token, oneshot::Sender<ViewReport>>,
@@ -108,11 +109,7 @@ impl Driver {
                         Some(peer) => self.send_state(peer, &request, Pending::Registry(id)),
                         None => self.registry.handle(Input::Response { id, response: None }),
                     },
-                    Output::Respond { token, response } => {
-                        if let Some(channel) = self.replication.responding.remove(&token) {
-                            self.respond_state(channel, &response);
-                        }
-                    }
+                    Output::Respond { token, response } => self.respond_owed(token, &response),
                     Output::Views { token, views, asked } => self.majority_view_done(token, views, asked),
                 }
             }
@@ -184,10 +181,22 @@ impl Driver {
             let refused = StateResponse::Refused("registry requests need an ed25519 peer id".into());
             return self.respond_state(channel, &refused);
         };
-        let token = self.next_token();
-        self.replication.responding.insert(token, channel);
+        let token = self.owe_response(channel);
         self.registry.handle(Input::Request { from, request, token });
         self.apply_registry_outputs();
+    }
+
+    /// Keeps a peer's response channel until a machine answers its token.
+    pub(super) fn owe_response(&mut self, channel: ResponseChannel<Vec<u8>>) -> Token {
+        let token = self.next_token();
+        self.replication.responding.insert(token, channel);
+        token
+    }
+
+    pub(super) fn respond_owed(&mut self, token: Token, response: &StateResponse) {
+        if let Some(channel) = self.replication.responding.remove(&token) {
+            self.respond_state(channel, response);
+        }
     }
 
     pub(super) fn respond_state(&mut self, channel: ResponseChannel<Vec<u8>>, response: &StateResponse) {

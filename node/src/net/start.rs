@@ -14,9 +14,10 @@ use tokio::task::JoinHandle;
 
 use super::behaviour::Behaviour;
 use super::bootstrap::{UnresolvedBootstrap, split_peer};
-use super::client::NodeClient;
+use super::client::{JobChannels, NodeClient};
 use super::describe::{error_chain, missing_address_hint};
 use super::driver::{Channels, Driver, unix_ms};
+use super::job_task::JobTask;
 use super::private::PreSharedKey;
 use crate::membership::{MemberId, Membership, MembershipConfig};
 use crate::replica::Replica;
@@ -60,6 +61,7 @@ pub struct Listening {
     listen: Vec<Multiaddr>,
     client: NodeClient,
     channels: Channels,
+    job_channels: JobChannels,
 }
 
 /// What the driver runs with, beyond the swarm.
@@ -103,8 +105,8 @@ pub async fn listen(
         listeners.insert(id, address.clone());
     }
     let listen = wait_for_listeners(&mut swarm, listeners).await?;
-    let (client, channels) = NodeClient::with_channels(swarm.behaviour().streams.new_control());
-    Ok(Listening { swarm, listen, client, channels })
+    let (client, channels, job_channels) = NodeClient::with_channels(swarm.behaviour().streams.new_control());
+    Ok(Listening { swarm, listen, client, channels, job_channels })
 }
 
 impl Listening {
@@ -123,7 +125,8 @@ impl Listening {
     }
 
     /// Starts membership (joining through the bootstrap peers) and spawns
-    /// the driver task that owns the swarm from now on.
+    /// the driver task that owns the swarm from now on, and the job task
+    /// beside it (it ends with the driver).
     pub fn run(self, settings: RunSettings<'_>) -> JoinHandle<()> {
         let me = MemberId::new(
             settings.node,
@@ -143,6 +146,10 @@ impl Listening {
                 }
             }
         }
+        let JobChannels { commands, events, cache } = self.job_channels;
+        let store = settings.replica.store().clone();
+        let (job_task, jobs) = JobTask::new(settings.jobs, store, commands, events, cache);
+        tokio::spawn(job_task.run());
         let driver = Driver::new(
             self.swarm,
             membership,
@@ -152,7 +159,7 @@ impl Listening {
             settings.started,
             settings.api,
             settings.replica,
-            settings.jobs,
+            jobs,
             settings.anti_entropy,
             settings.majority_threshold,
             settings.swarm_key,
