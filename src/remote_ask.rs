@@ -78,8 +78,8 @@ pub async fn ask(api: &ApiClient, request: Request<'_>) -> anyhow::Result<bool> 
                     }
                     display.event(&event.event, &event.data);
                 }
-                Some(Err(e)) => bail!("the event stream broke: {e}"),
-                None => bail!("the node closed the event stream before the job ended"),
+                Some(Err(e)) => return Err(lost_stream(api, &id, &e.to_string()).await),
+                None => return Err(lost_stream(api, &id, "the stream ended before the job did").await),
             },
             _ = tokio::signal::ctrl_c(), if !cancelled => {
                 cancelled = true;
@@ -101,6 +101,25 @@ pub async fn ask(api: &ApiClient, request: Request<'_>) -> anyhow::Result<bool> 
         errln!("hivemesh: {}: {error}", outcome["status"].as_str().unwrap_or("ended"));
     }
     Ok(outcome["status"] == "done")
+}
+
+/// Why following job `id` stopped, once its event stream broke: whether
+/// the node still answers (asked once, 3 s at most), and where to look for
+/// the job's end, which the other participants may still reach.
+async fn lost_stream(api: &ApiClient, id: &str, cause: &str) -> anyhow::Error {
+    let probe = api.request(Method::GET, "/v1/status").timeout(Duration::from_secs(3)).send().await;
+    let node = &api.base;
+    match probe {
+        Ok(response) if response.status().is_success() => anyhow!(
+            "lost job {id}'s event stream from the node at {node}, which still answers ({cause}); \
+             `hivemesh jobs {id} --node {node}` shows how the job ends"
+        ),
+        _ => anyhow!(
+            "the node at {node} stopped answering while job {id} was running ({cause}); \
+             the job may still end on its other participants: once the node is back, \
+             `hivemesh jobs {id} --node {node}` shows it"
+        ),
+    }
 }
 
 /// Text one part of the job streamed in its latest attempt.

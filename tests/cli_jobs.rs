@@ -84,6 +84,25 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
 }
 
+/// Placement reads the registry: waits until `node` knows both others and
+/// what they offer.
+async fn wait_for_offers(node: &NodeProcess, dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let members =
+            hivemesh(strings(&["members", "--view", "registry", "--json", "--node", &node.api]), dir).await;
+        let report: Value = serde_json::from_slice(&members.stdout).unwrap_or_default();
+        let offering = report["members"]
+            .as_array()
+            .map_or(0, |m| m.iter().filter(|m| m["models"] == serde_json::json!(["canned"])).count());
+        if offering == 2 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the registry did not spread: {report:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_started_with_run_answer_jobs_asked_from_the_command_line() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
@@ -96,23 +115,7 @@ async fn nodes_started_with_run_answer_jobs_asked_from_the_command_line() {
     let b = start(dirs[1].path(), &servers[1], Some(&a.listen));
     let c = start(dirs[2].path(), &servers[2], Some(&a.listen));
 
-    // Placement reads the registry: wait until the asker knows both others
-    // and what they offer.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let members =
-            hivemesh(strings(&["members", "--view", "registry", "--json", "--node", &a.api]), dirs[0].path())
-                .await;
-        let report: Value = serde_json::from_slice(&members.stdout).unwrap_or_default();
-        let offering = report["members"]
-            .as_array()
-            .map_or(0, |m| m.iter().filter(|m| m["models"] == serde_json::json!(["canned"])).count());
-        if offering == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the registry did not spread: {report:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_offers(&a, dirs[0].path()).await;
 
     let question = "What is the capital of France?";
     let council =
@@ -180,4 +183,41 @@ async fn nodes_started_with_run_answer_jobs_asked_from_the_command_line() {
             .await;
     assert!(text(&unknown.stderr).contains("404"), "{}", text(&unknown.stderr));
     drop((b, c));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ask_whose_node_dies_mid_job_says_the_node_stopped_answering() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().expect("tempdir")).collect();
+    // Six pieces two seconds apart: no candidate is done for 12 s.
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(mesh::provider("Paris is the capital of France.", Duration::from_secs(2)).await);
+    }
+    let a = start(dirs[0].path(), &servers[0], None);
+    let _b = start(dirs[1].path(), &servers[1], Some(&a.listen));
+    let _c = start(dirs[2].path(), &servers[2], Some(&a.listen));
+    wait_for_offers(&a, dirs[0].path()).await;
+
+    let ask = Command::new(env!("CARGO_BIN_EXE_hivemesh"))
+        .args(["ask", "--node", &a.api, "--mode", "council", "What is the capital of France?"])
+        .env("HIVEMESH_DATA_DIR", dirs[2].path())
+        .env_remove("RUST_LOG")
+        .env_remove("HIVEMESH_API_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hivemesh ask");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let api = a.api.clone();
+    drop(a); // killed mid-job, no goodbye
+    let asked =
+        tokio::task::spawn_blocking(move || ask.wait_with_output()).await.expect("join").expect("ask");
+    let (out, err) = (text(&asked.stdout), text(&asked.stderr));
+    assert!(!asked.status.success(), "stdout: {out}\nstderr: {err}");
+    assert!(out.trim().is_empty(), "no answer on stdout: {out}");
+    assert!(err.contains(&format!("the node at {api} stopped answering while job")), "{err}");
+    assert!(
+        err.contains("hivemesh jobs ") && err.contains(&format!("--node {api}")),
+        "where to look next: {err}"
+    );
 }

@@ -125,10 +125,14 @@ fn a_finished_job_is_compacted_leaves_memory_and_takes_no_more_changes() {
     let (after, records) = store.job_bytes(&job).expect("bytes");
     assert_eq!(records, 1);
     assert!(after.len() < before.len(), "compacted {} bytes, was {}", after.len(), before.len());
+    let loads = jobs.stats().doc_loads;
     let view = jobs.view(job).expect("read back from sled");
     assert!(view.compacted && view.finished_at_ms == Some(100));
     let kinds: Vec<&str> = view.contributions.iter().map(|c| c.kind.as_str()).collect();
     assert_eq!(kinds, ["draft", OUTCOME_KIND]);
+    assert_eq!(jobs.stats().doc_loads, loads + 1, "the first read loads and verifies it");
+    assert_eq!(jobs.view(job).expect("read again").heads, view.heads);
+    assert_eq!(jobs.stats().doc_loads, loads + 1, "a closed job read again is not verified again");
 
     let mut other = hivemesh_crdt::job_doc::JobDoc::new(job, &peer.node_id());
     let change = other.contribute(&peer, "late", vec![1], 200).expect("peer change");

@@ -116,7 +116,10 @@ fn a_majority_view_waits_for_every_member_asked_and_counts_failures() {
     a.machine.handle(Input::MemberUp(b.member.clone()));
     a.machine.handle(Input::MemberUp(c.member.clone()));
     a.machine.drain();
-    let own = vec![Entry::from_json(serde_json::json!({"id": "a", "last_updated": "2026-11-30T12:00:00Z"})).expect("entry")];
+    let own = vec![
+        Entry::from_json(serde_json::json!({"id": "a", "last_updated": "2026-11-30T12:00:00Z"}))
+            .expect("entry"),
+    ];
     a.machine.handle(Input::CollectViews { own, token: Token(9) });
     let asks: Vec<RequestId> = a
         .machine
@@ -144,9 +147,14 @@ fn a_majority_view_waits_for_every_member_asked_and_counts_failures() {
 #[test]
 fn a_majority_view_with_no_live_member_is_this_nodes_alone() {
     let mut a = node(1);
-    let own = vec![Entry::from_json(serde_json::json!({"id": "a", "last_updated": "2026-11-30T12:00:00Z"})).expect("entry")];
+    let own = vec![
+        Entry::from_json(serde_json::json!({"id": "a", "last_updated": "2026-11-30T12:00:00Z"}))
+            .expect("entry"),
+    ];
     a.machine.handle(Input::CollectViews { own, token: Token(1) });
-    assert!(matches!(a.machine.drain().as_slice(), [Output::Views { asked: 0, views, .. }] if views.len() == 1));
+    assert!(
+        matches!(a.machine.drain().as_slice(), [Output::Views { asked: 0, views, .. }] if views.len() == 1)
+    );
 }
 
 #[test]

@@ -46,6 +46,7 @@ pub fn count_council(
     job: JobId,
     spec: &JobSpec,
     facts: &Facts,
+    absent: &[Missing],
     engine: &TallyEngine,
     now_ms: u64,
 ) -> Result<CouncilCount, CountError> {
@@ -83,7 +84,9 @@ pub fn count_council(
             facts.candidate_of(peer).map(|o| attributed(&format!("candidate {i}"), peer, o))
         })
         .collect();
-    let mut outcome = ended(spec, now_ms, "failed", None, round.missing.clone());
+    let mut missing = round.missing.clone();
+    missing.extend_from_slice(absent);
+    let mut outcome = ended(spec, now_ms, "failed", None, missing);
     outcome.ballot_file = Some(ballot_file(job, spec, &round, &envelopes));
     outcome.excluded = excluded;
     let mut count = CouncilCount {
@@ -97,7 +100,7 @@ pub fn count_council(
     };
     if !counted.quorum_reached() {
         count.outcome.error =
-            Some(format!("{} valid ballots of {} needed", counted.voters.len(), counted.quorum_required));
+            Some(quorum_missed(counted.voters.len(), counted.quorum_required, absent, &count));
         count.outcome.contributions = count.contributions.clone();
         return Ok(count);
     }
@@ -110,6 +113,32 @@ pub fn count_council(
     count.outcome.tally = Some(serde_json::json!({ "backend": backend, "result": tally }));
     count.outcome.status = "done".into();
     Ok(count)
+}
+
+/// Why a council failed its ballot quorum, naming each participant without
+/// a counted ballot and why: "1 valid ballot of 2 needed; no ballot from
+/// 12D3…: down (SWIM declared it failed before its ballot arrived)".
+fn quorum_missed(valid: usize, needed: usize, absent: &[Missing], count: &CouncilCount) -> String {
+    let plural = if valid == 1 { "" } else { "s" };
+    let mut reason = format!("{valid} valid ballot{plural} of {needed} needed");
+    let mut without: Vec<String> = absent
+        .iter()
+        .map(|m| {
+            let why = m.reason.strip_prefix("no ballot: ").unwrap_or(&m.reason);
+            let why =
+                if why == "down" { "down (SWIM declared it failed before its ballot arrived)" } else { why };
+            format!("no ballot from {}: {why}", m.peer)
+        })
+        .collect();
+    let excluded = count.outcome.excluded.len();
+    if excluded > 0 {
+        without.push(format!("{excluded} ballot(s) excluded (see `excluded`)"));
+    }
+    if !without.is_empty() {
+        reason.push_str("; ");
+        reason.push_str(&without.join("; "));
+    }
+    reason
 }
 
 /// The pipeline's outcome once its curator is done: every stage's output
@@ -192,3 +221,7 @@ fn ballot_file(job: JobId, spec: &JobSpec, round: &Round, envelopes: &[Envelope]
         "ballots": ballots,
     })
 }
+
+#[cfg(test)]
+#[path = "outcome_tests.rs"]
+mod outcome_tests;

@@ -19,7 +19,8 @@ pub enum Action {
     /// Rank the round's candidates and cast a signed ballot.
     Vote,
     /// Asker: tally the ballots, run the curator, write the outcome.
-    Conclude,
+    /// `absent`: the participants without a ballot, and why.
+    Conclude { absent: Vec<Missing> },
     /// Asker: the pipeline's curator is done; write the outcome.
     FinishPipeline,
     /// Asker: move a stage whose peer is down or failed.
@@ -157,7 +158,20 @@ fn plan_council(
                 // Conclude once every ballot is in or out, or as soon as the
                 // quorum is out of reach (the outcome then says so).
                 if waiting == 0 || voted + waiting < spec.quorum.max(1) as usize {
-                    actions.push(Action::Conclude);
+                    let absent = spec
+                        .participants
+                        .iter()
+                        .filter(|p| !facts.has_voted(p))
+                        .filter_map(|p| {
+                            let (reason, code) = missing_reason(facts, p, Part::Ballot, live, late)?;
+                            Some(Missing {
+                                peer: p.to_string(),
+                                reason: format!("no ballot: {reason}"),
+                                code,
+                            })
+                        })
+                        .collect();
+                    actions.push(Action::Conclude { absent });
                 }
             }
         }
@@ -306,9 +320,18 @@ mod tests {
         facts.round = Some(Round { candidates: (0..3).map(peer).collect(), missing: Vec::new() });
         facts.ballots.push((peer(0), "ballot".into(), Vec::new()));
         let live = |_: &NodeId| true;
-        assert!(!plan(peer(0), &facts, &live, &[], 1_000).contains(&Action::Conclude), "still waiting");
+        let concludes = |actions: &[Action]| actions.iter().any(|a| matches!(a, Action::Conclude { .. }));
+        assert!(!concludes(&plan(peer(0), &facts, &live, &[], 1_000)), "still waiting");
         facts.failures.push((peer(1), failure("ballot")));
         let actions = plan(peer(0), &facts, &live, &[], 1_000);
-        assert!(actions.contains(&Action::Conclude), "quorum 3 cannot be met: {actions:?}");
+        assert!(concludes(&actions), "quorum 3 cannot be met: {actions:?}");
+        let absent = actions.iter().find_map(|a| match a {
+            Action::Conclude { absent } => Some(absent.clone()),
+            _ => None,
+        });
+        let absent = absent.unwrap_or_default();
+        assert_eq!(absent.len(), 1, "peer 1's failed ballot is named; peer 2 may still vote: {absent:?}");
+        assert_eq!(absent[0].peer, peer(1).to_string());
+        assert!(absent[0].reason.contains("ballot failed"), "{:?}", absent[0].reason);
     }
 }

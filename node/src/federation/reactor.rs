@@ -376,7 +376,7 @@ fn part_of(action: &Action) -> Option<Part> {
         Action::RunStage(stage) => Part::Stage(*stage),
         Action::OpenRound(_) => Part::Round,
         Action::Vote => Part::Ballot,
-        Action::Conclude | Action::FinishPipeline | Action::Fail { .. } | Action::ConfirmCancel => {
+        Action::Conclude { .. } | Action::FinishPipeline | Action::Fail { .. } | Action::ConfirmCancel => {
             Part::Outcome
         }
         Action::Reassign(stage, _) => Part::Assign(*stage),

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 
 use super::outcome::{self, CouncilCount};
 use super::quota::{PeerQuotas, QUOTA_CODE};
-use super::spec::{self, Assignment, CANDIDATE, FAILURE, Facts, JobSpec, Output, ROUND, stage_kind};
+use super::spec::{self, Assignment, CANDIDATE, FAILURE, Facts, JobSpec, Missing, Output, ROUND, stage_kind};
 use super::{Action, FederationStats, Limits};
 use crate::net::{NodeClient, unix_ms};
 use crate::replica::JobFrame;
@@ -76,7 +76,7 @@ pub async fn run(ctx: Arc<WorkContext>, job: JobId, facts: Facts, action: Action
         Action::RunStage(stage) => run_stage(&ctx, job, &spec, &facts, stage).await,
         Action::OpenRound(round) => put(&ctx, job, ROUND, &round).await,
         Action::Vote => vote(&ctx, job, &spec, &facts).await,
-        Action::Conclude => conclude(&ctx, job, &spec, &facts).await,
+        Action::Conclude { absent } => conclude(&ctx, job, &spec, &facts, absent).await,
         Action::FinishPipeline => finish_pipeline(&ctx, job, &spec, &facts).await,
         Action::Reassign(stage, assignment) => reassign(&ctx, job, stage, &assignment).await,
         Action::Fail { reason, missing } => {
@@ -400,12 +400,18 @@ async fn select_answer(
 
 /// Validates and tallies the ballots, hands the winner and the runner-up to
 /// the curator, and writes the outcome with everything needed to re-check it.
-async fn conclude(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> Result<(), WorkError> {
+async fn conclude(
+    ctx: &WorkContext,
+    job: JobId,
+    spec: &JobSpec,
+    facts: &Facts,
+    absent: Vec<Missing>,
+) -> Result<(), WorkError> {
     let engine = ctx.tally.clone();
     let (counting_spec, counting_facts) = (spec.clone(), facts.clone());
     let now = unix_ms();
     let count = tokio::task::spawn_blocking(move || {
-        outcome::count_council(job, &counting_spec, &counting_facts, &engine, now)
+        outcome::count_council(job, &counting_spec, &counting_facts, &absent, &engine, now)
     })
     .await??;
     report_equivocations(ctx, &count.equivocations, &count.envelopes).await;

@@ -549,20 +549,22 @@ impl JobSimulation {
             Action::OpenRound(round) => serde_json::to_vec(&round),
             Action::Reassign(_, assignment) => serde_json::to_vec(&assignment),
             Action::Vote => return self.vote(node, job, spec, facts),
-            Action::Conclude => match count_council(job, spec, facts, &self.engine, now) {
-                Ok(mut count) => {
-                    if let (Some(winner), Some(round)) = (count.winner, &facts.round) {
-                        count.outcome.answer =
-                            facts.candidate_of(&round.candidates[winner]).map(|o| o.text.clone());
-                        count.outcome.curation = Some(Curation::Select.as_str().into());
+            Action::Conclude { absent } => {
+                match count_council(job, spec, facts, &absent, &self.engine, now) {
+                    Ok(mut count) => {
+                        if let (Some(winner), Some(round)) = (count.winner, &facts.round) {
+                            count.outcome.answer =
+                                facts.candidate_of(&round.candidates[winner]).map(|o| o.text.clone());
+                            count.outcome.curation = Some(Curation::Select.as_str().into());
+                        }
+                        count.outcome.contributions = count.contributions;
+                        serde_json::to_vec(&count.outcome)
                     }
-                    count.outcome.contributions = count.contributions;
-                    serde_json::to_vec(&count.outcome)
+                    Err(error) => {
+                        serde_json::to_vec(&ended(spec, now, "failed", Some(error.to_string()), Vec::new()))
+                    }
                 }
-                Err(error) => {
-                    serde_json::to_vec(&ended(spec, now, "failed", Some(error.to_string()), Vec::new()))
-                }
-            },
+            }
             Action::FinishPipeline => serde_json::to_vec(&pipeline_outcome(spec, facts, now)),
             Action::Fail { reason, missing } => {
                 serde_json::to_vec(&ended(spec, now, "failed", Some(reason), missing))

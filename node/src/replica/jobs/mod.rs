@@ -65,7 +65,14 @@ pub struct Jobs {
     stats: JobStats,
     /// Jobs whose document changed since the last `take_changed`.
     changed: Vec<JobId>,
+    /// Views of compacted jobs read lately, at most [`CLOSED_VIEWS`]: a
+    /// compacted job takes no more changes, so its verified view stands and
+    /// a second read checks no signature again.
+    closed: lru::LruCache<JobId, JobView>,
 }
+
+/// Compacted jobs whose verified view is kept after a read.
+pub const CLOSED_VIEWS: usize = 256;
 
 impl Jobs {
     /// Reloads every unfinished (or not yet compacted) job from sled, checking
@@ -81,6 +88,9 @@ impl Jobs {
             config,
             stats: JobStats::default(),
             changed: Vec::new(),
+            closed: lru::LruCache::new(
+                std::num::NonZeroUsize::new(CLOSED_VIEWS).unwrap_or(std::num::NonZeroUsize::MIN),
+            ),
         };
         let (metas, skipped) = jobs.store.job_metas::<JobMeta>();
         for skip in skipped {
@@ -304,15 +314,24 @@ impl Jobs {
     }
 
     /// A held job (its document read back from sled if it had left memory),
-    /// or one read back from sled if it was compacted.
+    /// or one read back from sled (every signature checked) if it was
+    /// compacted; a compacted job read lately comes from memory.
     pub fn view(&mut self, job: JobId) -> Result<JobView, JobError> {
         if let Some(held) = self.held.get(&job) {
             let loaded = self.docs.get_or_load(&self.store, &self.me, job)?;
             return Ok(view_of(job, &held.meta, &mut loaded.doc));
         }
+        if let Some(view) = self.closed.get(&job) {
+            return Ok(view.clone());
+        }
         let meta = self.store.job_meta::<JobMeta>(&job)?.ok_or(JobError::Unknown(job))?;
+        self.docs.loads += 1;
         let (mut doc, _) = load_doc(&self.store, &self.me, job)?;
-        Ok(view_of(job, &meta, &mut doc))
+        let view = view_of(job, &meta, &mut doc);
+        if meta.compacted {
+            self.closed.put(job, view.clone());
+        }
+        Ok(view)
     }
 
     /// Every job known here (held or stored), newest first, at most `limit`.
