@@ -235,7 +235,7 @@ pub enum Command {
     /// Simulate N membership state machines (the real code) on a virtual
     /// clock and print convergence figures. Same seed, same output.
     Sim {
-        /// Nodes to simulate (default: 100; with --jobs, 5).
+        /// Nodes to simulate (default: 100; with --jobs, 5, at most 256).
         #[arg(long)]
         nodes: Option<usize>,
         /// Simulate this many federated jobs (council and pipeline in turn)

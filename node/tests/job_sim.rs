@@ -36,3 +36,9 @@ fn fewer_than_three_nodes_is_refused() {
     let refused = JobSimulation::new(JobSimConfig::new(2, 1, 1)).err().expect("refused");
     assert!(refused.to_string().contains("at least 3 nodes"), "{refused}");
 }
+
+#[test]
+fn more_nodes_than_stores_are_worth_opening_is_refused_before_any_is_opened() {
+    let refused = JobSimulation::new(JobSimConfig::new(1000, 1, 1)).err().expect("refused");
+    assert!(refused.to_string().contains("at most 256 nodes, got 1000"), "{refused}");
+}

@@ -47,6 +47,9 @@ const DETECTION_MS: u64 = 3_000;
 const TICK_MS: u64 = 1_000;
 /// How long one flush takes (virtual ms).
 const FLUSH_MS: u64 = 1;
+/// Most simulated nodes: each opens a real sled store (its own files and
+/// flusher thread), so a thousand would spend the run opening stores.
+pub const MAX_NODES: usize = 256;
 /// Every job has three participants and needs two of them.
 const QUORUM: u32 = 2;
 
@@ -198,12 +201,20 @@ pub enum JobSimError {
     Tally(String),
     #[error("the job simulation needs at least 3 nodes, got {0}")]
     TooFewNodes(usize),
+    #[error(
+        "the job simulation runs a real sled store per node: at most {MAX_NODES} nodes, got {0} \
+         (a job has three participants; more nodes add nothing but stores)"
+    )]
+    TooManyNodes(usize),
 }
 
 impl JobSimulation {
     pub fn new(config: JobSimConfig) -> Result<Self, JobSimError> {
         if config.nodes < 3 {
             return Err(JobSimError::TooFewNodes(config.nodes));
+        }
+        if config.nodes > MAX_NODES {
+            return Err(JobSimError::TooManyNodes(config.nodes));
         }
         let mut nodes = Vec::new();
         for i in 0..config.nodes {
