@@ -7,6 +7,9 @@ use rayon::prelude::*;
 use crate::input::{TIED_WITH_PREVIOUS, TallyError, TallyInput, TallyResult};
 use crate::outcome;
 
+mod plurality;
+mod ranks;
+
 /// Votes per parallel task for single-choice rules; small enough that u32
 /// counters cannot overflow, large enough to amortise the merge.
 const VOTE_CHUNK: usize = 1 << 18;
@@ -20,9 +23,10 @@ pub fn tally(input: &TallyInput) -> Result<TallyResult, TallyError> {
     let ballots = input.voter_count();
     let (counts, invalid) = match input.rule {
         TallyRule::Plurality if input.has_multiplicities() => weighted(&input.items, &input.weights, n),
-        TallyRule::Plurality => plurality(&input.items, n),
+        TallyRule::Plurality => plurality::count(&input.items, n),
         TallyRule::WeightedPlurality => weighted(&input.items, &input.weights, n),
         TallyRule::Approval | TallyRule::Borda => list_scores(input, n),
+        TallyRule::Schulze if n <= 16 && !input.has_multiplicities() => ranks::pairwise_small(input, n),
         TallyRule::Schulze => pairwise(input, n),
     };
     if invalid > 0 {
@@ -42,38 +46,6 @@ pub fn tally_batch(jobs: &[TallyInput]) -> Vec<Result<TallyResult, TallyError>> 
 fn add_into(mut total: Vec<u64>, part: Vec<u64>) -> Vec<u64> {
     total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
     total
-}
-
-/// Counts are returned with one extra slot at index `n` for out-of-range
-/// votes, so the hot loop has a clamp instead of a branch.
-fn plurality(votes: &[u32], n: usize) -> (Vec<u64>, u64) {
-    let slots = n + 1;
-    let mut totals = votes
-        .par_chunks(VOTE_CHUNK)
-        .map(|chunk| {
-            // Four sub-histograms break the store-to-load dependency when the
-            // same candidate repeats back to back.
-            let mut h = vec![0u32; 4 * slots];
-            let (h01, h23) = h.split_at_mut(2 * slots);
-            let (h0, h1) = h01.split_at_mut(slots);
-            let (h2, h3) = h23.split_at_mut(slots);
-            let mut quads = chunk.chunks_exact(4);
-            for q in &mut quads {
-                h0[(q[0] as usize).min(n)] += 1;
-                h1[(q[1] as usize).min(n)] += 1;
-                h2[(q[2] as usize).min(n)] += 1;
-                h3[(q[3] as usize).min(n)] += 1;
-            }
-            for &v in quads.remainder() {
-                h0[(v as usize).min(n)] += 1;
-            }
-            (0..slots)
-                .map(|c| u64::from(h0[c]) + u64::from(h1[c]) + u64::from(h2[c]) + u64::from(h3[c]))
-                .collect()
-        })
-        .reduce(|| vec![0; slots], add_into);
-    let invalid = totals.pop().unwrap_or(0);
-    (totals, invalid)
 }
 
 fn weighted(votes: &[u32], weights: &[u32], n: usize) -> (Vec<u64>, u64) {
