@@ -217,4 +217,18 @@ proptest! {
         let ours: Vec<Value> = resolve(&views).unwrap().entries.iter().map(|e| e.to_json()).collect();
         prop_assert_eq!(ours, reference(&views));
     }
+
+    /// Many views and up to 12 versions per id: ids past 8 versions are
+    /// found through the group index instead of their list.
+    #[test]
+    fn agrees_with_the_literal_reading_with_many_versions(
+        views in prop::collection::vec(
+            prop::collection::vec((0u8..3, 0u8..3, 0u8..12), 0..6), 1..30)
+    ) {
+        let views: Vec<Vec<Entry>> = views.into_iter().map(|view| view.into_iter().map(|(id, t, v)| {
+            entry(&format!("n{id}"), [T1, T2, T3][t as usize], &format!("v{v}"))
+        }).collect()).collect();
+        let ours: Vec<Value> = resolve(&views).unwrap().entries.iter().map(|e| e.to_json()).collect();
+        prop_assert_eq!(ours, reference(&views));
+    }
 }

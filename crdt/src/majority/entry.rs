@@ -1,8 +1,10 @@
 //! One peer's report about one node, prepared once so that resolution only
-//! compares integers and hashes.
+//! compares integers and pointers.
 
 use std::hash::BuildHasher;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
+use hashbrown::HashTable;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -13,16 +15,69 @@ pub(crate) fn hash_str(text: &str) -> u64 {
     foldhash::fast::FixedState::with_seed(0x6869_7665_6d65_7368).hash_one(text)
 }
 
+/// Texts (ids and canonical versions) shared by every entry that carries
+/// them, so that resolution can tell two reports of one version apart from
+/// others by comparing pointers instead of reading both texts (at 1,000
+/// views x 100 nodes, reading each report's own text was two thirds of the
+/// time: cache misses). Only a shortcut: entries whose texts were interned
+/// at different times (after a [`Interner::clear`]) hold different pointers
+/// to equal texts and are compared byte by byte, so results never depend on
+/// it.
+struct Interner {
+    texts: HashTable<Arc<str>>,
+    bytes: usize,
+}
+
+/// The interner forgets everything past these sizes (entries keep their
+/// texts), which bounds its memory whatever a process parses.
+const MAX_INTERNED_TEXTS: usize = 1 << 15;
+const MAX_INTERNED_BYTES: usize = 8 << 20;
+
+static INTERNER: LazyLock<Mutex<Interner>> =
+    LazyLock::new(|| Mutex::new(Interner { texts: HashTable::new(), bytes: 0 }));
+
+impl Interner {
+    fn intern(text: &str, hash: u64) -> Arc<str> {
+        let mut interner = INTERNER.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(found) = interner.texts.find(hash, |known| **known == *text) {
+            return Arc::clone(found);
+        }
+        if interner.texts.len() >= MAX_INTERNED_TEXTS || interner.bytes + text.len() > MAX_INTERNED_BYTES {
+            interner.clear();
+        }
+        let shared: Arc<str> = Arc::from(text);
+        interner.bytes += text.len();
+        interner.texts.insert_unique(hash, Arc::clone(&shared), |known| hash_str(known));
+        shared
+    }
+
+    fn clear(&mut self) {
+        self.texts = HashTable::new();
+        self.bytes = 0;
+    }
+}
+
+/// The same bytes in memory (so equal texts).
+fn same_str(a: &str, b: &str) -> bool {
+    std::ptr::eq(a, b)
+}
+
+/// Equal texts, from their hashes and (shared) pointers first.
+fn same_text(a: &Arc<str>, a_hash: u64, b: &Arc<str>, b_hash: u64) -> bool {
+    a_hash == b_hash && (Arc::ptr_eq(a, b) || a.as_bytes() == b.as_bytes())
+}
+
 /// A node entry as one peer reported it.
 ///
 /// Laid out for resolution over large inputs: the id and the canonical
-/// version share one allocation, so comparing both touches one place in
-/// memory, and the reported fields sit behind a pointer until output.
+/// version are interned (equal texts share one allocation), so comparing
+/// two entries reads only the two structs, and the reported fields sit
+/// behind a pointer until output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    /// The id followed by the canonical version.
-    text: Box<str>,
-    id_len: u32,
+    id: Arc<str>,
+    /// The canonical version (see [`Entry::version`]).
+    version: Arc<str>,
     id_hash: u64,
     version_hash: u64,
     /// Seconds and nanoseconds since the Unix epoch: RFC 3339 instants
@@ -64,28 +119,36 @@ impl Entry {
             Some(Value::String(text)) => parse_instant(text)?,
             Some(other) => return Err(EntryError::BadLastUpdated(other.to_string())),
         };
-        let id_len = u32::try_from(id.len()).map_err(|_| EntryError::IdTooLong(id.len()))?;
-        let mut text = String::with_capacity(id.len() + 64);
-        text.push_str(id);
-        write_version(&fields, &mut text);
+        if u32::try_from(id.len()).is_err() {
+            return Err(EntryError::IdTooLong(id.len()));
+        }
+        let mut version = String::with_capacity(64);
+        write_version(&fields, &mut version);
+        let (id_hash, version_hash) = (hash_str(id), hash_str(&version));
         Ok(Self {
-            id_hash: hash_str(id),
-            version_hash: hash_str(&text[id.len()..]),
-            text: text.into_boxed_str(),
-            id_len,
+            id: Interner::intern(id, id_hash),
+            version: Interner::intern(&version, version_hash),
+            id_hash,
+            version_hash,
             last_updated,
             fields: Box::new(fields),
         })
     }
 
     pub fn id(&self) -> &str {
-        &self.text[..self.id_len as usize]
+        &self.id
     }
 
-    /// Same id, compared as bytes: no char-boundary checks on the hot path.
-    pub(crate) fn same_id(&self, other: &Entry) -> bool {
-        self.id_hash == other.id_hash
-            && self.text.as_bytes()[..self.id_len as usize] == other.text.as_bytes()[..other.id_len as usize]
+    /// This entry's id is `id`, whose hash is `hash`: compares the hashes,
+    /// then the (interned) pointers, then the bytes.
+    pub(crate) fn has_id(&self, id: &str, hash: u64) -> bool {
+        self.id_hash == hash && (same_str(&self.id, id) || self.id.as_bytes() == id.as_bytes())
+    }
+
+    /// [`Entry::has_id`] for the version.
+    pub(crate) fn has_version(&self, version: &str, hash: u64) -> bool {
+        self.version_hash == hash
+            && (same_str(&self.version, version) || self.version.as_bytes() == version.as_bytes())
     }
 
     pub(crate) fn id_hash(&self) -> u64 {
@@ -104,7 +167,7 @@ impl Entry {
 
     /// The canonical form of the fields that make up this entry's version.
     pub fn version(&self) -> &str {
-        &self.text[self.id_len as usize..]
+        &self.version
     }
 
     pub(crate) fn version_hash(&self) -> u64 {
@@ -113,8 +176,7 @@ impl Entry {
 
     /// True when both carry the same version (all fields but id and time).
     pub fn same_version(&self, other: &Entry) -> bool {
-        self.version_hash == other.version_hash
-            && self.text.as_bytes()[self.id_len as usize..] == other.text.as_bytes()[other.id_len as usize..]
+        same_text(&self.version, self.version_hash, &other.version, other.version_hash)
     }
 
     /// The entry exactly as reported, every field kept.
@@ -187,6 +249,30 @@ mod tests {
         .unwrap();
         assert!(a.same_version(&b));
         assert_eq!(a.version(), r#"{"address":"x","meta":{"a":[1,{"y":2,"z":0}],"b":1}}"#);
+    }
+
+    #[test]
+    fn equal_texts_interned_apart_are_still_equal() {
+        let report = || {
+            Entry::from_json(json!({"id": "n1", "last_updated": "2024-01-01T00:00:00Z", "address": "x"}))
+                .unwrap()
+        };
+        let before = report();
+        INTERNER.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        let after = report();
+        assert!(!Arc::ptr_eq(&before.version, &after.version), "the interner was cleared in between");
+        assert!(before.same_version(&after));
+        assert!(before.has_id(after.id(), after.id_hash()));
+        let other =
+            Entry::from_json(json!({"id": "n2", "last_updated": "2024-01-01T00:00:00Z", "address": "y"}))
+                .unwrap();
+        assert!(!before.same_version(&other));
+        assert!(!before.has_id(other.id(), other.id_hash()));
+        assert!(!before.has_id(other.id(), before.id_hash()), "a matching hash alone is not enough");
+        let views = [vec![before.clone()], vec![after.clone()], vec![other]];
+        let resolution = crate::majority::resolve(&views).unwrap();
+        assert_eq!(resolution.metrics.majority_resolved, 1);
+        assert_eq!(resolution.metrics.conflicts, 0);
     }
 
     #[test]

@@ -71,10 +71,13 @@ pub fn resolve<V: AsRef<[Entry]>>(views: &[V]) -> Result<Resolution<'_>, Resolve
     Ok(Resolution { entries, metrics })
 }
 
-/// Everything known about one id while resolving.
+/// Everything known about one id while resolving. The id's text and hash
+/// are copied here so that matching a report reads this slot and the report,
+/// nothing else.
 struct IdSlot<'a> {
-    /// The first report seen, kept for comparing ids.
-    key: &'a Entry,
+    id_hash: u64,
+    /// The id's text (interned: usually the same pointer as the report's).
+    id: &'a str,
     /// The last view that reported this id.
     last_view: usize,
     reports: u32,
@@ -87,11 +90,21 @@ struct IdSlot<'a> {
 
 /// One version of one id and its reports.
 struct Group<'a> {
-    slot: u32,
-    count: u32,
+    version_hash: u64,
+    version: &'a str,
+    /// `newest.instant()`, kept beside the count.
+    newest_instant: (i64, u32),
     /// This version's report with the newest `last_updated`.
     newest: &'a Entry,
+    slot: u32,
+    count: u32,
     next: Option<u32>,
+}
+
+impl Group<'_> {
+    fn holds(&self, entry: &Entry) -> bool {
+        entry.has_version(self.version, self.version_hash)
+    }
 }
 
 /// Whether an id was seen before, and by the same view.
@@ -116,7 +129,7 @@ impl<'a> Tally<'a> {
             id_index: HashTable::with_capacity(capacity),
             ids: Vec::with_capacity(capacity),
             group_index: HashTable::new(),
-            groups: Vec::with_capacity(capacity),
+            groups: Vec::with_capacity(2 * capacity),
             reports: 0,
         }
     }
@@ -126,12 +139,14 @@ impl<'a> Tally<'a> {
     fn single_pass<V: AsRef<[Entry]>>(views: &'a [V]) -> Option<Self> {
         let mut tally = Self::new(views[0].as_ref().len().max(16));
         for (view_index, view) in views.iter().enumerate() {
+            let mut hint = 0;
             for entry in view.as_ref() {
-                let (slot, seen) = tally.slot_of(entry, view_index);
+                let (slot, seen) = tally.slot_of(entry, view_index, hint);
                 if let Seen::InSameView = seen {
                     return None;
                 }
                 tally.count(slot, entry);
+                hint = slot as usize + 1;
             }
         }
         Some(tally)
@@ -145,8 +160,10 @@ impl<'a> Tally<'a> {
         // Where each id's report from the current view sits in `reports`.
         let mut current: Vec<usize> = Vec::new();
         for (view_index, view) in views.iter().enumerate() {
+            let mut hint = 0;
             for entry in view.as_ref() {
-                let (slot, seen) = tally.slot_of(entry, view_index);
+                let (slot, seen) = tally.slot_of(entry, view_index, hint);
+                hint = slot as usize + 1;
                 if let Seen::InSameView = seen {
                     let kept = &mut reports[current[slot as usize]].1;
                     if supersedes(entry, kept) {
@@ -167,10 +184,21 @@ impl<'a> Tally<'a> {
         tally
     }
 
-    fn slot_of(&mut self, entry: &'a Entry, view_index: usize) -> (u32, Seen) {
+    /// The slot of `entry`'s id. Views tend to list ids in the same order,
+    /// so the slot after the previous entry's (`hint`) is tried before the
+    /// hash index.
+    #[inline(always)]
+    fn slot_of(&mut self, entry: &'a Entry, view_index: usize, hint: usize) -> (u32, Seen) {
         let ids = &mut self.ids;
         let hash = entry.id_hash();
-        if let Some(&slot) = self.id_index.find(hash, |&slot| ids[slot as usize].key.same_id(entry)) {
+        let found = match ids.get(hint) {
+            Some(id) if entry.has_id(id.id, id.id_hash) => Some(hint as u32),
+            _ => self
+                .id_index
+                .find(hash, |&slot| entry.has_id(ids[slot as usize].id, ids[slot as usize].id_hash))
+                .copied(),
+        };
+        if let Some(slot) = found {
             let id = &mut ids[slot as usize];
             if id.last_view == view_index {
                 return (slot, Seen::InSameView);
@@ -179,9 +207,10 @@ impl<'a> Tally<'a> {
             return (slot, Seen::Again);
         }
         let slot = ids.len() as u32;
-        self.id_index.insert_unique(hash, slot, |&slot| ids[slot as usize].key.id_hash());
+        self.id_index.insert_unique(hash, slot, |&slot| ids[slot as usize].id_hash);
         ids.push(IdSlot {
-            key: entry,
+            id_hash: hash,
+            id: entry.id(),
             last_view: view_index,
             reports: 0,
             first_group: 0,
@@ -193,26 +222,38 @@ impl<'a> Tally<'a> {
     }
 
     /// Adds one view's report for an id to its version's group.
+    #[inline(always)]
     fn count(&mut self, slot: u32, entry: &'a Entry) {
         self.reports += 1;
-        let id_capacity = self.ids.capacity();
         let id = &mut self.ids[slot as usize];
         let groups = &mut self.groups;
+        let instant = entry.instant();
         id.reports += 1;
-        id.newest = id.newest.max(entry.instant());
-        // Most reports repeat their id's commonest version: try it before
-        // hashing. Only ids with several versions enter the group index.
+        id.newest = id.newest.max(instant);
+        // Most reports repeat their id's commonest version: try it first.
+        // Ids with more than a few versions enter the group index.
         let found = if id.versions == 0 {
             None
-        } else if groups[id.largest_group as usize].newest.same_version(entry) {
+        } else if groups[id.largest_group as usize].holds(entry) {
             Some(id.largest_group)
-        } else if id.versions == 1 {
-            None
+        } else if id.versions <= LINEAR_VERSIONS {
+            // A few versions: walking their list beats hashing.
+            let mut next = Some(id.first_group);
+            let mut found = None;
+            while let Some(group_index) = next {
+                let group = &groups[group_index as usize];
+                if group_index != id.largest_group && group.holds(entry) {
+                    found = Some(group_index);
+                    break;
+                }
+                next = group.next;
+            }
+            found
         } else {
             self.group_index
-                .find(group_hash(slot, entry), |&group| {
+                .find(group_hash(slot, entry.version_hash()), |&group| {
                     let group = &groups[group as usize];
-                    group.slot == slot && group.newest.same_version(entry)
+                    group.slot == slot && group.holds(entry)
                 })
                 .copied()
         };
@@ -220,37 +261,41 @@ impl<'a> Tally<'a> {
             Some(group_index) => {
                 let group = &mut groups[group_index as usize];
                 group.count += 1;
-                if entry.instant() > group.newest.instant() {
+                if instant > group.newest_instant {
                     group.newest = entry;
+                    group.newest_instant = instant;
                 }
                 group_index
             }
             None => {
                 let group_index = groups.len() as u32;
                 groups.push(Group {
+                    version_hash: entry.version_hash(),
+                    version: entry.version(),
+                    newest_instant: instant,
+                    newest: entry,
                     slot,
                     count: 1,
-                    newest: entry,
                     next: (id.versions > 0).then_some(id.first_group),
                 });
-                if id.versions == 1 {
-                    // The first conflict: size the index once for every id.
-                    if self.group_index.capacity() == 0 {
-                        let groups = &*groups;
-                        self.group_index.reserve(2 * id_capacity, |&group| {
-                            group_hash(groups[group as usize].slot, groups[group as usize].newest)
-                        });
+                let rehash = |&group: &u32| {
+                    group_hash(groups[group as usize].slot, groups[group as usize].version_hash)
+                };
+                if id.versions == LINEAR_VERSIONS {
+                    // One version too many for walking the list: index them all.
+                    let mut next = Some(id.first_group);
+                    while let Some(listed) = next {
+                        let group = &groups[listed as usize];
+                        next = group.next;
+                        self.group_index.insert_unique(group_hash(slot, group.version_hash), listed, rehash);
                     }
-                    self.group_index.insert_unique(
-                        group_hash(slot, groups[id.first_group as usize].newest),
-                        id.first_group,
-                        |&group| group_hash(groups[group as usize].slot, groups[group as usize].newest),
-                    );
                 }
-                if id.versions >= 1 {
-                    self.group_index.insert_unique(group_hash(slot, entry), group_index, |&group| {
-                        group_hash(groups[group as usize].slot, groups[group as usize].newest)
-                    });
+                if id.versions >= LINEAR_VERSIONS {
+                    self.group_index.insert_unique(
+                        group_hash(slot, entry.version_hash()),
+                        group_index,
+                        rehash,
+                    );
                 }
                 id.first_group = group_index;
                 id.versions += 1;
@@ -263,9 +308,13 @@ impl<'a> Tally<'a> {
     }
 }
 
+/// Up to this many versions, an id's versions are found by walking their
+/// list; past it, through the group index.
+const LINEAR_VERSIONS: u32 = 8;
+
 /// Where one id's version sits in the group index.
-fn group_hash(slot: u32, entry: &Entry) -> u64 {
-    entry.version_hash() ^ u64::from(slot).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+fn group_hash(slot: u32, version_hash: u64) -> u64 {
+    version_hash ^ u64::from(slot).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// Newer wins; at the same instant the greater canonical version wins.
@@ -297,8 +346,8 @@ fn decide<'a>(id: &IdSlot<'a>, groups: &[Group<'a>], threshold: usize, metrics: 
     while let Some(group_index) = next {
         let group = &groups[group_index as usize];
         next = group.next;
-        let at_newest = group.newest.instant() == id.newest;
-        let best_at_newest = best.newest.instant() == id.newest;
+        let at_newest = group.newest_instant == id.newest;
+        let best_at_newest = best.newest_instant == id.newest;
         if at_newest
             && (!best_at_newest
                 || (group.count, group.newest.version()) > (best.count, best.newest.version()))
