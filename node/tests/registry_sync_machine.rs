@@ -31,6 +31,24 @@ fn node(seed: u8) -> Node {
     Node { machine, member: MemberId::new(id, 1, Vec::new()), _dir: dir }
 }
 
+/// Everything the machine produced, with every flush it asked for run
+/// (and succeeding) along the way.
+fn settle(machine: &mut RegistrySync) -> Vec<Output> {
+    let mut out = Vec::new();
+    loop {
+        let outputs = machine.drain();
+        if outputs.is_empty() {
+            return out;
+        }
+        for output in outputs {
+            match output {
+                Output::Flush => machine.handle(Input::Flushed { durable: true }),
+                other => out.push(other),
+            }
+        }
+    }
+}
+
 fn holds(node: &Node, other: &Node) -> bool {
     node.machine.replica().registry().get(&other.member.node).is_some()
 }
@@ -43,7 +61,7 @@ fn pump(nodes: &mut [&mut Node], drop: impl Fn(&StateRequest) -> bool) -> Vec<St
     let index: BTreeMap<NodeId, usize> = nodes.iter().enumerate().map(|(i, n)| (n.member.node, i)).collect();
     for _ in 0..100 {
         for (i, node) in nodes.iter_mut().enumerate() {
-            for output in node.machine.drain() {
+            for output in settle(&mut node.machine) {
                 if let Output::Send { to, id, request } = output {
                     queue.push((i, to.node, id, request));
                 }
@@ -66,7 +84,7 @@ fn pump(nodes: &mut [&mut Node], drop: impl Fn(&StateRequest) -> bool) -> Vec<St
             };
             let target = &mut nodes[index[&to]].machine;
             target.handle(Input::Request { from: sender, request, token: Token(7) });
-            let mut answers = target.drain();
+            let mut answers = settle(target);
             let position = answers.iter().position(|o| matches!(o, Output::Respond { .. }));
             match position.map(|p| answers.remove(p)) {
                 Some(Output::Respond { token, response }) => {
@@ -178,4 +196,52 @@ fn a_forged_entry_is_refused_in_the_ack_and_not_held() {
     }
     assert!(!holds(&a, &b));
     mallory.machine.drain();
+}
+
+#[test]
+fn an_accepted_entry_is_acknowledged_only_once_durable_and_a_failed_flush_refuses() {
+    let (mut a, b, c) = (node(1), node(2), node(3));
+    let entry = |n: &Node| n.machine.replica().registry().get(&n.member.node).expect("own").envelope.clone();
+    let push = |token| Input::Request {
+        from: b.member.node,
+        request: RegistryRequest::Push(vec![entry(&b)]),
+        token: Token(token),
+    };
+    a.machine.handle(push(1));
+    let out = a.machine.drain();
+    assert!(matches!(out.as_slice(), [Output::Flush]), "only a flush before durability: {out:?}");
+    // A second push while that flush runs waits for the next one.
+    a.machine.handle(Input::Request {
+        from: c.member.node,
+        request: RegistryRequest::Push(vec![entry(&c)]),
+        token: Token(2),
+    });
+    assert!(a.machine.drain().is_empty(), "one flush at a time");
+    a.machine.handle(Input::Flushed { durable: true });
+    let out = a.machine.drain();
+    assert!(
+        matches!(
+            out.as_slice(),
+            [
+                Output::Respond { token: Token(1), response: StateResponse::Ack { accepted: 1, .. } },
+                Output::Flush
+            ]
+        ),
+        "the first ack, then the next flush: {out:?}"
+    );
+    a.machine.handle(Input::Flushed { durable: false });
+    let out = a.machine.drain();
+    assert!(
+        matches!(out.as_slice(), [Output::Respond { token: Token(2), response: StateResponse::Refused(_) }]),
+        "not durable: refused, not acknowledged: {out:?}"
+    );
+    // A push of what is already held writes nothing and is answered at once.
+    a.machine.handle(push(3));
+    assert!(
+        matches!(
+            a.machine.drain().as_slice(),
+            [Output::Respond { token: Token(3), response: StateResponse::Ack { accepted: 0, .. } }]
+        ),
+        "a stale push waits for no flush"
+    );
 }

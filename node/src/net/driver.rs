@@ -73,6 +73,9 @@ pub struct Driver {
     /// The signed registry and its anti-entropy, a sans-IO machine.
     pub(super) registry: RegistrySync,
     pub(super) replication: ReplicationState,
+    /// Where a finished registry flush reports (`true`: durable).
+    pub(super) registry_flush_done: mpsc::UnboundedSender<bool>,
+    registry_flushed: mpsc::UnboundedReceiver<bool>,
     pub(super) majority_threshold: usize,
     anti_entropy_period: Duration,
     timers: mpsc::UnboundedSender<Timer>,
@@ -110,6 +113,7 @@ impl Driver {
     ) -> Self {
         let (timers, timer_rx) = mpsc::unbounded_channel();
         let Channels { commands, events, job_frames } = channels;
+        let (registry_flush_done, registry_flushed) = mpsc::unbounded_channel();
         Self {
             swarm,
             membership,
@@ -123,6 +127,8 @@ impl Driver {
             api,
             registry: RegistrySync::new(replica, getrandom::u64().unwrap_or_else(|_| unix_ms())),
             replication: ReplicationState::default(),
+            registry_flush_done,
+            registry_flushed,
             majority_threshold,
             anti_entropy_period,
             timers,
@@ -155,6 +161,7 @@ impl Driver {
                 }
                 Some(timer) = self.timer_rx.recv() => self.membership.handle_timer(timer, unix_ms()),
                 Some(message) = self.jobs.from.recv() => self.on_from_jobs(message),
+                Some(durable) = self.registry_flushed.recv() => self.on_registry_flushed(durable),
                 command = self.commands.recv() => match command {
                     Some(command) => self.on_command(command),
                     // Every handle is gone: stop without a goodbye, as a

@@ -111,9 +111,30 @@ impl Driver {
                     },
                     Output::Respond { token, response } => self.respond_owed(token, &response),
                     Output::Views { token, views, asked } => self.majority_view_done(token, views, asked),
+                    Output::Flush => self.start_registry_flush(),
                 }
             }
         }
+    }
+
+    /// Flushes the store on a blocking thread (never on this task); the
+    /// loop hears back.
+    fn start_registry_flush(&mut self) {
+        let (store, done) = (self.registry.replica().store().clone(), self.registry_flush_done.clone());
+        tokio::task::spawn_blocking(move || {
+            let durable = store
+                .flush()
+                .map_err(
+                    |error| tracing::error!(%error, "flushing the registry failed; its acks are refused"),
+                )
+                .is_ok();
+            let _ = done.send(durable);
+        });
+    }
+
+    pub(super) fn on_registry_flushed(&mut self, durable: bool) {
+        self.registry.handle(Input::Flushed { durable });
+        self.apply_registry_outputs();
     }
 
     pub fn on_state(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {

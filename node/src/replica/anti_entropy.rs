@@ -6,10 +6,14 @@
 //! and the gathering of peers' member lists for a majority view.
 //!
 //! Inputs are member events, peers' registry requests, the answers to this
-//! machine's requests, ticks and view requests; outputs are requests to
-//! send, responses owed and gathered views. The machine owns the
-//! [`Replica`] (registry and store) and no socket, task or clock; the
-//! driver (`crate::net`) moves bytes.
+//! machine's requests, ticks, view requests and finished flushes; outputs
+//! are requests to send, responses owed, gathered views and flushes to run.
+//! The machine owns the [`Replica`] (registry and store) and no socket,
+//! task or clock; it writes sled but never flushes it: like the job sync
+//! machine it asks for an [`Output::Flush`] and acknowledges accepted
+//! entries only after [`Input::Flushed`] (group commit), so no fsync runs
+//! on the task that owns the sockets. The driver (`crate::net`) moves
+//! bytes.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -47,6 +51,8 @@ pub enum Input {
     /// Ask every live member for its member list; `own` is this node's.
     /// Answered with [`Output::Views`] once every member answered or failed.
     CollectViews { own: Vec<Entry>, token: Token },
+    /// The flush asked for by the last [`Output::Flush`] finished.
+    Flushed { durable: bool },
 }
 
 #[derive(Debug)]
@@ -59,6 +65,9 @@ pub enum Output {
     /// The member lists gathered for `token`: this node's first, then each
     /// answer that parsed; `asked` members were asked.
     Views { token: Token, views: Vec<Vec<Entry>>, asked: usize },
+    /// Flush the store, then report [`Input::Flushed`]. At most one is
+    /// outstanding.
+    Flush,
 }
 
 /// What an outstanding request was for.
@@ -90,6 +99,12 @@ pub struct RegistrySync {
     next_id: u64,
     outputs: Vec<Output>,
     rng: u64,
+    /// Released by the flush under way (`None`: no flush running).
+    flushing: Option<Vec<Output>>,
+    /// Written since the running flush started; released by the next one.
+    waiting: Vec<Output>,
+    /// Something was written since the running flush started.
+    dirty: bool,
 }
 
 impl RegistrySync {
@@ -104,6 +119,9 @@ impl RegistrySync {
             next_id: 0,
             outputs: Vec::new(),
             rng: seed | 1,
+            flushing: None,
+            waiting: Vec::new(),
+            dirty: false,
         }
     }
 
@@ -160,17 +178,24 @@ impl RegistrySync {
                 self.live.remove(&node);
             }
             Input::Request { from, request, token } => {
-                let response = match request {
+                tracing::trace!(peer = %from, "a registry request");
+                match request {
                     RegistryRequest::Push(envelopes) => {
                         let (accepted, rejected) = self.replica.merge(envelopes);
-                        StateResponse::Ack { accepted, rejected }
+                        let respond =
+                            Output::Respond { token, response: StateResponse::Ack { accepted, rejected } };
+                        if accepted > 0 {
+                            // Acknowledged once durable.
+                            self.after_flush(Some(respond));
+                        } else {
+                            self.outputs.push(respond);
+                        }
                     }
                     RegistryRequest::Digest(digest) => {
-                        StateResponse::Reconcile(self.replica.registry().reconcile(&digest))
+                        let response = StateResponse::Reconcile(self.replica.registry().reconcile(&digest));
+                        self.outputs.push(Output::Respond { token, response });
                     }
-                };
-                tracing::trace!(peer = %from, "answered a registry request");
-                self.outputs.push(Output::Respond { token, response });
+                }
             }
             Input::Response { id, response } => self.on_response(id, response),
             Input::Tick => {
@@ -182,6 +207,7 @@ impl RegistrySync {
                     }
                 }
             }
+            Input::Flushed { durable } => self.flushed(durable),
             Input::CollectViews { own, token } => {
                 let live: Vec<MemberId> = self.live.values().cloned().collect();
                 let collection = Collection { waiting: live.len(), asked: live.len(), views: vec![own] };
@@ -198,7 +224,10 @@ impl RegistrySync {
         let Some(pending) = self.pending.remove(&id) else { return };
         match (pending, response) {
             (Pending::Digest(member), Some(StateResponse::Reconcile(reconciliation))) => {
-                self.replica.merge(reconciliation.send);
+                let (accepted, _) = self.replica.merge(reconciliation.send);
+                if accepted > 0 {
+                    self.after_flush(None);
+                }
                 let wanted = self.replica.registry().envelopes_for(&reconciliation.want);
                 if !wanted.is_empty() {
                     self.push_to(member, wanted);
@@ -277,11 +306,44 @@ impl RegistrySync {
         if remembered.is_empty() || remembered == self.remembered {
             return;
         }
-        let store = self.replica.store();
-        if let Err(error) = store.put_members(&remembered).and_then(|()| store.flush()) {
-            tracing::warn!(%error, "could not record the live members");
+        match self.replica.store().put_members(&remembered) {
+            Ok(()) => self.after_flush(None),
+            Err(error) => tracing::warn!(%error, "could not record the live members"),
         }
         self.remembered = remembered;
+    }
+
+    /// Queues `released` (if any) behind the next flush and asks for one
+    /// unless one runs; one flush covers every write before it started.
+    fn after_flush(&mut self, released: Option<Output>) {
+        self.waiting.extend(released);
+        self.dirty = true;
+        if self.flushing.is_none() {
+            self.start_flush();
+        }
+    }
+
+    fn start_flush(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        self.flushing = Some(std::mem::take(&mut self.waiting));
+        self.outputs.push(Output::Flush);
+    }
+
+    /// A failed flush refuses the acknowledgements that waited on it.
+    fn flushed(&mut self, durable: bool) {
+        for output in self.flushing.take().unwrap_or_default() {
+            match output {
+                Output::Respond { token, .. } if !durable => {
+                    let refused = StateResponse::Refused("the entries could not be made durable here".into());
+                    self.outputs.push(Output::Respond { token, response: refused });
+                }
+                other => self.outputs.push(other),
+            }
+        }
+        self.start_flush();
     }
 
     /// A xorshift step: uniform enough for picking round partners.

@@ -207,8 +207,9 @@ impl Replica {
         Ok(envelope)
     }
 
-    /// Merges entries from a peer; the accepted ones are durable before this
-    /// returns (the caller acknowledges them).
+    /// Merges entries from a peer and writes the accepted ones to sled;
+    /// they are durable at the next flush, which the caller runs before it
+    /// acknowledges them (group commit, ADR 0021).
     pub fn merge(&mut self, envelopes: Vec<Envelope>) -> (u32, Vec<String>) {
         let (mut accepted, mut rejected) = (0, Vec::new());
         for envelope in envelopes {
@@ -227,12 +228,7 @@ impl Replica {
                 }
             }
         }
-        if accepted > 0 {
-            self.stats.entries_accepted += u64::from(accepted);
-            if let Err(error) = self.store.flush() {
-                tracing::error!(%error, "could not flush the registry");
-            }
-        }
+        self.stats.entries_accepted += u64::from(accepted);
         (accepted, rejected)
     }
 
