@@ -231,4 +231,18 @@ proptest! {
         let ours: Vec<Value> = resolve(&views).unwrap().entries.iter().map(|e| e.to_json()).collect();
         prop_assert_eq!(ours, reference(&views));
     }
+
+    /// More ids than a linear search covers, in orders that differ between
+    /// views (and repeats inside a view), so they go through the id index.
+    #[test]
+    fn agrees_with_the_literal_reading_with_many_ids(
+        views in prop::collection::vec(
+            prop::collection::vec((0u8..40, 0u8..3, 0u8..3), 0..60), 1..8)
+    ) {
+        let views: Vec<Vec<Entry>> = views.into_iter().map(|view| view.into_iter().map(|(id, t, v)| {
+            entry(&format!("n{id}"), [T1, T2, T3][t as usize], &format!("v{v}"))
+        }).collect()).collect();
+        let ours: Vec<Value> = resolve(&views).unwrap().entries.iter().map(|e| e.to_json()).collect();
+        prop_assert_eq!(ours, reference(&views));
+    }
 }

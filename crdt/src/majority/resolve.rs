@@ -126,7 +126,7 @@ struct Tally<'a> {
 impl<'a> Tally<'a> {
     fn new(capacity: usize) -> Self {
         Self {
-            id_index: HashTable::with_capacity(capacity),
+            id_index: HashTable::new(),
             ids: Vec::with_capacity(capacity),
             group_index: HashTable::new(),
             groups: Vec::with_capacity(2 * capacity),
@@ -185,14 +185,17 @@ impl<'a> Tally<'a> {
     }
 
     /// The slot of `entry`'s id. Views tend to list ids in the same order,
-    /// so the slot after the previous entry's (`hint`) is tried before the
-    /// hash index.
+    /// so the slot after the previous entry's (`hint`) is tried before
+    /// searching.
     #[inline(always)]
     fn slot_of(&mut self, entry: &'a Entry, view_index: usize, hint: usize) -> (u32, Seen) {
         let ids = &mut self.ids;
         let hash = entry.id_hash();
         let found = match ids.get(hint) {
             Some(id) if entry.has_id(id.id, id.id_hash) => Some(hint as u32),
+            _ if ids.len() <= LINEAR_IDS => {
+                ids.iter().position(|id| entry.has_id(id.id, id.id_hash)).map(|slot| slot as u32)
+            }
             _ => self
                 .id_index
                 .find(hash, |&slot| entry.has_id(ids[slot as usize].id, ids[slot as usize].id_hash))
@@ -207,7 +210,16 @@ impl<'a> Tally<'a> {
             return (slot, Seen::Again);
         }
         let slot = ids.len() as u32;
-        self.id_index.insert_unique(hash, slot, |&slot| ids[slot as usize].id_hash);
+        if ids.len() == LINEAR_IDS {
+            // One id too many for a linear search: index them all.
+            self.id_index.reserve(ids.capacity().max(2 * LINEAR_IDS), |&slot| ids[slot as usize].id_hash);
+            for (listed, id) in ids.iter().enumerate() {
+                self.id_index.insert_unique(id.id_hash, listed as u32, |&slot| ids[slot as usize].id_hash);
+            }
+        }
+        if ids.len() >= LINEAR_IDS {
+            self.id_index.insert_unique(hash, slot, |&slot| ids[slot as usize].id_hash);
+        }
         ids.push(IdSlot {
             id_hash: hash,
             id: entry.id(),
@@ -307,6 +319,10 @@ impl<'a> Tally<'a> {
         }
     }
 }
+
+/// Up to this many ids, a report's id is found by a linear search over the
+/// slots' hashes (no index to allocate); past it, through the id index.
+const LINEAR_IDS: usize = 16;
 
 /// Up to this many versions, an id's versions are found by walking their
 /// list; past it, through the group index.
