@@ -34,6 +34,7 @@ pub enum RegistryRequest {
     Digest(hivemesh_crdt::registry::Digest),
 }
 
+/// What the registry machine is told; see [`RegistrySync::handle`].
 #[derive(Debug)]
 pub enum Input {
     /// A member is alive (up, refuted or restarted): it gets this node's
@@ -55,6 +56,8 @@ pub enum Input {
     Flushed { durable: bool },
 }
 
+/// What the registry machine asks of its driver, in order; see
+/// [`RegistrySync::drain`].
 #[derive(Debug)]
 pub enum Output {
     /// Send `request` to `to` (at its current addresses); answer with
@@ -89,6 +92,9 @@ struct Collection {
     views: Vec<Vec<Entry>>,
 }
 
+/// The registry replication machine: one per node, owning its
+/// [`Replica`]. Feed it [`Input`]s with [`RegistrySync::handle`], carry out
+/// the [`Output`]s [`RegistrySync::drain`] returns.
 pub struct RegistrySync {
     replica: Replica,
     live: BTreeMap<NodeId, MemberId>,
@@ -125,6 +131,7 @@ impl RegistrySync {
         }
     }
 
+    /// The registry and store, for reads (views, stats).
     pub fn replica(&self) -> &Replica {
         &self.replica
     }
@@ -163,6 +170,7 @@ impl RegistrySync {
         Ok(envelope)
     }
 
+    /// Takes one input; what it produces waits in [`RegistrySync::drain`].
     pub fn handle(&mut self, input: Input) {
         match input {
             Input::MemberUp(member) => {
