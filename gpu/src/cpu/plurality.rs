@@ -1,5 +1,5 @@
-//! Plurality counting: one histogram per thread over a contiguous part of
-//! the votes, so a 2-core machine runs exactly two tasks.
+//! Plurality counting: one histogram per task over a contiguous part of the
+//! votes, parts of 64 Ki to 1 Mi votes (two tasks for 1M votes on 2 cores).
 //!
 //! The hot loops index with `vote & mask` (no bounds check, no clamp) and
 //! OR every vote into one word: when that word is below the table size,
@@ -18,12 +18,15 @@ use rayon::prelude::*;
 
 /// Below this many votes per task, splitting costs more than it saves.
 const MIN_PART: usize = 1 << 16;
+/// At most this many votes (4 MiB) per task: on a shared machine a core can
+/// stall, and with one task per thread the whole tally would wait for it;
+/// tasks this size let the other thread take over its remaining work.
+const MAX_PART: usize = 1 << 20;
 
 /// Counts `votes` for `n` candidates: per-candidate totals and the number of
 /// votes at or above `n`.
 pub(super) fn count(votes: &[u32], n: usize) -> (Vec<u64>, u64) {
-    let parts = rayon::current_num_threads().min(votes.len() / MIN_PART).max(1);
-    let part_len = votes.len().div_ceil(parts).max(1);
+    let part_len = votes.len().div_ceil(rayon::current_num_threads()).clamp(MIN_PART, MAX_PART);
     let (table, or) = if n <= 8 && has_avx2() {
         over_parts(votes, part_len, 8, |part| {
             let (counts, or) = nibbles_avx2(part);

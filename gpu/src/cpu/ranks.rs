@@ -19,14 +19,16 @@ use crate::input::{TIED_WITH_PREVIOUS, TallyInput};
 const WIDEN_EVERY: usize = 255;
 /// Below this many ballots per task, splitting costs more than it saves.
 const MIN_PART: usize = 1 << 12;
+/// At most this many ballots per task, so that a stalled core's share can be
+/// taken over (see `plurality::MAX_PART`).
+const MAX_PART: usize = 1 << 15;
 
 /// The pairwise matrix `d[a * n + b]` (ballots ranking a above b) and the
 /// number of invalid ballots, for `n <= 16` candidates and no multiplicities.
 pub(super) fn pairwise_small(input: &TallyInput, n: usize) -> (Vec<u64>, u64) {
     debug_assert!(n <= 16 && !input.has_multiplicities());
     let ballots = input.ballot_count();
-    let parts = rayon::current_num_threads().min(ballots / MIN_PART).max(1);
-    let part_len = ballots.div_ceil(parts).max(1);
+    let part_len = ballots.div_ceil(rayon::current_num_threads()).clamp(MIN_PART, MAX_PART);
     let (wide, invalid) = (0..ballots.div_ceil(part_len))
         .into_par_iter()
         .map(|part| {
