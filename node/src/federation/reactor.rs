@@ -46,7 +46,7 @@ pub fn spawn(
         profiles: config.profiles,
         tally: config.tally,
         stats,
-        calls: Semaphore::new(config.limits.max_running_calls.max(1)),
+        calls: Arc::new(Semaphore::new(config.limits.max_running_calls.max(1))),
         limits: config.limits,
         quotas,
         peer_embeddings: Default::default(),
@@ -263,11 +263,22 @@ impl Reactor {
             return;
         }
         tracing::debug!(%job, %part, me = %self.me, "starting job work");
-        let (ctx, facts, done, label) = (self.ctx.clone(), facts.clone(), self.done_tx.clone(), part);
-        let task = tokio::spawn(async move {
-            work::run(ctx, job, facts, action).await;
-            let _ = done.send((job, label));
-        });
+        let (ctx, done, label) = (self.ctx.clone(), self.done_tx.clone(), part);
+        let task = if matches!(action, Action::Answer | Action::RunStage(_)) {
+            // Queued as data: the waiting task holds the job id, not its
+            // facts nor the call's future (ADR 0021).
+            let asker = facts.asker.unwrap_or(self.me);
+            tokio::spawn(async move {
+                work::run_model_call(ctx, job, asker, action).await;
+                let _ = done.send((job, label));
+            })
+        } else {
+            let facts = facts.clone();
+            tokio::spawn(async move {
+                work::run(ctx, job, facts, action).await;
+                let _ = done.send((job, label));
+            })
+        };
         parts.insert(part, task.abort_handle());
     }
 

@@ -16,7 +16,7 @@ use hivemesh_protocol::{
     Ballot, BallotChoice, Envelope, EquivocationProof, JobId, NodeId, NodeIdentity, TallyRule,
     encode_message, seal,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::outcome::{self, CouncilCount};
 use super::quota::{PeerQuotas, QUOTA_CODE};
@@ -38,7 +38,8 @@ pub struct WorkContext {
     pub tally: Arc<TallyEngine>,
     pub stats: Arc<FederationStats>,
     pub limits: Limits,
-    pub calls: Semaphore,
+    /// Model calls running at once (`Limits::max_running_calls`).
+    pub calls: Arc<Semaphore>,
     /// Remote askers' hourly limits (ADR 0017).
     pub quotas: Arc<PeerQuotas>,
     /// Peers' embedding models, for voting when this node has none.
@@ -67,13 +68,58 @@ pub enum WorkError {
     Join(#[from] tokio::task::JoinError),
 }
 
+/// A model-call action (`Answer`, `RunStage`) waiting its turn: a remote
+/// asker's call is admitted against its quota first (refused at once, not
+/// after the wait), then waits for a call slot holding only the job id and
+/// the action; the job's facts are read and the call's future (kilobytes)
+/// built only once a slot is free. 10,000 queued calls were 10,000 tasks
+/// each holding both (`cargo bench --bench job_capacity`).
+pub async fn run_model_call(ctx: Arc<WorkContext>, job: JobId, asker: NodeId, action: Action) {
+    let part = match &action {
+        Action::Answer => CANDIDATE.to_string(),
+        Action::RunStage(stage) => stage_kind(*stage),
+        _ => return Box::pin(run_with(ctx, job, None, action, None)).await,
+    };
+    if asker != ctx.me
+        && let Err(refusal) = ctx.quotas.admit(&asker.to_string(), Instant::now())
+    {
+        tracing::info!(%job, part, %refusal, "model call refused");
+        let failed = CallFailed { reason: refusal.to_string(), code: Some(QUOTA_CODE.to_string()) };
+        if let Err(error) = put(&ctx, job, &spec::failure_kind(&part), &failed.into_failure(&part)).await {
+            tracing::warn!(%job, %error, "job work failed");
+        }
+        return;
+    }
+    let Ok(permit) = call_slot(&ctx).await else { return };
+    Box::pin(run_with(ctx, job, None, action, Some(permit))).await;
+}
+
 /// Does one action for `job`; errors are logged (the loop retries what is
 /// still needed when the document next changes or the next tick comes).
 pub async fn run(ctx: Arc<WorkContext>, job: JobId, facts: Facts, action: Action) {
+    run_with(ctx, job, Some(facts), action, None).await;
+}
+
+/// `run`, with the facts read now when not given, and a model call's slot
+/// when already held.
+async fn run_with(
+    ctx: Arc<WorkContext>,
+    job: JobId,
+    facts: Option<Facts>,
+    action: Action,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let facts = match facts {
+        Some(facts) => facts,
+        None => match ctx.node.job(job).await {
+            Ok(view) => Facts::read(job, &view.contributions),
+            Err(error) => return tracing::debug!(%job, %error, "a queued model call's job is gone"),
+        },
+    };
     let Some(spec) = facts.spec.clone() else { return };
     let result = match action {
-        Action::Answer => answer(&ctx, job, &spec, &facts).await,
-        Action::RunStage(stage) => run_stage(&ctx, job, &spec, &facts, stage).await,
+        Action::Answer => answer(&ctx, job, &spec, &facts, permit).await,
+        Action::RunStage(stage) => run_stage(&ctx, job, &spec, &facts, stage, permit).await,
         Action::OpenRound(round) => put(&ctx, job, ROUND, &round).await,
         Action::Vote => vote(&ctx, job, &spec, &facts).await,
         Action::Conclude { absent } => conclude(&ctx, job, &spec, &facts, absent).await,
@@ -115,11 +161,17 @@ async fn put<T: serde::Serialize>(
     Ok(())
 }
 
-async fn answer(ctx: &WorkContext, job: JobId, spec: &JobSpec, facts: &Facts) -> Result<(), WorkError> {
+async fn answer(
+    ctx: &WorkContext,
+    job: JobId,
+    spec: &JobSpec,
+    facts: &Facts,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Result<(), WorkError> {
     let profile = ctx.profiles.get(&spec.profile)?;
     let messages = stage_messages(Stage::Generator, profile, &spec.question, "", "", "");
     let asker = facts.asker.unwrap_or(ctx.me);
-    match call_model(ctx, job, spec, asker, CANDIDATE, Stage::Generator, messages).await {
+    match call_model(ctx, job, spec, asker, (CANDIDATE, Stage::Generator), messages, permit).await {
         Ok(output) => put(ctx, job, CANDIDATE, &output).await,
         Err(failed) => put(ctx, job, FAILURE, &failed.into_failure(CANDIDATE)).await,
     }
@@ -131,6 +183,7 @@ async fn run_stage(
     spec: &JobSpec,
     facts: &Facts,
     stage: Stage,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> Result<(), WorkError> {
     let profile = ctx.profiles.get(&spec.profile)?;
     let text = |s: Stage| facts.stage_output(s).map(|o| o.text.clone()).unwrap_or_default();
@@ -142,7 +195,7 @@ async fn run_stage(
     let messages = stage_messages(stage, profile, &spec.question, &draft, &refined, &review);
     let asker = facts.asker.unwrap_or(ctx.me);
     let part = stage_kind(stage);
-    match call_model(ctx, job, spec, asker, &part, stage, messages).await {
+    match call_model(ctx, job, spec, asker, (&part, stage), messages, permit).await {
         Ok(output) => put(ctx, job, &part, &output).await,
         Err(failed) => put(ctx, job, &spec::failure_kind(&part), &failed.into_failure(&part)).await,
     }
@@ -176,16 +229,16 @@ impl CallFailed {
 }
 
 /// One model call under the node's call limit, its text streamed to the
-/// asker in frames.
-#[allow(clippy::too_many_arguments)]
+/// asker in frames. `permit`: the call slot, when the caller already waited
+/// for it (and admitted a remote asker's call against its quota).
 async fn call_model(
     ctx: &WorkContext,
     job: JobId,
     spec: &JobSpec,
     asker: NodeId,
-    part: &str,
-    stage: Stage,
+    (part, stage): (&str, Stage),
     messages: Vec<ChatMessage>,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> Result<Output, CallFailed> {
     let profile = ctx.profiles.get(&spec.profile).map_err(|e| CallFailed::other(e.to_string()))?;
     let settings = profile.stage(stage);
@@ -210,16 +263,18 @@ async fn call_model(
     // A remote asker's call is admitted against its hourly quota before it
     // waits in line; its tokens and cost are charged when it ends.
     let remote = (asker != ctx.me).then(|| asker.to_string());
-    if let Some(peer) = &remote
-        && let Err(refusal) = ctx.quotas.admit(peer, Instant::now())
-    {
-        tracing::info!(%job, part, %refusal, "model call refused");
-        return Err(CallFailed { reason: refusal.to_string(), code: Some(QUOTA_CODE.to_string()) });
-    }
-    FederationStats::bump(&ctx.stats.queued_calls);
-    let permit = ctx.calls.acquire().await;
-    ctx.stats.queued_calls.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    let _permit = permit.map_err(|_| CallFailed::other("the node is shutting down".to_string()))?;
+    let _permit = match permit {
+        Some(permit) => permit,
+        None => {
+            if let Some(peer) = &remote
+                && let Err(refusal) = ctx.quotas.admit(peer, Instant::now())
+            {
+                tracing::info!(%job, part, %refusal, "model call refused");
+                return Err(CallFailed { reason: refusal.to_string(), code: Some(QUOTA_CODE.to_string()) });
+            }
+            call_slot(ctx).await.map_err(|_| CallFailed::other("the node is shutting down".to_string()))?
+        }
+    };
     let _running = Running::start(&ctx.stats);
     FederationStats::bump(&ctx.stats.model_calls);
     let started = Instant::now();
@@ -272,6 +327,29 @@ async fn call_model(
 
 /// Counts a running call for as long as it lives (a stopped call's future is
 /// dropped, and this with it).
+/// Counts a call waiting for its slot in `queued_calls` until dropped,
+/// whether the slot came or the wait was aborted (a cancelled job).
+struct Queued<'a>(&'a FederationStats);
+
+impl<'a> Queued<'a> {
+    fn start(stats: &'a FederationStats) -> Self {
+        FederationStats::bump(&stats.queued_calls);
+        Self(stats)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.queued_calls.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Waits for a model-call slot, counted in `queued_calls` meanwhile.
+async fn call_slot(ctx: &WorkContext) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
+    let _queued = Queued::start(&ctx.stats);
+    ctx.calls.clone().acquire_owned().await
+}
+
 struct Running<'a>(&'a FederationStats);
 
 impl<'a> Running<'a> {
@@ -445,7 +523,7 @@ async fn conclude(
     let messages =
         stage_messages(Stage::Curator, profile, &spec.question, &text_of(winner), &refined, &review);
     let me = ctx.me;
-    match call_model(ctx, job, spec, me, "curator", Stage::Curator, messages).await {
+    match call_model(ctx, job, spec, me, ("curator", Stage::Curator), messages, None).await {
         Ok(output) if !output.text.is_empty() => {
             contributions.push(outcome::attributed("curator", &me, &output));
             outcome.answer = Some(output.text);
