@@ -302,11 +302,16 @@ async fn registry_updates(nodes: &[NodeHandle], rounds: usize) -> anyhow::Result
                 sent.elapsed() < Duration::from_secs(60),
                 "a registry update did not reach every node"
             );
+            // Every waiting node asked at once: a sweep asking one after
+            // another took longer than the update itself.
+            let views = futures_util::future::join_all(
+                waiting.iter().map(|node| async move { node.client().view(Some(ViewKind::Registry)).await }),
+            )
+            .await;
             let mut still = Vec::new();
-            for node in waiting {
-                let view = node.client().view(Some(ViewKind::Registry)).await?;
+            for (node, view) in waiting.into_iter().zip(views) {
                 let seen =
-                    view.members.iter().any(|m| m.member.peer_id == author_id && m.models == [model.clone()]);
+                    view?.members.iter().any(|m| m.member.peer_id == author_id && m.models == [model.clone()]);
                 if !seen {
                     still.push(node);
                 }
