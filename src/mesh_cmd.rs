@@ -310,8 +310,10 @@ async fn registry_updates(nodes: &[NodeHandle], rounds: usize) -> anyhow::Result
             .await;
             let mut still = Vec::new();
             for (node, view) in waiting.into_iter().zip(views) {
-                let seen =
-                    view?.members.iter().any(|m| m.member.peer_id == author_id && m.models == [model.clone()]);
+                let seen = view?
+                    .members
+                    .iter()
+                    .any(|m| m.member.peer_id == author_id && m.models == [model.clone()]);
                 if !seen {
                     still.push(node);
                 }
