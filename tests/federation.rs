@@ -470,3 +470,41 @@ async fn voters_without_an_embedding_model_borrow_a_peers_through_the_gateway() 
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_is_never_placed_in_a_job() {
+    use hivemesh::node::replica::{Profile, ViewKind};
+    use hivemesh::protocol::Role;
+    let mesh = Mesh::new(
+        ["Paris is the capital of France.", "The capital of France is Paris.", "Paris."],
+        [Duration::from_millis(1); 3],
+        1,
+    )
+    .await;
+    let observer = &mesh.nodes[2];
+    let profile = Profile { role: Role::Observer, models: Vec::new(), gpu: None };
+    observer.client().advertise(profile).await.expect("advertise");
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let view = mesh.nodes[0].client().view(Some(ViewKind::Registry)).await.expect("view");
+        let seen =
+            view.members.iter().any(|m| m.member.peer_id == peer(observer) && m.role == Some(Role::Observer));
+        if seen {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the observer's entry did not spread");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let id =
+        mesh.submit(json!({ "question": "What is the capital of France?", "peers": 3, "quorum": 2 })).await;
+    let job = mesh.wait_status(&id, |status| ["done", "failed", "cancelled"].contains(&status)).await;
+    let participants: Vec<&str> = job["spec"]["participants"]
+        .as_array()
+        .expect("participants")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert_eq!(participants.len(), 2, "the asker and the one worker: {job:#}");
+    assert!(!participants.contains(&peer(observer).as_str()), "the observer was placed: {participants:?}");
+    assert_eq!(job["outcome"]["status"], "done", "{job:#}");
+}

@@ -449,6 +449,20 @@ async fn every_error_on_every_route_has_openais_shape() {
         let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
         assert_openai_error(what, &body);
     }
+    // A bad query value names its parameter, as a bad body field does.
+    let body: Value = client
+        .get(format!("{api}/v1/members?view=bogus"))
+        .send()
+        .await
+        .expect("members")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (&body["error"]["param"], &body["error"]["code"]),
+        (&json!("view"), &json!("invalid_value")),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

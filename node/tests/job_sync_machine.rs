@@ -221,3 +221,53 @@ fn a_lost_push_is_repaired_by_a_sync_round_at_the_next_tick() {
     let kinds: Vec<&str> = healed.contributions.iter().map(|c| c.kind.as_str()).collect();
     assert_eq!(kinds, ["ballot", "candidate", "spec"]);
 }
+
+#[test]
+fn a_node_that_missed_a_jobs_end_stops_syncing_it_once_its_peers_closed_it() {
+    let (mut a, mut b) = (node(1), node(2));
+    a.machine.handle(Input::MemberUp(b.id), 1_000);
+    b.machine.handle(Input::MemberUp(a.id), 1_000);
+    a.machine.handle(Input::Open { job: JOB, peers: vec![b.id], token: Token(0) }, 1_000);
+    b.machine.handle(Input::Open { job: JOB, peers: vec![a.id], token: Token(0) }, 1_000);
+    b.machine.handle(Input::Flushed { durable: true }, 1_000);
+    b.machine.drain();
+    contribute(&mut a, "spec", 1);
+    contribute(&mut a, hivemesh_node::replica::OUTCOME_KIND, 2);
+    let outputs = a.machine.drain();
+    pump(&mut a, &mut b, outputs, true);
+    assert!(b.machine.jobs().view(JOB).expect("held").contributions.is_empty(), "b missed the end");
+
+    // Past the grace period a compacts the finished job (its repair round
+    // with b is lost too).
+    a.machine.handle(Input::Tick, 40_000);
+    let mut compacted = false;
+    for output in a.machine.drain() {
+        match output {
+            Output::Send { id, .. } => a.machine.handle(Input::Response { id, response: None }, 40_000),
+            Output::Compacted(job) => compacted |= job == JOB,
+            _ => {}
+        }
+    }
+    assert!(compacted, "a compacted the finished job");
+
+    // b's next round is answered "closed": b stops repairing the job with a
+    // and, every peer having closed it, closes it too.
+    b.machine.handle(Input::Tick, 41_000);
+    let outputs = b.machine.drain();
+    assert!(!sends(outputs.iter().filter_map(same_send).collect()).is_empty(), "b starts a round");
+    pump(&mut b, &mut a, outputs, false);
+    assert_eq!(b.machine.jobs().stats().closed_elsewhere, 1);
+    // Past the grace period after that: no round, and the job compacted.
+    b.machine.handle(Input::Tick, 41_000 + 31_000);
+    let outputs = b.machine.drain();
+    assert!(outputs.iter().any(|o| matches!(o, Output::Compacted(job) if *job == JOB)), "{outputs:?}");
+    assert!(sends(outputs).is_empty(), "no more rounds for a job its peers closed");
+}
+
+/// A copy of a send, to look at outputs before pumping them.
+fn same_send(output: &Output) -> Option<Output> {
+    match output {
+        Output::Send { to, id, request } => Some(Output::Send { to: *to, id: *id, request: request.clone() }),
+        _ => None,
+    }
+}

@@ -292,7 +292,7 @@ async fn members(
     };
     let kind = match query.view.as_deref().map(str::parse::<ViewKind>).transpose() {
         Ok(kind) => kind,
-        Err(e) => return bad_request(e.to_string()),
+        Err(e) => return ApiError::invalid("view", e.to_string()).into_response(),
     };
     match client.view(kind).await {
         Ok(report) => Json(report).into_response(),

@@ -99,8 +99,12 @@ pub fn count_council(
         envelopes,
     };
     if !counted.quorum_reached() {
-        count.outcome.error =
-            Some(quorum_missed(counted.voters.len(), counted.quorum_required, absent, &count));
+        count.outcome.error = Some(quorum_missed(
+            counted.voters.len(),
+            counted.quorum_required,
+            &non_voters(facts, &count),
+            &count,
+        ));
         count.outcome.contributions = count.contributions.clone();
         return Ok(count);
     }
@@ -113,6 +117,18 @@ pub fn count_council(
     count.outcome.tally = Some(serde_json::json!({ "backend": backend, "result": tally }));
     count.outcome.status = "done".into();
     Ok(count)
+}
+
+/// The outcome's missing members who cast no ballot: those missing since
+/// the candidates (their reason then) and those without a ballot now.
+fn non_voters(facts: &Facts, count: &CouncilCount) -> Vec<Missing> {
+    count
+        .outcome
+        .missing
+        .iter()
+        .filter(|m| !facts.ballots.iter().any(|(author, _, _)| author.to_string() == m.peer))
+        .cloned()
+        .collect()
 }
 
 /// Why a council failed its ballot quorum, naming each participant without

@@ -77,6 +77,12 @@ fn missing_reason(
     }
 }
 
+/// "; no candidate from <peer>: <why>" for each missing member, so a
+/// failed quorum says who and why, not only how many.
+fn without(missing: &[Missing]) -> String {
+    missing.iter().map(|m| format!("; no candidate from {}: {}", m.peer, m.reason)).collect()
+}
+
 fn plan_council(
     me: NodeId,
     asker: bool,
@@ -113,10 +119,11 @@ fn plan_council(
                     // The quorum is out of reach: fail now rather than at the
                     // deadline (the outcome stops the calls still running).
                     let reason = format!(
-                        "only {} of {} candidates can still arrive; the quorum is {}",
+                        "only {} of {} candidates can still arrive; the quorum is {}{}",
                         arrived + waiting,
                         spec.participants.len(),
-                        spec.quorum
+                        spec.quorum,
+                        without(&missing)
                     );
                     actions.push(Action::Fail { reason, missing });
                 } else if waiting == 0 {
@@ -132,10 +139,11 @@ fn plan_council(
                         actions.push(Action::OpenRound(Round { candidates, missing }));
                     } else {
                         let reason = format!(
-                            "only {} of {} candidates arrived; the quorum is {}",
+                            "only {} of {} candidates arrived; the quorum is {}{}",
                             present.len(),
                             spec.participants.len(),
-                            spec.quorum
+                            spec.quorum,
+                            without(&missing)
                         );
                         actions.push(Action::Fail { reason, missing });
                     }
@@ -158,10 +166,14 @@ fn plan_council(
                 // Conclude once every ballot is in or out, or as soon as the
                 // quorum is out of reach (the outcome then says so).
                 if waiting == 0 || voted + waiting < spec.quorum.max(1) as usize {
+                    let round_missing = facts.round.as_ref().map_or(&[][..], |r| &r.missing[..]);
                     let absent = spec
                         .participants
                         .iter()
                         .filter(|p| !facts.has_voted(p))
+                        // Listed once: a member with no candidate is in the
+                        // round's missing list already.
+                        .filter(|p| !round_missing.iter().any(|m| m.peer == p.to_string()))
                         .filter_map(|p| {
                             let (reason, code) = missing_reason(facts, p, Part::Ballot, live, late)?;
                             Some(Missing {
@@ -301,6 +313,10 @@ mod tests {
             unreachable!()
         };
         assert!(reason.contains("only 1 of 2 candidates can still arrive"), "{reason}");
+        assert!(
+            reason.contains(&format!("no candidate from {}: its candidate failed: boom", peer(1))),
+            "the member and why are named: {reason}"
+        );
 
         // Three members, quorum 2, one failed: two can still arrive, so wait.
         let mut facts = council(3, 2);

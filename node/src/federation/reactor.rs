@@ -326,6 +326,8 @@ impl Reactor {
             .members
             .iter()
             .filter(|m| m.member.state == "alive" && !excluded.contains(&m.member.peer_id))
+            // An observer follows the swarm but takes no jobs (protocol's `Role`).
+            .filter(|m| m.role != Some(hivemesh_protocol::Role::Observer))
             .filter_map(|m| {
                 let node = NodeId::from_peer_id(&m.member.peer_id.parse().ok()?).ok()?;
                 let offers = m.models.iter().any(|model| wanted.contains(model));

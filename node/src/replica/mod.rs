@@ -73,6 +73,12 @@ pub enum StateResponse {
     Refused(String),
     /// The answer to a `JobSync`: the next sync message, if there is one.
     JobSync(Option<Vec<u8>>),
+    /// The answer to a `JobPush` or `JobSync` for a job this node has
+    /// finished and compacted: it takes no more changes and no longer
+    /// syncs, so the asker stops repairing it here. (Appended last: older
+    /// nodes answer `Refused` instead, and take this for a malformed
+    /// answer.)
+    JobClosed(JobId),
 }
 
 /// A batch of tokens from one part of a job (a candidate, a stage).

@@ -249,12 +249,12 @@ impl JobSync {
         let response = match request {
             JobRequest::Push { job, changes } => match self.jobs.apply_push(from, job, &changes, now_ms) {
                 Ok(new) => StateResponse::Ack { accepted: new as u32, rejected: Vec::new() },
-                Err(error) => StateResponse::Refused(error.to_string()),
+                Err(error) => refusal(error),
             },
             JobRequest::Sync { job, first, message } => {
                 match self.jobs.sync_receive(from, job, first, &message, now_ms) {
                     Ok(next) => StateResponse::JobSync(next),
-                    Err(error) => StateResponse::Refused(error.to_string()),
+                    Err(error) => refusal(error),
                 }
             }
         };
@@ -285,6 +285,16 @@ impl JobSync {
                     }
                     Ok(_) => {}
                     Err(error) => tracing::debug!(peer = %to, %job, %error, "job sync round failed"),
+                }
+            }
+            (
+                Pending::Push { job, to, .. } | Pending::Sync { job, to, .. },
+                Some(StateResponse::JobClosed(_)),
+            ) => {
+                // The peer finished and compacted the job: no round with it
+                // will ever bring anything (ADR 0021).
+                if let Err(error) = self.jobs.closed_at_peer(job, to, now_ms) {
+                    tracing::warn!(%job, peer = %to, %error, "could not record a job closed at a peer");
                 }
             }
             (Pending::Push { job, to, .. }, Some(StateResponse::Refused(reason))) => {
@@ -408,5 +418,14 @@ impl JobSync {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         (self.rng % len.max(1) as u64) as usize
+    }
+}
+
+/// The response refusing a peer's job request: a closed job typed, so the
+/// peer stops repairing it here; anything else as text.
+fn refusal(error: JobError) -> StateResponse {
+    match error {
+        JobError::Closed(job) => StateResponse::JobClosed(job),
+        other => StateResponse::Refused(other.to_string()),
     }
 }

@@ -281,6 +281,26 @@ impl Jobs {
             .collect()
     }
 
+    /// `peer` answered that it has finished and compacted `job`: it is no
+    /// longer repaired with `peer`. Once every peer of the job has closed
+    /// it, the job is closed here too, without whatever of its end this
+    /// node missed: marked finished now, it is compacted after the grace
+    /// period like any finished job (a node that was down when a job ended
+    /// would otherwise hold it and send sync rounds for it forever).
+    /// Durable at the next flush.
+    pub fn closed_at_peer(&mut self, job: JobId, peer: NodeId, now_ms: u64) -> Result<(), JobError> {
+        let Some(held) = self.held.get_mut(&job) else { return Ok(()) };
+        held.meta.peers.remove(&peer);
+        self.sessions.remove(&(peer, job));
+        if held.meta.peers.is_empty() && held.meta.finished_at_ms.is_none() {
+            tracing::warn!(%job, "every peer has closed this job; closing it here without its end");
+            held.meta.finished_at_ms = Some(now_ms);
+            self.stats.closed_elsewhere += 1;
+        }
+        self.store.put_job_meta(&job, &held.meta)?;
+        Ok(())
+    }
+
     /// Compacts the history of jobs finished longer than the grace period
     /// ago and lets them leave memory. Returns the jobs compacted.
     pub fn compact_finished(&mut self, identity: &NodeIdentity, now_ms: u64) -> Result<Vec<JobId>, JobError> {

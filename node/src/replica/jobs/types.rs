@@ -123,6 +123,9 @@ pub struct JobStats {
     pub sync_bytes_out: u64,
     pub records_folded: u64,
     pub histories_compacted: u64,
+    /// Jobs closed here because every peer had finished and compacted
+    /// them while this node missed their end (it was down).
+    pub closed_elsewhere: u64,
     /// Refused job input by reason.
     pub rejected: BTreeMap<String, u64>,
 }
