@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hivemesh::node::membership::{MemberEvent, MembershipConfig};
 use hivemesh::node::net::private::{PreSharedKey, is_quic, read_swarm_key, swarm_key_fingerprint};
-use hivemesh::node::replica::{Profile, ViewKind};
+use hivemesh::node::replica::Profile;
 use hivemesh::node::{NodeConfig, NodeHandle, spawn_node};
-use hivemesh::protocol::Role;
+use hivemesh::protocol::{NodeId, Role};
 use tokio::sync::mpsc;
 
 use crate::node_cmd::shutdown_signal;
@@ -291,7 +291,7 @@ async fn registry_updates(nodes: &[NodeHandle], rounds: usize) -> anyhow::Result
     let mut times = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let author = &nodes[round % nodes.len()];
-        let author_id = author.peer_id.to_string();
+        let author_id = NodeId::from_peer_id(&author.peer_id)?;
         let model = format!("model-update-{round}");
         let profile = Profile { role: Role::Worker, models: vec![model.clone()], gpu: None };
         let sent = Instant::now();
@@ -302,24 +302,22 @@ async fn registry_updates(nodes: &[NodeHandle], rounds: usize) -> anyhow::Result
                 sent.elapsed() < Duration::from_secs(60),
                 "a registry update did not reach every node"
             );
-            // Every waiting node asked at once: a sweep asking one after
-            // another took longer than the update itself.
-            let views = futures_util::future::join_all(
-                waiting.iter().map(|node| async move { node.client().view(Some(ViewKind::Registry)).await }),
+            // Every waiting node asked at once, for the one entry: a sweep
+            // asking one after another, or for whole member views, took
+            // longer than the update itself.
+            let entries = futures_util::future::join_all(
+                waiting.iter().map(|node| async move { node.client().registry_entry(author_id).await }),
             )
             .await;
             let mut still = Vec::new();
-            for (node, view) in waiting.into_iter().zip(views) {
-                let seen = view?
-                    .members
-                    .iter()
-                    .any(|m| m.member.peer_id == author_id && m.models == [model.clone()]);
+            for (node, entry) in waiting.into_iter().zip(entries) {
+                let seen = entry?.is_some_and(|entry| entry.capabilities.models == [model.clone()]);
                 if !seen {
                     still.push(node);
                 }
             }
             waiting = still;
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         times.push(sent.elapsed());
     }

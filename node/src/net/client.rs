@@ -59,6 +59,15 @@ impl NodeClient {
         rx.await.map_err(|_| ClientError::Stopped)
     }
 
+    /// `node`'s verified registry entry as this node holds it (`None`: none
+    /// held). Cheap: one lookup, no report built.
+    pub async fn registry_entry(
+        &self,
+        node: NodeId,
+    ) -> Result<Option<hivemesh_protocol::PeerEntry>, ClientError> {
+        self.command(|tx| Command::RegistryEntry(node, tx)).await
+    }
+
     /// The cluster as `kind` sees it; `None` for the node's active view.
     pub async fn view(&self, kind: Option<ViewKind>) -> Result<ViewReport, ClientError> {
         let (tx, rx) = oneshot::channel();

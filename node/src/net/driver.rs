@@ -32,6 +32,8 @@ pub enum Command {
     Status(oneshot::Sender<StatusReport>),
     /// The cluster as one of the views sees it (`None`: the active view).
     View(Option<ViewKind>, oneshot::Sender<ViewReport>),
+    /// One node's verified registry entry, if held.
+    RegistryEntry(NodeId, oneshot::Sender<Option<hivemesh_protocol::PeerEntry>>),
     /// Replace this node's advertised profile and push the new entry.
     Advertise(Profile, oneshot::Sender<Result<(), crate::replica::PublishError>>),
     /// Leave gracefully, waiting at most `deadline` for the goodbyes to be
@@ -206,6 +208,10 @@ impl Driver {
                 let _ = self.jobs.to.send(ToJobs::Status(report, reply));
             }
             Command::View(kind, reply) => self.view(kind, reply),
+            Command::RegistryEntry(node, reply) => {
+                let _ =
+                    reply.send(self.registry.replica().registry().get(&node).map(|held| held.entry.clone()));
+            }
             Command::Advertise(profile, reply) => {
                 let _ = reply.send(self.publish_entry(Some(profile)).map(|_| ()));
             }
