@@ -29,6 +29,19 @@ fn output(text: &str) -> Output {
     }
 }
 
+/// Member `n`'s signed ballot ranking the candidates `ranking`, as stored.
+fn ballot(n: u8, ranking: Vec<u32>) -> (NodeId, String, Vec<u8>) {
+    let ballot = Ballot {
+        job: JOB,
+        voter: peer(n),
+        rule: TallyRule::Schulze,
+        choice: BallotChoice::Rank(ranking),
+        weight: 1,
+    };
+    let envelope = seal(&identity(n), 1_000, 1_000, &ballot).expect("seal");
+    (peer(n), "ballot".into(), encode_message(&envelope).expect("encode"))
+}
+
 /// Three members, quorum 2, every candidate in, a round open, and a valid
 /// ballot from member 0 only.
 fn voted_by_one() -> Facts {
@@ -51,15 +64,7 @@ fn voted_by_one() -> Facts {
         facts.candidates.push((*p, output(&format!("Lima {n}"))));
     }
     facts.round = Some(Round { candidates: participants, missing: Vec::new() });
-    let ballot = Ballot {
-        job: JOB,
-        voter: peer(0),
-        rule: TallyRule::Schulze,
-        choice: BallotChoice::Rank(vec![0, 1, 2]),
-        weight: 1,
-    };
-    let envelope = seal(&identity(0), 1_000, 1_000, &ballot).expect("seal");
-    facts.ballots.push((peer(0), "ballot".into(), encode_message(&envelope).expect("encode")));
+    facts.ballots.push(ballot(0, vec![0, 1, 2]));
     facts
 }
 
@@ -87,15 +92,7 @@ fn a_missed_ballot_quorum_names_the_member_declared_down_and_why() {
 #[test]
 fn a_reached_quorum_is_counted_and_lists_who_did_not_vote() {
     let mut facts = voted_by_one();
-    let ballot = Ballot {
-        job: JOB,
-        voter: peer(1),
-        rule: TallyRule::Schulze,
-        choice: BallotChoice::Rank(vec![0, 2, 1]),
-        weight: 1,
-    };
-    let envelope = seal(&identity(1), 1_000, 1_000, &ballot).expect("seal");
-    facts.ballots.push((peer(1), "ballot".into(), encode_message(&envelope).expect("encode")));
+    facts.ballots.push(ballot(1, vec![0, 2, 1]));
     let spec = facts.spec.clone().expect("spec");
     let engine = TallyEngine::new(BackendChoice::Cpu).expect("cpu engine");
     let absent = vec![Missing { peer: peer(2).to_string(), reason: "no ballot: down".into(), code: None }];

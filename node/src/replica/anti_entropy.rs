@@ -104,7 +104,7 @@ pub struct RegistrySync {
     remembered: Vec<(NodeId, Vec<Vec<u8>>)>,
     next_id: u64,
     outputs: Vec<Output>,
-    rng: u64,
+    rng: super::Pick,
     /// Released by the flush under way (`None`: no flush running).
     flushing: Option<Vec<Output>>,
     /// Written since the running flush started; released by the next one.
@@ -124,7 +124,7 @@ impl RegistrySync {
             remembered: Vec::new(),
             next_id: 0,
             outputs: Vec::new(),
-            rng: seed | 1,
+            rng: super::Pick::new(seed),
             flushing: None,
             waiting: Vec::new(),
             dirty: false,
@@ -209,7 +209,7 @@ impl RegistrySync {
             Input::Tick => {
                 self.remember_members();
                 if !self.live.is_empty() {
-                    let pick = self.random(self.live.len());
+                    let pick = self.rng.below(self.live.len());
                     if let Some(member) = self.live.values().nth(pick).cloned() {
                         self.round_with(member);
                     }
@@ -287,7 +287,7 @@ impl RegistrySync {
         // rounds even when more are held than one message carries (a fixed
         // first 64 would let 64 minted keys crowd the real ones out).
         if proofs.len() > MAX_PROOFS_PER_MESSAGE {
-            let start = self.random(proofs.len());
+            let start = self.rng.below(proofs.len());
             proofs.rotate_left(start);
             proofs.truncate(MAX_PROOFS_PER_MESSAGE);
         }
@@ -352,13 +352,5 @@ impl RegistrySync {
             }
         }
         self.start_flush();
-    }
-
-    /// A xorshift step: uniform enough for picking round partners.
-    fn random(&mut self, len: usize) -> usize {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng % len.max(1) as u64) as usize
     }
 }

@@ -25,6 +25,26 @@ pub use jobs::{JobChanged, JobError, JobStats, JobView, Jobs, JobsConfig, OUTCOM
 pub use store::{Store, StoreError};
 pub use view::{MajorityInfo, ViewKind, ViewMember, ViewReport, member_entry, member_from_entry};
 
+/// A seeded xorshift64 (Marsaglia 2003, "Xorshift RNGs"): uniform enough
+/// for picking anti-entropy and repair partners, and reproducible under
+/// the simulation's seed.
+#[derive(Debug, Clone)]
+pub(crate) struct Pick(u64);
+
+impl Pick {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    /// An index below `len` (0 when `len` is 0).
+    pub(crate) fn below(&mut self, len: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % len.max(1) as u64) as usize
+    }
+}
+
 /// What this node offers, as its registry entry advertises it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {

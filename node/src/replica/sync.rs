@@ -149,7 +149,7 @@ pub struct JobSync {
     /// Waiting for the next flush.
     waiting: Vec<Output>,
     outputs: Vec<Output>,
-    rng: u64,
+    rng: super::Pick,
     stats: CommitStats,
 }
 
@@ -166,7 +166,7 @@ impl JobSync {
             flushing: None,
             waiting: Vec::new(),
             outputs: Vec::new(),
-            rng: seed | 1,
+            rng: super::Pick::new(seed),
             stats: CommitStats::default(),
         }
     }
@@ -323,7 +323,7 @@ impl JobSync {
     fn tick(&mut self, now_ms: u64) {
         let mut targets = self.jobs.repair_targets();
         targets.sort_unstable_by_key(|(job, _)| *job);
-        let start = self.random(targets.len());
+        let start = self.rng.below(targets.len());
         targets.rotate_left(start);
         let mut started = 0;
         for (job, peers) in targets {
@@ -334,7 +334,7 @@ impl JobSync {
             if live.is_empty() {
                 continue;
             }
-            let to = live[self.random(live.len())];
+            let to = live[self.rng.below(live.len())];
             let Some(message) = self.jobs.sync_start(to, job) else { continue };
             let send = self.request_with(
                 Pending::Sync { job, to, exchanges: 1 },
@@ -410,14 +410,6 @@ impl JobSync {
             }
         }
         self.start_flush();
-    }
-
-    /// A xorshift step: uniform enough for picking repair peers.
-    fn random(&mut self, len: usize) -> usize {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng % len.max(1) as u64) as usize
     }
 }
 
