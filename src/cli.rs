@@ -537,7 +537,7 @@ pub struct AdvertiseArgs {
     /// Model names this node serves (comma-separated or repeated; "" for none).
     #[arg(long, value_delimiter = ',')]
     pub models: Option<Vec<String>>,
-    /// worker (the default), bootstrap or observer.
+    /// worker (the default), bootstrap or observer (follows the swarm, never placed in a job).
     #[arg(long)]
     pub role: Option<String>,
     /// The node's GPU as NAME:MEMORY_MB, e.g. "RTX 4090:24564", or "none".
