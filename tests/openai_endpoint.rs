@@ -812,3 +812,48 @@ async fn the_streamed_answer_is_exactly_the_jobs_answer() {
         assert!(!text.contains("partial"), "{model}: {text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_node_leaves_ends_with_an_error_not_a_cut() {
+    let mut mesh = mesh_of(vec![slow().await, slow().await, slow().await]).await;
+    let api = mesh.api(0);
+    let client = http();
+    let mut chat = client
+        .post(format!("{api}/v1/chat/completions"))
+        .json(&json!({ "model": "council", "messages": question(), "stream": true }))
+        .send()
+        .await
+        .expect("post");
+    let first = chat.chunk().await.expect("read").expect("a first chunk");
+    let id = String::from_utf8_lossy(&first)
+        .split("chatcmpl-")
+        .nth(1)
+        .map(|rest| rest[..32].to_string())
+        .expect("the job's id");
+    let mut events = client.get(format!("{api}/v1/jobs/{id}/events")).send().await.expect("events");
+    let _ = events.chunk().await.expect("read").expect("the replay begins");
+
+    // The node asked leaves while both streams wait for the answer.
+    mesh.nodes.remove(0).leave(Duration::from_secs(2)).await;
+    let mut rest = String::new();
+    while let Ok(Some(chunk)) = chat.chunk().await {
+        rest.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let last: Value = sse(&rest)
+        .last()
+        .and_then(|(_, data)| serde_json::from_str(data).ok())
+        .unwrap_or_else(|| panic!("no final event: {rest:?}"));
+    assert_eq!(last["error"]["code"], "node_stopped", "{rest}");
+    assert!(
+        !rest.contains("[DONE]") && !rest.contains("finish_reason\":\"stop"),
+        "no answer claimed: {rest}"
+    );
+
+    let mut replay = String::new();
+    while let Ok(Some(chunk)) = events.chunk().await {
+        replay.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let error =
+        sse(&replay).into_iter().find(|(name, _)| name == "error").unwrap_or_else(|| panic!("{replay}"));
+    assert!(error.1.contains("node_stopped"), "{replay}");
+}

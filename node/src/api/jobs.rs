@@ -496,6 +496,11 @@ async fn follow(
                     Err(_) => return false,
                 },
                 () = tx.closed() => return false,
+                () = client.stopped() => {
+                    let error = super::openai::node_stopped(job);
+                    let _ = tx.send(Event::default().event("error").data(error.body().to_string())).await;
+                    return false;
+                }
             }
         };
     }

@@ -459,6 +459,16 @@ fn failed(job: JobId, outcome: &Outcome) -> ApiError {
     ApiError::new(StatusCode::BAD_GATEWAY, message).with_code(code)
 }
 
+/// The error a stream ends with when this node stops (leaves, is shut
+/// down) before the job's end: the answer was not cut silently.
+pub(super) fn node_stopped(job: JobId) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("this node stopped before job {job} ended; its other participants may still finish it"),
+    )
+    .with_code("node_stopped")
+}
+
 fn timed_out(job: JobId) -> ApiError {
     ApiError::new(StatusCode::GATEWAY_TIMEOUT, format!("job {job} did not finish in time"))
         .with_code("timeout")
@@ -542,6 +552,12 @@ fn stream(
         let outcome = tokio::select! {
             outcome = wait_outcome(&client, job, &mut changes) => outcome,
             () = tx.closed() => return,
+            () = client.stopped() => {
+                // Not the client hanging up: nothing to cancel from here.
+                guard.disarm();
+                let _ = tx.send(Event::default().data(node_stopped(job).body().to_string())).await;
+                return;
+            }
         };
         guard.disarm();
         let outcome = match outcome {

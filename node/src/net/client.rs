@@ -202,6 +202,12 @@ impl NodeClient {
         if rx.await.map_err(|_| ClientError::Stopped)? { Ok(()) } else { Err(ClientError::NoAllowlist) }
     }
 
+    /// Resolves once the node's driver has stopped (it left, was killed or
+    /// panicked): open streams use it to end with an error, not a cut.
+    pub async fn stopped(&self) {
+        self.commands.closed().await;
+    }
+
     /// Asks the node to leave; resolves once it has stopped.
     pub async fn leave(&self, deadline: Duration) -> Result<(), ClientError> {
         let (tx, rx) = oneshot::channel();

@@ -11,6 +11,10 @@ use crate::federation::FederationHandle;
 use crate::membership::MemberEvent;
 use crate::net::{ClientError, MembersReport, NodeClient, StatusReport};
 
+/// How long a leaving node keeps its API up after the driver stopped, so
+/// open event streams can write the error they end with.
+const STREAM_GRACE: Duration = Duration::from_millis(100);
+
 /// A running node. Dropping every handle (and API client) stops it without a
 /// goodbye; `leave` is the graceful way out.
 pub struct NodeHandle {
@@ -60,6 +64,9 @@ impl NodeHandle {
     pub async fn leave(self, deadline: Duration) {
         let _ = self.client.leave(deadline).await;
         let _ = self.task.await;
+        // Open event streams end with an error once the driver stops; let
+        // them write it before the API goes.
+        tokio::time::sleep(STREAM_GRACE).await;
         if let Some(api) = self.api_task {
             api.abort();
         }
@@ -100,6 +107,7 @@ impl NodeHandle {
     /// Resolves when the node stops (after a leave requested over the API).
     pub async fn stopped(&mut self) {
         let _ = (&mut self.task).await;
+        tokio::time::sleep(STREAM_GRACE).await;
         if let Some(api) = self.api_task.take() {
             api.abort();
         }
