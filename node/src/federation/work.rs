@@ -275,7 +275,7 @@ async fn call_model(
             call_slot(ctx).await.map_err(|_| CallFailed::other("the node is shutting down".to_string()))?
         }
     };
-    let _running = Running::start(&ctx.stats);
+    let _running = Gauge::hold(&ctx.stats.running_calls);
     FederationStats::bump(&ctx.stats.model_calls);
     let started = Instant::now();
     let mut batcher = TokenBatcher::new(FRAME_INTERVAL);
@@ -325,44 +325,28 @@ async fn call_model(
     }
 }
 
-/// Counts a running call for as long as it lives (a stopped call's future is
-/// dropped, and this with it).
-/// Counts a call waiting for its slot in `queued_calls` until dropped,
-/// whether the slot came or the wait was aborted (a cancelled job).
-struct Queued<'a>(&'a FederationStats);
+/// Holds one count in a gauge (`queued_calls`, `running_calls`) for as long
+/// as it lives: dropped when the wait or call ends, or when its task is
+/// aborted (a cancelled job), so the gauge never leaks.
+struct Gauge<'a>(&'a std::sync::atomic::AtomicU64);
 
-impl<'a> Queued<'a> {
-    fn start(stats: &'a FederationStats) -> Self {
-        FederationStats::bump(&stats.queued_calls);
-        Self(stats)
+impl<'a> Gauge<'a> {
+    fn hold(gauge: &'a std::sync::atomic::AtomicU64) -> Self {
+        FederationStats::bump(gauge);
+        Self(gauge)
     }
 }
 
-impl Drop for Queued<'_> {
+impl Drop for Gauge<'_> {
     fn drop(&mut self) {
-        self.0.queued_calls.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 /// Waits for a model-call slot, counted in `queued_calls` meanwhile.
 async fn call_slot(ctx: &WorkContext) -> Result<OwnedSemaphorePermit, tokio::sync::AcquireError> {
-    let _queued = Queued::start(&ctx.stats);
+    let _queued = Gauge::hold(&ctx.stats.queued_calls);
     ctx.calls.clone().acquire_owned().await
-}
-
-struct Running<'a>(&'a FederationStats);
-
-impl<'a> Running<'a> {
-    fn start(stats: &'a FederationStats) -> Self {
-        FederationStats::bump(&stats.running_calls);
-        Self(stats)
-    }
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.running_calls.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 /// Ranks the round's candidates by agreement, without their authors, and
