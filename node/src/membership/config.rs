@@ -12,8 +12,11 @@ pub struct MembershipConfig {
     pub probe_period: Duration,
     /// Wait this long for a direct ack before asking others to probe.
     pub probe_rtt: Duration,
-    /// A suspect that has not refuted within this time is declared down.
-    pub suspect_to_down_after: Duration,
+    /// Lifeguard's suspicion timeout bounds: a suspect that has not refuted
+    /// is declared down after `suspicion_max`, falling to `suspicion_min` as
+    /// members confirm the suspicion (see `lifeguard::suspicion_timeout`).
+    pub suspicion_min: Duration,
+    pub suspicion_max: Duration,
     /// Push pending updates to a few random members this often.
     pub gossip_period: Duration,
     /// Announce to a random member this often; its reply (a feed of members)
@@ -35,18 +38,20 @@ pub struct MembershipConfig {
 
 impl MembershipConfig {
     /// foca's LAN preset (memberlist's numbers: 1 s probes, 200 ms gossip to
-    /// three members), with a shorter suspicion (3 × log10(n) probe periods
-    /// instead of 4) and announce-to-down every 10 s instead of 65 s, so a
-    /// dead node is marked down within about 8 s and a healed partition
-    /// rejoins within seconds. See docs/adr/0005-membership.md.
+    /// three members) with Lifeguard's suspicion: at least ½ log10(n) probe
+    /// periods once confirmed, at most six times that (memberlist's
+    /// `SuspicionMaxTimeoutMult`); announce-to-down every 10 s instead of
+    /// 65 s, so a healed partition rejoins within seconds. See
+    /// docs/adr/0005-membership.md and docs/adr/0022-lifeguard.md.
     pub fn lan(expected_cluster_size: u32) -> Self {
         let n = expected_cluster_size.max(2);
         let probe_period = Duration::from_secs(1);
-        let suspicion_periods = 3.0 * f64::from(n).log10().max(1.0);
+        let suspicion_min = probe_period.mul_f64(0.5 * f64::from(n).log10().max(1.0));
         Self {
             probe_period,
             probe_rtt: Duration::from_millis(500),
-            suspect_to_down_after: probe_period.mul_f64(suspicion_periods),
+            suspicion_min,
+            suspicion_max: suspicion_min * 6,
             gossip_period: Duration::from_millis(200),
             announce_period: Duration::from_secs(10),
             announce_to_down_period: Duration::from_secs(10),
@@ -64,7 +69,8 @@ impl MembershipConfig {
         for d in [
             &mut self.probe_period,
             &mut self.probe_rtt,
-            &mut self.suspect_to_down_after,
+            &mut self.suspicion_min,
+            &mut self.suspicion_max,
             &mut self.gossip_period,
             &mut self.announce_period,
             &mut self.announce_to_down_period,
@@ -108,7 +114,8 @@ impl MembershipConfig {
         foca::Config {
             probe_period: self.probe_period,
             probe_rtt: self.probe_rtt,
-            suspect_to_down_after: self.suspect_to_down_after,
+            // foca's down timer is held and released by the Lifeguard rules.
+            suspect_to_down_after: self.suspicion_max,
             max_packet_size: NonZeroUsize::new(self.max_packet_size.max(512)).unwrap_or(NonZeroUsize::MIN),
             max_transmissions: self.max_transmissions(),
             periodic_gossip: periodic(self.gossip_period, 3),

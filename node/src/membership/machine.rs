@@ -2,27 +2,48 @@
 //! leave and sender authentication. Sans-IO: the caller feeds it frames,
 //! timers and the current time, and carries out the outputs it returns.
 
+mod suspicion;
+
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::ExponentialBackoff;
-use foca::{Codec, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec};
+use foca::{Codec, Foca, OwnedNotification, PostcardCodec};
 use hivemesh_protocol::identity::NodeId;
 use rand10::SeedableRng;
 use rand10::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use super::config::MembershipConfig;
+use super::lifeguard::{ClaimBroadcasts, SuspicionClaim, Suspicions};
 use super::member_id::MemberId;
 use super::view::{MemberEvent, MemberState, MemberView, MembershipStats, RejectReason};
 
-type Swim = Foca<MemberId, PostcardCodec, StdRng, NoCustomBroadcast>;
+type Swim = Foca<MemberId, PostcardCodec, StdRng, ClaimBroadcasts>;
 
 /// A timer the caller must deliver back through [`Membership::handle_timer`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Timer {
     Swim(foca::Timer<MemberId>),
     Reannounce,
+    /// A step of the Lifeguard suspicion of `node` at `incarnation`.
+    Suspicion {
+        node: NodeId,
+        incarnation: u16,
+        step: SuspicionStep,
+    },
+}
+
+/// What a [`Timer::Suspicion`] does when it fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SuspicionStep {
+    /// Tell the suspect again (the buddy notice; three in all).
+    Notice(u8),
+    /// This node's own check got no refutation: claim the suspicion.
+    Verify,
+    /// The suspicion timeout may have passed: declare the suspect down.
+    Expire,
 }
 
 /// What the caller must do after an input.
@@ -37,12 +58,30 @@ pub enum Output {
 }
 
 /// One membership message on the wire. The transport authenticates the
-/// sending node, so neither variant carries a signature.
+/// sending node, so no variant carries a signature.
 #[derive(Serialize, Deserialize)]
 enum WireFrame {
     Swim(Vec<u8>),
     /// "I am leaving": lets peers show `left` rather than `down`.
     Leaving,
+    /// Lifeguard's buddy notice, to the suspect itself: "you are suspected
+    /// at this generation and incarnation".
+    Suspect {
+        generation: u64,
+        incarnation: u16,
+    },
+    /// The suspect's answer: "I am alive at this incarnation (or later)".
+    Refute {
+        generation: u64,
+        incarnation: u16,
+    },
+    /// "My own check of `member` failed", sent straight to the members
+    /// already known to suspect it (the same claim is also gossiped).
+    Confirm {
+        member: NodeId,
+        generation: u64,
+        incarnation: u16,
+    },
 }
 
 /// Collects what foca asks for during one call.
@@ -86,13 +125,28 @@ pub struct Membership {
     stats: MembershipStats,
     now_ms: u64,
     leaving: bool,
+    suspicions: Suspicions,
+    /// Claims foca's broadcast handler decoded, for `settle` to act on.
+    claims: Arc<Mutex<Vec<SuspicionClaim>>>,
+    /// This node's incarnation is at least this (raised by each refutation).
+    incarnation_floor: u16,
+    /// Picks which hearers of a suspicion check the suspect.
+    rng: StdRng,
 }
 
 impl Membership {
     /// `seed` drives foca's random choices and the backoff jitter: the same
     /// seed and inputs give the same outputs (the simulation relies on it).
     pub fn new(me: MemberId, config: MembershipConfig, seed: u64, now_ms: u64) -> Self {
-        let swim = Foca::new(me, config.to_foca(), StdRng::seed_from_u64(seed), PostcardCodec);
+        let claims = Arc::new(Mutex::new(Vec::new()));
+        let handler = ClaimBroadcasts::new(claims.clone());
+        let swim = Foca::with_custom_broadcast(
+            me,
+            config.to_foca(),
+            StdRng::seed_from_u64(seed),
+            PostcardCodec,
+            handler,
+        );
         let backoff = config.reannounce_backoff(seed);
         let mut outbox = Outbox::default();
         outbox.outputs.push(Output::Schedule { after: config.reannounce_min, timer: Timer::Reannounce });
@@ -107,6 +161,10 @@ impl Membership {
             stats: MembershipStats::default(),
             now_ms,
             leaving: false,
+            suspicions: Suspicions::default(),
+            claims,
+            incarnation_floor: 0,
+            rng: StdRng::seed_from_u64(seed.rotate_left(17)),
         }
     }
 
@@ -186,6 +244,19 @@ impl Membership {
                 self.mark_left(from);
                 Ok(())
             }
+            WireFrame::Suspect { generation, incarnation } => {
+                self.on_notice(from, generation, incarnation);
+                Ok(())
+            }
+            WireFrame::Refute { generation, incarnation } => {
+                self.on_refute(from, generation, incarnation);
+                Ok(())
+            }
+            WireFrame::Confirm { member, generation, incarnation } => {
+                self.hear_claim(SuspicionClaim { by: from, member, generation, incarnation });
+                self.settle();
+                Ok(())
+            }
             WireFrame::Swim(packet) => {
                 let header: foca::Header<MemberId> = PostcardCodec
                     .decode_header(&packet[..])
@@ -195,6 +266,7 @@ impl Membership {
                 }
                 let result = self.swim.handle_data(&packet, &mut self.outbox);
                 self.collect_events();
+                self.settle();
                 result.map_err(|e| RejectReason::Swim(e.to_string()))
             }
         }
@@ -211,6 +283,7 @@ impl Membership {
                 self.after_swim_call(result);
             }
             Timer::Reannounce => self.reannounce(),
+            Timer::Suspicion { node, incarnation, step } => self.on_suspicion_timer(node, incarnation, step),
         }
     }
 
@@ -329,6 +402,7 @@ impl Membership {
     /// worth a trace line (a timer or announce that no longer applies).
     fn after_swim_call(&mut self, result: Result<(), foca::Error>) {
         self.collect_events();
+        self.settle();
         if let Err(e) = result {
             tracing::trace!(error = %e, "swim call had no effect");
         }

@@ -6,13 +6,15 @@
 
 pub mod clock;
 mod config;
+mod lifeguard;
 mod machine;
 mod member_id;
 mod restart;
 mod view;
 
 pub use config::MembershipConfig;
-pub use machine::{Membership, Output, Timer};
+pub use lifeguard::{ClaimError, suspicion_timeout};
+pub use machine::{Membership, Output, SuspicionStep, Timer};
 pub use member_id::{MAX_ADDRESSES_PER_MEMBER, MemberId};
 pub use restart::start_generation;
 pub use view::{MemberEvent, MemberState, MemberView, MembershipStats, RejectReason};

@@ -91,4 +91,14 @@ pub struct MembershipStats {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub rejected: BTreeMap<&'static str, u64>,
+    /// Lifeguard (docs/adr/0022-lifeguard.md): suspicions this node timed.
+    pub suspicions: u64,
+    /// Suspicions this node confirmed (its own probe or check failed).
+    pub suspicions_claimed: u64,
+    /// Suspicions that ended because the suspect refuted.
+    pub suspicions_refuted: u64,
+    /// Members this node declared down when a suspicion timed out.
+    pub suspicions_expired: u64,
+    /// Times this node raised its incarnation to refute a suspicion of itself.
+    pub self_refutations: u64,
 }
