@@ -77,8 +77,23 @@ pub struct SimReport {
 }
 
 enum Event {
-    Deliver { to: usize, from: NodeId, frame: Vec<u8> },
-    Timer { node: usize, epoch: u32, timer: Timer },
+    Deliver {
+        to: usize,
+        from: NodeId,
+        frame: Vec<u8>,
+    },
+    /// The transport's acknowledgement (or refusal) of a frame, back at
+    /// its sender: a request-response exchange, as on real connections.
+    Receipt {
+        node: usize,
+        peer: NodeId,
+        delivered: bool,
+    },
+    Timer {
+        node: usize,
+        epoch: u32,
+        timer: Timer,
+    },
 }
 
 struct SimNode {
@@ -238,6 +253,13 @@ impl Simulation {
                 let _ = self.nodes[to].machine.handle_frame(from, &frame, now);
                 self.flush(to);
             }
+            Event::Receipt { node, peer, delivered } => {
+                if !self.nodes[node].alive {
+                    return;
+                }
+                self.nodes[node].machine.delivery(peer, delivered, now);
+                self.flush(node);
+            }
             Event::Timer { node, epoch, timer } => {
                 if !self.nodes[node].alive || self.nodes[node].epoch != epoch {
                     return;
@@ -282,6 +304,15 @@ impl Simulation {
         }
         let range = self.config.latency_ms.clone();
         let latency = if range.is_empty() { range.start } else { self.rng.random_range(range) };
+        let peer = to.node;
+        let receiver_alive = self.nodes.get(to_index).is_some_and(|n| n.alive);
+        // A dead node's host refuses the connection; a live one acknowledges
+        // (the acknowledgement can be lost like any frame).
+        let receipt_lost = receiver_alive && self.rng.random_bool(self.config.loss.clamp(0.0, 1.0));
+        if !receipt_lost {
+            let receipt = Event::Receipt { node: from_index, peer, delivered: receiver_alive };
+            self.schedule(Duration::from_millis(latency * 2), receipt);
+        }
         self.schedule(Duration::from_millis(latency), Event::Deliver { to: to_index, from, frame });
     }
 

@@ -154,3 +154,17 @@ fn a_lossy_slow_network_gives_no_false_downs_and_a_dead_node_is_still_found() {
         assert!(report.converged_at_end, "seed {seed}");
     }
 }
+
+#[test]
+fn a_transport_acknowledgement_from_the_suspect_is_proof_of_life() {
+    let (mut a, _b, pending) = joined_pair();
+    let (_, timers) = suspect_silent_peer(&mut a, pending);
+    // The suspect is slow, not dead: its node acknowledged a frame.
+    a.delivery(node(2), true, 100);
+    assert_eq!(a.stats().suspicions_refuted, 1);
+    for t in timers {
+        a.handle_timer(t, 60_000);
+    }
+    assert!(a.is_active(&node(2)), "declared down after its node acknowledged a frame");
+    assert_eq!(a.stats().suspicions_expired, 0);
+}

@@ -224,8 +224,9 @@ impl Membership {
         self.stats.frames_in += 1;
         self.stats.bytes_in += frame.len() as u64;
         let result = self.accept_frame(from, frame);
-        if let Err(reason) = &result {
-            *self.stats.rejected.entry(reason.label()).or_default() += 1;
+        match &result {
+            Err(reason) => *self.stats.rejected.entry(reason.label()).or_default() += 1,
+            Ok(()) => self.alive_evidence(from),
         }
         result
     }

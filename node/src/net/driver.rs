@@ -450,11 +450,17 @@ impl Driver {
                     let _ = self.swarm.behaviour_mut().swim.send_response(channel, ());
                 }
                 request_response::Message::Response { .. } => {
-                    self.in_flight = self.in_flight.saturating_sub(1)
+                    self.in_flight = self.in_flight.saturating_sub(1);
+                    if let Ok(to) = NodeId::from_peer_id(&peer) {
+                        self.membership.delivery(to, true, unix_ms());
+                    }
                 }
             },
             request_response::Event::OutboundFailure { peer, error, .. } => {
                 self.in_flight = self.in_flight.saturating_sub(1);
+                if let Ok(to) = NodeId::from_peer_id(&peer) {
+                    self.membership.delivery(to, false, unix_ms());
+                }
                 // A failed dial was reported with its reason when it failed.
                 let dial_failed = matches!(error, request_response::OutboundFailure::DialFailure);
                 if self.leaving.is_none() && !dial_failed && self.is_bootstrap(&peer) {

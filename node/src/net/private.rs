@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use std::num::NonZeroU8;
 use std::time::Duration;
 
 use libp2p::pnet::PnetConfig;
@@ -149,7 +150,13 @@ pub(super) fn build_swarm(
 ) -> Result<libp2p::Swarm<super::behaviour::Behaviour>, super::start::StartError> {
     let mdns = config.mdns;
     let allow = config.allow_peers.clone();
-    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
+    // One address at a time: libp2p's default races up to 8 (TCP and QUIC
+    // at once), and the loser's half-done handshake is wasted CPU on both
+    // ends; on a 50-node start it was most of the 1,700 failed incoming
+    // connections and stretched first probes past their deadline.
+    let idle = |c: libp2p::swarm::Config| {
+        c.with_idle_connection_timeout(Duration::from_secs(60)).with_dial_concurrency_factor(NonZeroU8::MIN)
+    };
     let transport = |e: &dyn std::fmt::Display| super::start::StartError::Transport(e.to_string());
     let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
     let swarm = match config.swarm_key {

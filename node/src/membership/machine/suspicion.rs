@@ -109,7 +109,7 @@ impl Membership {
         }
         if check {
             self.notify_suspect(&id, claim.incarnation, 0);
-            let verify_after = self.config.probe_rtt.mul_f64(1.5);
+            let verify_after = self.config.probe_period * 2;
             self.push_timer(verify_after, id.node, claim.incarnation, SuspicionStep::Verify);
         }
         self.schedule_expiry(id.node, claim.incarnation);
@@ -126,6 +126,7 @@ impl Membership {
     }
 
     fn claim(&mut self, id: &MemberId, incarnation: u16) {
+        tracing::debug!(member = %id.node, incarnation, "claiming a suspicion (own probe or check failed)");
         self.stats.suspicions_claimed += 1;
         let claim =
             SuspicionClaim { by: self.me().node, member: id.node, generation: id.generation, incarnation };
@@ -214,7 +215,7 @@ impl Membership {
             SuspicionStep::Notice(sent) => self.notify_suspect(&id, incarnation, sent),
             SuspicionStep::Verify => {
                 let me = self.me().node;
-                let Some(record) = self.suspicions.records.get_mut(&node) else {
+                let Some(record) = self.suspicions.records.get_mut(&node).filter(|r| r.checking) else {
                     return;
                 };
                 record.checking = false;
@@ -249,6 +250,13 @@ impl Membership {
             self.suspicions.records.remove(&id.node);
             return;
         }
+        tracing::debug!(
+            member = %id.node,
+            confirmations = record.confirmations(),
+            after_ms = self.now_ms - record.started_ms,
+            own_probe = record.held.is_some(),
+            "suspicion timed out: declaring the member down"
+        );
         let held = self.suspicions.records.remove(&id.node).and_then(|r| r.held);
         self.stats.suspicions_expired += 1;
         let result = match held {
@@ -260,6 +268,35 @@ impl Membership {
             ),
         };
         self.after_swim_call(result);
+    }
+
+    /// The transport's word on a frame this node sent to `to`: acknowledged
+    /// by the peer's node (`delivered`), or failed (refused, closed, timed
+    /// out). An acknowledgement is proof of life; a failure ends this node's
+    /// check of a suspect at once, as a claim.
+    pub fn delivery(&mut self, to: NodeId, delivered: bool, now_ms: u64) {
+        self.now_ms = now_ms;
+        if self.leaving || !self.suspicions.records.contains_key(&to) {
+            return;
+        }
+        if delivered {
+            self.alive_evidence(to);
+            return;
+        }
+        let checking = self.suspicions.records.get(&to).is_some_and(|r| r.checking);
+        if let (true, Some(incarnation)) = (checking, self.suspicions.records.get(&to).map(|r| r.incarnation))
+        {
+            self.on_suspicion_timer(to, incarnation, SuspicionStep::Verify);
+        }
+    }
+
+    /// Something from `node` arrived or was acknowledged since it was
+    /// suspected: it is alive, so this node neither claims nor declares it
+    /// (its refutation, raised by the notices, travels by gossip).
+    pub(super) fn alive_evidence(&mut self, node: NodeId) {
+        if self.suspicions.records.remove(&node).is_some() {
+            self.stats.suspicions_refuted += 1;
+        }
     }
 
     /// A buddy notice from `from`: refute it if it is about this identity,
@@ -279,6 +316,7 @@ impl Membership {
         if floor > self.incarnation_floor {
             self.incarnation_floor = floor;
             self.stats.self_refutations += 1;
+            tracing::debug!(incarnation, suspected_by = %to, "refuting a suspicion of this node");
             let me = self.me().clone();
             let result = self.swim.apply_many(
                 std::iter::once(Member::new(me, incarnation, State::Suspect)),
