@@ -33,6 +33,8 @@ use output::{errln, outln};
 const MAX_MESH_NODES: usize = 256;
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, no other thread runs yet.
+    unsafe { hivemesh_llm::provider::embedded::pin_cpu_thread_counts() };
     quiet_headless_vulkan();
     init_logging();
     // The matches also tell which `run` flags were given (config layering).

@@ -17,6 +17,8 @@ fn model_path() -> PathBuf {
 }
 
 fn benches(c: &mut Criterion) {
+    // SAFETY: criterion runs this first, before any thread of ours starts.
+    unsafe { hivemesh_llm::provider::embedded::pin_cpu_thread_counts() };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let path = runtime
         .block_on(model_file::ensure_default(&model_path(), &|line| eprintln!("{line}")))

@@ -46,6 +46,35 @@ impl Default for EmbeddedOptions {
     }
 }
 
+/// Fixes the CPU thread counts candle reads from the environment, keeping
+/// the counts it would choose by itself: `CANDLE_NUM_THREADS` (its quantized
+/// matmul pool; by default the physical cores) and `RAYON_NUM_THREADS` (by
+/// default the logical CPUs, rayon's own choice). Either is left alone when
+/// already set.
+///
+/// Why: with neither set, candle 0.11's `get_num_threads` counts physical
+/// cores by opening and parsing `/proc/cpuinfo` (`num_cpus::get_physical`,
+/// uncached) on every f32 matmul; the llama attention makes two per layer, so
+/// 60 file reads per decoded token of SmolLM2-135M (30 layers), 30-80 µs each
+/// on a 2-core machine, several ms of a 13 ms token.
+///
+/// # Safety
+/// It sets process environment variables: call it before any other thread
+/// starts (first thing in `main`), as `std::env::set_var` requires.
+pub unsafe fn pin_cpu_thread_counts() {
+    let candle = candle_core::utils::get_num_threads();
+    let logical = std::thread::available_parallelism().map_or(candle, std::num::NonZeroUsize::get);
+    // SAFETY: the caller guarantees no other thread runs yet.
+    unsafe {
+        if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+            std::env::set_var("CANDLE_NUM_THREADS", candle.to_string());
+        }
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            std::env::set_var("RAYON_NUM_THREADS", logical.to_string());
+        }
+    }
+}
+
 /// Load and generation measurements.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct GenerationStats {
@@ -143,7 +172,7 @@ impl EmbeddedModel {
         }
         let max_tokens = (request.max_tokens as usize).min(room);
         let mut weights = self.weights.clone();
-        let mut sampler = sampler(request);
+        let (mut sampler, greedy) = sampler(request);
         let mut decoder = self.tokenizer.decode_stream(true);
         let mut context: Vec<u32> = prompt.to_vec();
         let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..GenerationStats::default() };
@@ -158,13 +187,16 @@ impl EmbeddedModel {
             if cancelled.load(Ordering::Relaxed) {
                 break;
             }
-            let row = logits.squeeze(0).map_err(failed)?;
+            let mut row: Vec<f32> = logits.squeeze(0).and_then(|row| row.to_vec1()).map_err(failed)?;
             let start = context.len().saturating_sub(REPEAT_WINDOW);
-            let row =
-                candle_transformers::utils::apply_repeat_penalty(&row, REPEAT_PENALTY, &context[start..])
-                    .map_err(failed)?;
-            let row = apply_openai_penalties(row, request, &context[prompt.len()..]).map_err(failed)?;
-            let token = sampler.sample(&row).map_err(failed)?;
+            apply_repeat_penalty(&mut row, REPEAT_PENALTY, &context[start..]);
+            apply_openai_penalties(&mut row, request, &context[prompt.len()..]);
+            let token = if greedy {
+                argmax(&row)
+            } else {
+                let len = row.len();
+                sampler.sample(&Tensor::from_vec(row, len, &Device::Cpu).map_err(failed)?).map_err(failed)?
+            };
             if self.stop_tokens.contains(&token) {
                 break;
             }
@@ -287,7 +319,9 @@ fn model_name(path: &Path) -> String {
 
 /// Greedy at temperature 0; otherwise nucleus sampling with the request's
 /// `top_p` (0.9 when it gives none; 1 samples from the whole distribution).
-fn sampler(request: &ChatRequest) -> LogitsProcessor {
+/// The flag is true for greedy decoding, which [`argmax`] does on the
+/// logits slice without the processor.
+fn sampler(request: &ChatRequest) -> (LogitsProcessor, bool) {
     let seed = request.seed.unwrap_or_else(rand::random);
     let temperature = f64::from(request.temperature);
     let top_p = request.top_p.map_or(0.9, |p| f64::from(p).clamp(0.0, 1.0));
@@ -298,34 +332,65 @@ fn sampler(request: &ChatRequest) -> LogitsProcessor {
     } else {
         Sampling::TopP { p: top_p, temperature }
     };
-    LogitsProcessor::from_sampling(seed, sampling)
+    let greedy = matches!(sampling, Sampling::ArgMax);
+    (LogitsProcessor::from_sampling(seed, sampling), greedy)
+}
+
+/// The index of the largest logit, the first one on a tie; 0 for an empty
+/// row. The same choice as candle's `Tensor::argmax` (which
+/// `LogitsProcessor` uses for `Sampling::ArgMax`), without building a tensor.
+fn argmax(row: &[f32]) -> u32 {
+    let Some(&first) = row.first() else { return 0 };
+    let (mut best, mut best_value) = (0, first);
+    for (index, &value) in row.iter().enumerate() {
+        if best_value < value {
+            best = index;
+            best_value = value;
+        }
+    }
+    best as u32
+}
+
+/// The repeat penalty of CTRL (Keskar et al., 2019) as candle's
+/// `candle_transformers::utils::apply_repeat_penalty` applies it, in place:
+/// each distinct token of `context` has its logit divided by `penalty` when
+/// it is ≥ 0, multiplied by it otherwise. Tokens outside the row are ignored.
+/// `context` is the short recent window (64 tokens), so duplicates are found
+/// by a scan rather than a hash set.
+fn apply_repeat_penalty(row: &mut [f32], penalty: f32, context: &[u32]) {
+    for (at, token) in context.iter().enumerate() {
+        if context[..at].contains(token) {
+            continue;
+        }
+        if let Some(logit) = row.get_mut(*token as usize) {
+            if *logit >= 0.0 {
+                *logit /= penalty;
+            } else {
+                *logit *= penalty;
+            }
+        }
+    }
 }
 
 /// OpenAI's presence and frequency penalties over the tokens generated so
-/// far: `logit -= frequency × count + presence × (count > 0)`, as the
-/// OpenAI API reference defines them. The row is returned as it was when
-/// neither is set.
-fn apply_openai_penalties(
-    row: Tensor,
-    request: &ChatRequest,
-    generated: &[u32],
-) -> candle_core::Result<Tensor> {
+/// far, in place on the logits row: `logit -= frequency × count + presence
+/// × (count > 0)`, as the OpenAI API reference defines them. The row is left
+/// as it was when neither is set.
+fn apply_openai_penalties(row: &mut [f32], request: &ChatRequest, generated: &[u32]) {
     let presence = request.presence_penalty.unwrap_or(0.0);
     let frequency = request.frequency_penalty.unwrap_or(0.0);
     if (presence == 0.0 && frequency == 0.0) || generated.is_empty() {
-        return Ok(row);
+        return;
     }
     let mut counts: std::collections::HashMap<u32, f32> = std::collections::HashMap::new();
     for token in generated {
         *counts.entry(*token).or_default() += 1.0;
     }
-    let mut logits: Vec<f32> = row.to_vec1()?;
     for (token, count) in counts {
-        if let Some(logit) = logits.get_mut(token as usize) {
+        if let Some(logit) = row.get_mut(token as usize) {
             *logit -= frequency * count + presence;
         }
     }
-    Tensor::new(logits, row.device())
 }
 
 /// Holds back generated text that may be the start of a `stop` sequence, so
@@ -635,14 +700,51 @@ mod tests {
 
     #[test]
     fn penalties_lower_the_logits_of_generated_tokens_as_openai_defines_them() {
-        let row = Tensor::new(&[1.0f32, 1.0, 1.0], &Device::Cpu).expect("row");
         let mut request = ChatRequest::new("m", Vec::new());
-        let same = apply_openai_penalties(row.clone(), &request, &[0, 0, 1]).expect("row");
-        assert_eq!(same.to_vec1::<f32>().expect("vec"), vec![1.0, 1.0, 1.0]);
+        let mut same = vec![1.0f32, 1.0, 1.0];
+        apply_openai_penalties(&mut same, &request, &[0, 0, 1]);
+        assert_eq!(same, vec![1.0, 1.0, 1.0]);
         request.presence_penalty = Some(0.5);
         request.frequency_penalty = Some(0.25);
-        let penalised = apply_openai_penalties(row, &request, &[0, 0, 1]).expect("row");
-        assert_eq!(penalised.to_vec1::<f32>().expect("vec"), vec![0.0, 0.25, 1.0]);
+        let mut penalised = vec![1.0f32, 1.0, 1.0];
+        apply_openai_penalties(&mut penalised, &request, &[0, 0, 1, 7]);
+        assert_eq!(penalised, vec![0.0, 0.25, 1.0], "token 7 is outside the row");
+    }
+
+    /// The slice versions choose exactly what candle's tensor versions
+    /// chose before them: the same penalised logits, the same greedy token
+    /// (ties included), over rows with positive, negative and repeated entries.
+    #[test]
+    fn repeat_penalty_and_argmax_on_slices_match_candles_tensor_versions() {
+        let mut state = 0x2545_f491_u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        for round in 0..50 {
+            let len = 1 + (next() % 300) as usize;
+            let mut row: Vec<f32> = (0..len).map(|_| (next() % 2001) as f32 / 100.0 - 10.0).collect();
+            if round % 5 == 0 {
+                // A tie for the largest logit: the first one wins.
+                let top = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let at = (next() as usize) % len;
+                row[at] = top;
+            }
+            let context: Vec<u32> = (0..64).map(|_| next() % (len as u32 + 5)).collect();
+            let tensor = Tensor::new(row.as_slice(), &Device::Cpu).expect("row");
+            let expected =
+                candle_transformers::utils::apply_repeat_penalty(&tensor, REPEAT_PENALTY, &context)
+                    .expect("penalty");
+            let mut penalised = row.clone();
+            apply_repeat_penalty(&mut penalised, REPEAT_PENALTY, &context);
+            assert_eq!(penalised, expected.to_vec1::<f32>().expect("vec"), "round {round}");
+            let mut processor = LogitsProcessor::from_sampling(0, Sampling::ArgMax);
+            assert_eq!(argmax(&penalised), processor.sample(&expected).expect("argmax"), "round {round}");
+        }
+        assert_eq!(argmax(&[]), 0);
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, -1.0]), 1);
     }
 
     #[test]
