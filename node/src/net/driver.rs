@@ -458,7 +458,15 @@ impl Driver {
             },
             request_response::Event::OutboundFailure { peer, error, .. } => {
                 self.in_flight = self.in_flight.saturating_sub(1);
-                if let Ok(to) = NodeId::from_peer_id(&peer) {
+                // Only a refused dial or a timeout says the peer is gone; a
+                // connection closed under a request (a simultaneous-dial race,
+                // say) is inconclusive: the next frame dials afresh.
+                let conclusive = matches!(
+                    error,
+                    request_response::OutboundFailure::DialFailure
+                        | request_response::OutboundFailure::Timeout
+                );
+                if let (true, Ok(to)) = (conclusive, NodeId::from_peer_id(&peer)) {
                     self.membership.delivery(to, false, unix_ms());
                 }
                 // A failed dial was reported with its reason when it failed.
