@@ -130,8 +130,20 @@ fn a_silent_suspect_is_declared_down_only_once_its_timeout_has_passed() {
         .find(|t| matches!(t, Timer::Suspicion { step: SuspicionStep::Expire, .. }))
         .cloned()
         .expect("an expiry timer");
-    // Too early: nothing happens.
-    a.handle_timer(expire.clone(), 1);
+    let verify = timers
+        .iter()
+        .find(|t| matches!(t, Timer::Suspicion { step: SuspicionStep::Verify, .. }))
+        .cloned()
+        .expect("the suspecter checks the suspect itself");
+    // A failed probe alone is no claim: even past every timeout, nothing
+    // happens while the check is still waiting for an answer.
+    a.handle_timer(expire.clone(), 60_000);
+    assert!(a.is_active(&node(2)), "declared down on a failed probe alone");
+    assert_eq!(a.stats().suspicions_claimed, 0);
+    // The check hears nothing back: a claim, but still not down too early.
+    a.handle_timer(verify, 100);
+    assert_eq!(a.stats().suspicions_claimed, 1);
+    a.handle_timer(expire.clone(), 200);
     assert!(a.is_active(&node(2)), "declared down before the timeout");
     // After the longest timeout: down, through foca (and reported).
     a.handle_timer(expire, 60_000);

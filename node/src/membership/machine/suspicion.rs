@@ -49,28 +49,30 @@ impl Membership {
         }
     }
 
-    /// foca's own probe of a member failed: this node suspects it, claims
-    /// it, tells the suspect, and times the suspicion.
+    /// foca's own probe of a member failed: this node suspects it, holds
+    /// foca's down timer, tells the suspect and checks it like any hearer.
+    /// The probe alone is no claim: on a busy machine a first probe often
+    /// waits on a connection still being set up, so only a refused notice,
+    /// or silence for a probe period, makes it one.
     fn own_probe_failed(&mut self, timer: foca::Timer<MemberId>) {
         let foca::Timer::ChangeSuspectToDown { member_id, incarnation, .. } = &timer else {
             return;
         };
         let (id, incarnation, now) = (member_id.clone(), *incarnation, self.now_ms);
-        let me = self.me().node;
         let Some(record) = self.suspicions.entry(&id, incarnation, now) else {
             return;
         };
         let fresh = record.confirmers.is_empty() && !record.checking && !record.claimed;
         record.held = Some(timer);
-        let claim = !record.claimed;
-        record.claimed = true;
-        record.confirmers.insert(me);
+        let check = !record.claimed && !record.checking;
+        record.checking |= check;
         if fresh {
             self.stats.suspicions += 1;
-            self.notify_suspect(&id, incarnation, 0);
         }
-        if claim {
-            self.claim(&id, incarnation);
+        if check {
+            self.notify_suspect(&id, incarnation, 0);
+            let verify_after = self.config.probe_period;
+            self.push_timer(verify_after, id.node, incarnation, SuspicionStep::Verify);
         }
         self.schedule_expiry(id.node, incarnation);
     }
@@ -109,7 +111,7 @@ impl Membership {
         }
         if check {
             self.notify_suspect(&id, claim.incarnation, 0);
-            let verify_after = self.config.probe_period * 2;
+            let verify_after = self.config.probe_period;
             self.push_timer(verify_after, id.node, claim.incarnation, SuspicionStep::Verify);
         }
         self.schedule_expiry(id.node, claim.incarnation);
