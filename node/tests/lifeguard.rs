@@ -180,3 +180,30 @@ fn a_transport_acknowledgement_from_the_suspect_is_proof_of_life() {
     assert!(a.is_active(&node(2)), "declared down after its node acknowledged a frame");
     assert_eq!(a.stats().suspicions_expired, 0);
 }
+
+/// Breaker findings: after one false down, a two- or three-node cluster
+/// never spoke again (foca stops its timers when alone or after a rejoin, and
+/// re-announcing went only to bootstrap peers it still listed as active); and
+/// a floor of 0.5 s left a live member no time on 100-500 ms links.
+#[test]
+fn tiny_clusters_on_slow_lossy_links_converge_and_find_their_dead() {
+    for (nodes, loss, latency, kill, seed) in [
+        (2, 0.05, 100..500, 0, 28),
+        (2, 0.1, 100..500, 0, 15),
+        (2, 0.1, 100..500, 0, 22),
+        (2, 0.2, 100..500, 0, 1),
+        (3, 0.5, 1..5, 1, 6),
+        (4, 0.1, 100..500, 0, 3),
+    ] {
+        let mut config = SimConfig::new(nodes, seed);
+        config.loss = loss;
+        config.latency_ms = latency;
+        config.kill = kill;
+        config.soak_secs = 300;
+        let report = Simulation::new(config).run();
+        assert!(report.converged_at_end, "{nodes} nodes, loss {loss}, seed {seed}: {report:?}");
+        if kill > 0 {
+            assert!(report.kill_detected_ms.is_some(), "{nodes} nodes, seed {seed}: kill never detected");
+        }
+    }
+}

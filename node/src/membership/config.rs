@@ -39,14 +39,14 @@ pub struct MembershipConfig {
 impl MembershipConfig {
     /// foca's LAN preset (memberlist's numbers: 1 s probes, 200 ms gossip to
     /// three members) with Lifeguard's suspicion: at least ½ log10(n) probe
-    /// periods once confirmed, at most six times that (memberlist's
+    /// periods (and at least one) once confirmed, at most six times that (memberlist's
     /// `SuspicionMaxTimeoutMult`); announce-to-down every 10 s instead of
     /// 65 s, so a healed partition rejoins within seconds. See
     /// docs/adr/0005-membership.md and docs/adr/0022-lifeguard.md.
     pub fn lan(expected_cluster_size: u32) -> Self {
         let n = expected_cluster_size.max(2);
         let probe_period = Duration::from_secs(1);
-        let suspicion_min = probe_period.mul_f64(0.5 * f64::from(n).log10().max(1.0));
+        let suspicion_min = probe_period.mul_f64((0.5 * f64::from(n).log10()).max(1.0));
         Self {
             probe_period,
             probe_rtt: Duration::from_millis(500),

@@ -132,6 +132,9 @@ pub struct Membership {
     incarnation_floor: u16,
     /// Picks which hearers of a suspicion check the suspect.
     rng: StdRng,
+    /// foca has no active member, or has just rejoined: re-announce to
+    /// every known member, not only the bootstrap peers.
+    disconnected: bool,
 }
 
 impl Membership {
@@ -165,6 +168,7 @@ impl Membership {
             claims,
             incarnation_floor: 0,
             rng: StdRng::seed_from_u64(seed.rotate_left(17)),
+            disconnected: true,
         }
     }
 
@@ -226,7 +230,11 @@ impl Membership {
         let result = self.accept_frame(from, frame);
         match &result {
             Err(reason) => *self.stats.rejected.entry(reason.label()).or_default() += 1,
-            Ok(()) => self.alive_evidence(from),
+            Ok(()) => {
+                // Someone is talking to this node: foca is connected again.
+                self.disconnected = false;
+                self.alive_evidence(from);
+            }
         }
         result
     }
@@ -289,8 +297,15 @@ impl Membership {
     }
 
     fn reannounce(&mut self) {
-        let missing: Vec<MemberId> =
+        let mut missing: Vec<MemberId> =
             self.bootstrap.iter().filter(|b| !self.is_active(&b.node)).cloned().collect();
+        if self.disconnected {
+            // foca stops probing and gossiping when it has no active member
+            // or after a rejoin, so nothing else would ever speak first:
+            // announce to every member it has heard of, down ones included.
+            let known = self.swim.iter_membership_state().map(|m| m.id().clone());
+            missing.extend(known.filter(|id| !self.bootstrap.iter().any(|b| b.node == id.node)));
+        }
         let after = if missing.is_empty() {
             self.backoff = self.config.reannounce_backoff(self.backoff_seed);
             self.config.reannounce_max
@@ -444,9 +459,18 @@ impl Membership {
                 touch(new.node, None);
                 Some(MemberEvent::Renamed { old, new })
             }
-            OwnedNotification::Active => Some(MemberEvent::Joined),
-            OwnedNotification::Idle => Some(MemberEvent::Alone),
-            OwnedNotification::Rejoin(id) => Some(MemberEvent::Rejoined(id)),
+            OwnedNotification::Active => {
+                self.disconnected = false;
+                Some(MemberEvent::Joined)
+            }
+            OwnedNotification::Idle => {
+                self.disconnected = true;
+                Some(MemberEvent::Alone)
+            }
+            OwnedNotification::Rejoin(id) => {
+                self.disconnected = true;
+                Some(MemberEvent::Rejoined(id))
+            }
             OwnedNotification::Defunct if self.leaving => None,
             OwnedNotification::Defunct => Some(MemberEvent::Defunct),
         }

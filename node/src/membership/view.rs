@@ -99,6 +99,9 @@ pub struct MembershipStats {
     pub suspicions_refuted: u64,
     /// Members this node declared down when a suspicion timed out.
     pub suspicions_expired: u64,
+    /// Suspicions that ended otherwise: the member was declared down by
+    /// another member, or its refutation arrived through gossip.
+    pub suspicions_ended_elsewhere: u64,
     /// Times this node raised its incarnation to refute a suspicion of itself.
     pub self_refutations: u64,
 }

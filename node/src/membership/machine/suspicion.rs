@@ -210,7 +210,9 @@ impl Membership {
         };
         let generation = record.id.generation;
         let Some(id) = self.still_suspect(node, generation, incarnation) else {
+            // Down by another member's word, gone, or refuted through gossip.
             self.suspicions.records.remove(&node);
+            self.stats.suspicions_ended_elsewhere += 1;
             return;
         };
         match step {
@@ -244,7 +246,13 @@ impl Membership {
             return;
         };
         let due = record.started_ms + self.timeout_ms(record.confirmations());
-        if self.now_ms < due || record.checking {
+        if record.checking {
+            return;
+        }
+        if self.now_ms < due {
+            // The deadline moved (the cluster grew, so K did): wait for it.
+            let after = Duration::from_millis(due - self.now_ms);
+            self.push_timer(after, id.node, incarnation, SuspicionStep::Expire);
             return;
         }
         if !record.claimed {
