@@ -70,9 +70,7 @@ impl Membership {
             self.stats.suspicions += 1;
         }
         if check {
-            self.notify_suspect(&id, incarnation, 0);
-            let verify_after = self.config.probe_period;
-            self.push_timer(verify_after, id.node, incarnation, SuspicionStep::Verify);
+            self.start_check(&id, incarnation);
         }
         self.schedule_expiry(id.node, incarnation);
     }
@@ -110,11 +108,21 @@ impl Membership {
             self.stats.suspicions += 1;
         }
         if check {
-            self.notify_suspect(&id, claim.incarnation, 0);
-            let verify_after = self.config.probe_period;
-            self.push_timer(verify_after, id.node, claim.incarnation, SuspicionStep::Verify);
+            self.start_check(&id, claim.incarnation);
         }
         self.schedule_expiry(id.node, claim.incarnation);
+    }
+
+    /// Tells the suspect (the first buddy notice) and gives it one probe
+    /// period to answer before this node's check becomes a claim.
+    fn start_check(&mut self, id: &MemberId, incarnation: u16) {
+        self.notify_suspect(id, incarnation, 0);
+        self.push_timer(self.config.probe_period, id.node, incarnation, SuspicionStep::Verify);
+    }
+
+    /// The identity under which `node` is an active member here, if it is.
+    fn active_id(&self, node: NodeId) -> Option<MemberId> {
+        self.swim.iter_members().find(|m| m.id().node == node).map(|m| m.id().clone())
     }
 
     /// The member's identity if this node still knows it active at
@@ -150,8 +158,7 @@ impl Membership {
             return;
         };
         for node in confirmers {
-            let to = self.swim.iter_members().find(|m| m.id().node == *node).map(|m| m.id().clone());
-            if let Some(to) = to {
+            if let Some(to) = self.active_id(*node) {
                 self.outbox.outputs.push(Output::Send { to, frame: frame.clone() });
             }
         }
@@ -286,16 +293,13 @@ impl Membership {
     /// check of a suspect at once, as a claim.
     pub fn delivery(&mut self, to: NodeId, delivered: bool, now_ms: u64) {
         self.now_ms = now_ms;
-        if self.leaving || !self.suspicions.records.contains_key(&to) {
+        let Some(record) = self.suspicions.records.get(&to).filter(|_| !self.leaving) else {
             return;
-        }
+        };
         if delivered {
             self.alive_evidence(to);
-            return;
-        }
-        let checking = self.suspicions.records.get(&to).is_some_and(|r| r.checking);
-        if let (true, Some(incarnation)) = (checking, self.suspicions.records.get(&to).map(|r| r.incarnation))
-        {
+        } else if record.checking {
+            let incarnation = record.incarnation;
             self.on_suspicion_timer(to, incarnation, SuspicionStep::Verify);
         }
     }
@@ -335,12 +339,7 @@ impl Membership {
             );
             self.after_swim_call(result);
         }
-        let to = self
-            .swim
-            .iter_members()
-            .find(|m| m.id().node == to)
-            .map(|m| m.id().clone())
-            .unwrap_or_else(|| MemberId::placeholder(to, Vec::new()));
+        let to = self.active_id(to).unwrap_or_else(|| MemberId::placeholder(to, Vec::new()));
         let frame =
             WireFrame::Refute { generation: self.me().generation, incarnation: self.incarnation_floor };
         if let Ok(frame) = postcard::to_stdvec(&frame) {
