@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hivemesh::gpu::engine::{BackendChoice, TallyEngine};
+use hivemesh::llm::council::judge_messages;
 use hivemesh::llm::pipeline::{Pipeline, PipelineEvent, PipelineOptions, Profiles, Stage};
 use hivemesh::llm::provider::embedded::{EmbeddedModel, EmbeddedOptions, EmbeddedProvider};
 use hivemesh::llm::provider::openai::{OPENROUTER_BASE_URL, OpenAiConfig, OpenAiProvider};
@@ -46,6 +47,11 @@ pub async fn build_client(args: &LlmArgs, data_dir: &Path) -> anyhow::Result<Arc
                 model.name(),
                 model.load_time.as_secs_f64() * 1e3
             ));
+            // The role prompt every candidate and likelihood ballot starts
+            // with, into the prefix cache: the first job skips its prefill.
+            let warm = model.clone();
+            let role = judge_messages(&[]);
+            tokio::task::spawn_blocking(move || warm.warm_prefix(&role)).await??;
             // Retrying or rate-limiting a local model helps nothing.
             let config =
                 ResilienceConfig { max_attempts: 1, rate_per_second: None, ..ResilienceConfig::default() };
@@ -327,7 +333,10 @@ pub async fn bench(
     let path = model_path(explicit, data_dir).await?;
     let rss_before = rss_kib();
     let model = tokio::task::spawn_blocking(move || {
-        EmbeddedModel::load(&path, &EmbeddedOptions { requantize_q8: requantize })
+        EmbeddedModel::load(
+            &path,
+            &EmbeddedOptions { requantize_q8: requantize, ..EmbeddedOptions::default() },
+        )
     })
     .await??;
     let rss_loaded = rss_kib();

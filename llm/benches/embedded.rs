@@ -26,7 +26,9 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("embedded");
     group.sample_size(10);
     for (label, requantize_q8) in [("q8_0", true), ("q4_1_as_shipped", false)] {
-        let model = EmbeddedModel::load(&path, &EmbeddedOptions { requantize_q8 }).expect("load");
+        // Prefix caching off: every iteration prefills the whole prompt.
+        let options = EmbeddedOptions { requantize_q8, prefix_cache_tokens: 0 };
+        let model = EmbeddedModel::load(&path, &options).expect("load");
         let prompt = "Tell a long story about a lighthouse keeper who finds a message in a bottle.";
         let mut request = ChatRequest::new("", vec![ChatMessage::user(prompt)]);
         request.max_tokens = TOKENS;

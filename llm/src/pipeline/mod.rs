@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub use batcher::TokenBatcher;
 pub use events::PipelineEvent;
 pub use profile::{BUILTIN_PROFILES, Curation, Profile, ProfileError, Profiles, StageSettings};
-pub use prompts::{render_conversation, stage_messages, strip_prompt_echo};
+pub use prompts::{GENERATOR_ROLE_PROMPT, render_conversation, stage_messages, strip_prompt_echo};
 pub use run::{Pipeline, PipelineError, PipelineOptions, PipelineOutcome, StageOutput};
 
 /// One role in the pipeline.

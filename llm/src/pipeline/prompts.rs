@@ -3,8 +3,12 @@
 use super::{Profile, Stage};
 use crate::ChatMessage;
 
-const GENERATOR: &str = "Answer the user's question directly and correctly. Give the answer first, \
-in one or two short sentences.";
+/// The generator's role prompt (a council candidate's too, unless the
+/// profile gives its own); a likelihood ballot scores under it as well
+/// (`council::judge_messages`).
+pub const GENERATOR_ROLE_PROMPT: &str = "Answer the user's question directly and correctly. Give the \
+answer first, in one or two short sentences.";
+const GENERATOR: &str = GENERATOR_ROLE_PROMPT;
 const REFINER: &str = "You are the Refiner on a panel of assistants. You get a question and a draft \
 answer. Rewrite the draft into a clearer, more accurate and more complete answer. Reply with the \
 improved answer only.";
