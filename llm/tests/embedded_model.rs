@@ -296,3 +296,56 @@ async fn control_tokens_written_in_a_message_are_not_message_starts() {
     // Two states: after the user message, after the whole prompt.
     assert!(held < 2 * length, "{held} tokens held for a {length}-token prompt: split inside the message");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_requantized_model_is_saved_once_and_a_bad_saved_copy_is_redone() {
+    let source = model_path();
+    model_file::ensure_default(&source, &|line| eprintln!("{line}")).await.expect("the embedded model");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("model.gguf");
+    std::fs::copy(&source, &path).expect("copy the model");
+    let saved = || {
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|entry| entry.expect("entry").path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("model.q8_0-")))
+            .collect();
+        names
+    };
+    let load = |path: PathBuf| async move {
+        tokio::task::spawn_blocking(move || EmbeddedModel::load(&path, &EmbeddedOptions::default()))
+            .await
+            .expect("loader thread")
+            .expect("loads")
+    };
+    let mut request = ChatRequest::new("", vec![ChatMessage::user("What is the capital of Spain?")]);
+    request.max_tokens = 12;
+
+    assert!(saved().is_empty());
+    let first = load(path.clone()).await;
+    let files = saved();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let size = std::fs::metadata(&files[0]).expect("saved").len();
+    assert!(size > 100_000_000, "{size}");
+    let answer = generate(&first, &request);
+    drop(first);
+    let second = load(path.clone()).await;
+    assert_eq!(generate(&second, &request), answer, "the saved copy holds the same weights");
+    drop(second);
+
+    // Cut short: ignored, re-quantized and saved whole again.
+    std::fs::write(&files[0], b"GGUF and then nothing").expect("spoil");
+    let third = load(path.clone()).await;
+    assert_eq!(generate(&third, &request), answer);
+    assert_eq!(std::fs::metadata(&files[0]).expect("saved again").len(), size);
+
+    // A copy that cannot be saved (a directory in its place: even root
+    // cannot rename a file over it) only costs the saving.
+    drop(third);
+    std::fs::remove_file(&files[0]).expect("remove");
+    std::fs::create_dir(&files[0]).expect("a directory in the way");
+    std::fs::write(files[0].join("keep"), b"x").expect("not empty");
+    let fourth = load(path.clone()).await;
+    assert_eq!(generate(&fourth, &request), answer);
+    assert!(files[0].is_dir(), "left as it was");
+}
