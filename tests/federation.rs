@@ -403,17 +403,7 @@ async fn voters_with_an_embedding_model_rank_by_meaning() {
     assert_ne!(outcome["winner"], outlier.as_str());
     let metrics =
         reqwest::get(format!("{}/metrics", mesh.api(1))).await.expect("metrics").text().await.expect("text");
-    // Every vote node 1 judged went by embeddings. Usually one; a clean-clone
-    // CI run once counted 2 (node 1 judged twice, probably a vote re-planned
-    // before its own ballot showed in the facts; the file still holds one
-    // ballot per voter, asserted above). Known, not yet fixed.
-    let judged: Vec<&str> =
-        metrics.lines().filter(|line| line.starts_with("hivemesh_votes_total{")).collect();
-    assert!(
-        !judged.is_empty()
-            && judged.iter().all(|line| line.starts_with("hivemesh_votes_total{method=\"embeddings\"}")),
-        "{metrics}"
-    );
+    assert!(metrics.contains("hivemesh_votes_total{method=\"embeddings\"} 1"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
