@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
@@ -24,7 +24,6 @@ use super::{ChunkStream, Provider};
 use crate::{ChatMessage, ChatRequest, Chunk, LlmError, Usage};
 
 mod prefix_cache;
-mod requantized;
 pub use prefix_cache::DEFAULT_MAX_TOKENS as DEFAULT_PREFIX_CACHE_TOKENS;
 use prefix_cache::{PrefillError, SharedPrefixCache};
 
@@ -41,10 +40,7 @@ const REPEAT_WINDOW: usize = 64;
 #[derive(Clone, Debug)]
 pub struct EmbeddedOptions {
     /// Re-quantize 4/5-bit weights to Q8_0 at load: about 2.5× faster decoding
-    /// on x86 for ~200 MB more memory. The first load re-quantizes (about a
-    /// second) and saves the result beside the model file
-    /// (`<stem>.q8_0-<size>-<mtime>.gguf`, about 145 MB for SmolLM2-135M);
-    /// later loads read that.
+    /// on x86 for 0.4 s more load and ~200 MB more memory.
     pub requantize_q8: bool,
     /// Tokens of attention state kept for prompts that start alike (see
     /// [`EmbeddedModel::generate`]); 0 turns prefix caching off. Default
@@ -141,19 +137,10 @@ impl EmbeddedModel {
         let device = Device::Cpu;
         let model_error = |err: candle_core::Error| LlmError::Model(format!("{shown}: {err}"));
         let weights = if options.requantize_q8 {
-            let saved = requantized::saved_path(path);
-            match saved.as_deref().and_then(requantized::load) {
-                Some(weights) => weights,
-                None => {
-                    let buffer = requantized::requantize(content, &mut file).map_err(model_error)?;
-                    if let Some(saved) = &saved {
-                        requantized::save(saved, &buffer);
-                    }
-                    let mut cursor = std::io::Cursor::new(buffer);
-                    let content = gguf_file::Content::read(&mut cursor).map_err(model_error)?;
-                    ModelWeights::from_gguf(content, &mut cursor, &device).map_err(model_error)?
-                }
-            }
+            let buffer = requantized_gguf(content, &mut file).map_err(model_error)?;
+            let mut cursor = std::io::Cursor::new(buffer);
+            let content = gguf_file::Content::read(&mut cursor).map_err(model_error)?;
+            ModelWeights::from_gguf(content, &mut cursor, &device).map_err(model_error)?
         } else {
             ModelWeights::from_gguf(content, &mut file, &device).map_err(model_error)?
         };
@@ -649,6 +636,34 @@ fn tokenizer_from_gguf(content: &gguf_file::Content) -> Result<Tokenizer, Tokeni
         .collect();
     tokenizer.add_special_tokens(&special);
     Ok(tokenizer)
+}
+
+/// Rewrites the file in memory with every 4/5-bit matrix as Q8_0, which
+/// candle's x86 kernels decode much faster.
+fn requantized_gguf(content: gguf_file::Content, file: &mut std::fs::File) -> candle_core::Result<Vec<u8>> {
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors: Vec<(String, QTensor)> = Vec::with_capacity(names.len());
+    for name in names {
+        let tensor = content.tensor(file, name, &Device::Cpu)?;
+        let dims = tensor.shape().dims().to_vec();
+        let worth_it = !matches!(tensor.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::Q8_0)
+            && dims.len() == 2
+            && dims[1] % GgmlDType::Q8_0.block_size() == 0;
+        let tensor = if worth_it {
+            QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?
+        } else {
+            tensor
+        };
+        tensors.push((name.clone(), tensor));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> =
+        content.metadata.iter().map(|(key, value)| (key.as_str(), value)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> =
+        tensors.iter().map(|(name, tensor)| (name.as_str(), tensor)).collect();
+    let mut buffer = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut buffer, &metadata, &tensor_refs)?;
+    Ok(buffer.into_inner())
 }
 
 /// The embedded model behind the `Provider` trait. Loads on first use.
